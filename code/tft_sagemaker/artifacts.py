@@ -1,0 +1,120 @@
+"""The model directory: what a finished job leaves in SM_MODEL_DIR, and how to load it back.
+
+    model.ckpt                 best checkpoint (weights + hyperparameters, no optimizer state)
+    dataset_parameters.pt      TimeSeriesDataSet parameters (encoders, scalers) for new data
+    config.json                resolved configuration, time axis, package versions
+    metrics.json               validation metrics of the model and of the naive Baseline
+
+Files are written to a staging folder first and moved in at the end: a failed job leaves no
+partial model behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import JobConfig, build_config
+from .data import TimeAxis
+from .errors import JobError
+from .model import TemporalFusionTransformerDDP
+from .presets import PRESET_VALUES
+
+MODEL_FILE = "model.ckpt"
+DATASET_FILE = "dataset_parameters.pt"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+# Training state that inference does not need (the optimizer's can outweigh the weights).
+_TRAINING_STATE = ("optimizer_states", "lr_schedulers", "callbacks", "loops")
+
+
+def _versions() -> dict[str, str]:
+    return {p: version(p) for p in ("torch", "lightning", "pytorch-forecasting", "pandas")}
+
+
+def write_model_artifacts(
+    model_dir: Path,
+    best_checkpoint: Path,
+    dataset_parameters: dict[str, Any],
+    config: JobConfig,
+    time_axis: TimeAxis | None,
+    metrics: dict[str, Any],
+) -> None:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    try:
+        # Checkpoints pickle the loss and dataset parameters: only load files this job wrote.
+        checkpoint = torch.load(best_checkpoint, map_location="cpu", weights_only=False)
+        torch.save(
+            {k: v for k, v in checkpoint.items() if k not in _TRAINING_STATE}, staging / MODEL_FILE
+        )
+        torch.save(dataset_parameters, staging / DATASET_FILE)
+        (staging / CONFIG_FILE).write_text(
+            json.dumps(
+                {
+                    "config": config.to_dict(),
+                    "time_axis": asdict(time_axis) if time_axis else None,
+                    "versions": _versions(),
+                },
+                indent=2,
+            )
+        )
+        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        for path in staging.iterdir():
+            os.replace(path, model_dir / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@dataclass
+class TrainedModel:
+    model: TemporalFusionTransformerDDP
+    dataset_parameters: dict[str, Any]
+    config: JobConfig
+    time_axis: TimeAxis | None
+    metrics: dict[str, Any]
+
+
+def _model_dir(path: Path, scratch: Path) -> Path:
+    """A model directory, or a SageMaker model.tar.gz unpacked into `scratch`."""
+    if path.is_dir():
+        return path
+    if path.is_file() and tarfile.is_tarfile(path):
+        with tarfile.open(path) as archive:
+            archive.extractall(scratch, filter="data")
+        return scratch
+    raise JobError(f"{path} is neither a model directory nor a model.tar.gz.")
+
+
+def load_trained_model(path: str | os.PathLike[str]) -> TrainedModel:
+    """Load what `write_model_artifacts` wrote (a directory or SageMaker's model.tar.gz)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = _model_dir(Path(path), Path(scratch))
+        missing = [
+            f for f in (MODEL_FILE, DATASET_FILE, CONFIG_FILE) if not (directory / f).is_file()
+        ]
+        if missing:
+            raise JobError(f"{path} is not a model of this project: missing {', '.join(missing)}.")
+        saved = json.loads((directory / CONFIG_FILE).read_text())
+        metrics_file = directory / METRICS_FILE
+        # Both files were written by a training job of this project (trusted pickles).
+        return TrainedModel(
+            model=TemporalFusionTransformerDDP.load_from_checkpoint(
+                directory / MODEL_FILE, map_location="cpu", weights_only=False
+            ).eval(),
+            dataset_parameters=torch.load(directory / DATASET_FILE, weights_only=False),
+            config=build_config(
+                {}, {k: v for s in saved["config"].values() for k, v in s.items()}, PRESET_VALUES
+            ),
+            time_axis=TimeAxis(**saved["time_axis"]) if saved["time_axis"] else None,
+            metrics=json.loads(metrics_file.read_text()) if metrics_file.is_file() else {},
+        )

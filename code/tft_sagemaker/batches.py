@@ -1,0 +1,232 @@
+"""Vectorized batches of a TimeSeriesDataSet's windows.
+
+pytorch-forecasting builds every batch window by window: `TimeSeriesDataSet.__getitem__` slices
+and patches each window in Python, and `_collate_fn` pads them one by one. That is most of the
+data-loading cost of a training step. `WindowBatcher` precomputes, once, everything that depends
+only on the window (its rows, encoder/decoder lengths, target scale) and then assembles a whole
+batch with a few gathers, producing exactly (keys, dtypes, shapes and bits) what
+
+    dataset._collate_fn([dataset[i] for i in windows])
+
+produces. Features whose per-window work cannot be precomputed (randomized lengths, encoder
+normalizers, overwritten values, windows that fill in missing timesteps) are refused:
+`unsupported_reason` names them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from pytorch_forecasting import TimeSeriesDataSet
+from pytorch_forecasting.data.encoders import EncoderNormalizer, MultiNormalizer
+
+# A single target gives tensors; a list of targets gives one tensor per target.
+Tensors = torch.Tensor | list[torch.Tensor]
+Batch = tuple[dict[str, Tensors], tuple[Tensors, torch.Tensor | None]]
+
+
+def unsupported_reason(dataset: TimeSeriesDataSet) -> str | None:
+    """None when WindowBatcher reproduces this dataset's batches; else a short reason."""
+    cls = type(dataset)
+    if (
+        cls.__getitem__ is not TimeSeriesDataSet.__getitem__
+        or cls._collate_fn is not TimeSeriesDataSet._collate_fn
+    ):
+        return f"{cls.__name__} overrides __getitem__ or _collate_fn"
+    if dataset.randomize_length is not None:
+        return "randomize_length is set"
+    if dataset._overwrite_values is not None:
+        return "overwrite values are set"
+    # EncoderNormalizers are fitted on each window's encoder inside __getitem__.
+    for name, normalizer in zip(dataset.target_names, dataset.target_normalizers, strict=True):
+        if isinstance(normalizer, EncoderNormalizer):
+            return f"EncoderNormalizer on {name}"
+    for name in dataset.reals:
+        if isinstance(dataset.get_transformer(name), EncoderNormalizer):
+            return f"EncoderNormalizer on {name}"
+    # A window with fewer rows than timesteps is filled in by __getitem__ (repeated rows,
+    # constant fill values, a re-interpolated time index).
+    index = dataset.index
+    if ((index["index_end"] - index["index_start"] + 1) != index["sequence_length"]).any():
+        return "windows with missing timesteps"
+    return None
+
+
+def _with_zero_row(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` with one row of zeros appended: padded positions gather that row."""
+    return torch.cat([tensor, tensor.new_zeros((1, *tensor.shape[1:]))]).to(device)
+
+
+def _stack_scale(values: list[Any]) -> torch.Tensor:
+    """One target's scales stacked as `_collate_fn` stacks them: tensors as they are,
+    anything else (numpy arrays from GroupNormalizer, NaNLabelEncoder) as float32."""
+    if isinstance(values[0], torch.Tensor):
+        return torch.stack(values)
+    return torch.from_numpy(np.array(values, dtype=np.float32))
+
+
+def _stack_scales(values: list[Any]) -> Tensors:
+    """`_collate_fn`'s target_scale, for a list of per-window `target_scale` values."""
+    if isinstance(values[0], list | tuple):
+        return [_stack_scale([v[i] for v in values]) for i in range(len(values[0]))]
+    return _stack_scale(values)
+
+
+class _Part:
+    """Row indices of the encoder or decoder part of a batch of windows, padded to the
+    longest part in the batch. Padded positions point at the appended zero row (`pad_row`)."""
+
+    def __init__(
+        self, first: torch.Tensor, lengths: torch.Tensor, max_length: int, pad_row: int
+    ) -> None:
+        self.steps = torch.arange(max_length, device=first.device)
+        self.valid = self.steps < lengths.unsqueeze(1)
+        self.rows = torch.where(self.valid, first.unsqueeze(1) + self.steps, pad_row)
+
+
+class WindowBatcher:
+    """Batches of `dataset`'s windows equal to TimeSeriesDataSet._collate_fn's, vectorized."""
+
+    def __init__(self, dataset: TimeSeriesDataSet, device: torch.device | str = "cpu") -> None:
+        reason = unsupported_reason(dataset)
+        if reason is not None:
+            raise ValueError(reason)
+        self.device = torch.device(device)
+        self._multi_target = dataset.multi_target
+        data = dataset.data
+
+        # Per window. Without missing timesteps a window is the contiguous rows
+        # start .. start + sequence_length - 1; lengths as __getitem__ computes them.
+        index = dataset.index
+        start = torch.as_tensor(index["index_start"].to_numpy(np.int64))
+        sequence_length = index["sequence_length"].to_numpy(np.int64)
+        time_last = data["time"][start + torch.as_tensor(sequence_length) - 1].numpy()
+        decoder_length = dataset.calculate_decoder_length(time_last, sequence_length)
+        encoder_length = sequence_length - decoder_length
+        # Kept on the CPU as well: the batch's padded lengths are needed as Python ints, and
+        # reading them there spares a device synchronisation.
+        self._lengths_cpu = torch.as_tensor(np.stack([encoder_length, decoder_length], axis=1))
+        self._start = start.to(self.device)
+        self._encoder_length = torch.as_tensor(encoder_length).to(self.device)
+        self._decoder_length = torch.as_tensor(decoder_length).to(self.device)
+        self._time_first = data["time"][start].to(self.device)
+        window_groups = data["groups"][start]
+        self._groups = window_groups.to(self.device)
+
+        # Per row, with a zero row appended for padding.
+        self._pad_row = len(data["time"])
+        self._reals = _with_zero_row(data["reals"], self.device)
+        self._categoricals = _with_zero_row(data["categoricals"], self.device)
+        self._targets = [_with_zero_row(t, self.device) for t in data["target"]]
+        self._weight = (
+            None if data["weight"] is None else _with_zero_row(data["weight"], self.device)
+        )
+
+        # The two reals __getitem__ overwrites per window, as lookup tables computed with its
+        # arithmetic on the CPU (a CUDA division by a scalar may round differently), each
+        # with a trailing 0 for padded positions.
+        dtype = data["reals"].dtype
+        max_encoder_length = dataset.max_encoder_length
+        self._relative_time_column = None
+        if dataset.add_relative_time_idx:
+            self._relative_time_column = dataset.reals.index("relative_time_idx")
+            # Entry r + span is relative time r, for every r a window has (-encoder length up
+            # to decoder length - 1): __getitem__'s arange(-e, d) / max_encoder_length, value
+            # by value. (The column is float: the dataset adds it as 0.0.)
+            self._span = int(sequence_length.max())
+            relative = torch.arange(-self._span, self._span, dtype=dtype) / max_encoder_length
+            self._relative_time = torch.cat([relative, torch.zeros(1, dtype=dtype)])
+            self._relative_time = self._relative_time.to(self.device)
+        self._encoder_length_column = None
+        if dataset.add_encoder_length:
+            self._encoder_length_column = dataset.reals.index("encoder_length")
+            # Entry e is the feature of encoder length e, computed in float64 as __getitem__
+            # does (its encoder length is a numpy integer) and rounded on assignment.
+            feature = [
+                (e - 0.5 * max_encoder_length) / max_encoder_length * 2.0
+                for e in range(int(encoder_length.max()) + 1)
+            ]
+            self._encoder_length_feature = torch.tensor([*feature, 0.0], dtype=torch.float64)
+            self._encoder_length_feature = self._encoder_length_feature.to(dtype).to(self.device)
+
+        # Target scales depend only on the window's series: ask the normalizer once per series
+        # exactly as __getitem__ does, stack them as _collate_fn does, then gather per window.
+        series_groups, self._series = torch.unique(window_groups, dim=0, return_inverse=True)
+        self._series = self._series.to(self.device)
+        scales = []
+        for groups in series_groups:
+            scale = dataset.target_normalizer.get_parameters(groups, dataset.group_ids)
+            if not isinstance(dataset.target_normalizer, MultiNormalizer):
+                scale = [scale]
+            scales.append(scale if self._multi_target else scale[0])
+        stacked = _stack_scales(scales)
+        self._target_scale = (
+            [s.to(self.device) for s in stacked]
+            if isinstance(stacked, list)
+            else stacked.to(self.device)
+        )
+
+    def __len__(self) -> int:
+        return len(self._lengths_cpu)
+
+    def __call__(self, windows: Sequence[int] | np.ndarray | torch.Tensor) -> Batch:
+        """The batch `_collate_fn` makes of these windows (positions in `dataset.index`)."""
+        windows = torch.as_tensor(windows, dtype=torch.long).cpu()
+        max_encoder, max_decoder = (int(m) for m in self._lengths_cpu[windows].max(dim=0).values)
+        windows = windows.to(self.device)
+        start = self._start[windows]
+        encoder_length = self._encoder_length[windows]
+        decoder_length = self._decoder_length[windows]
+        encoder = _Part(start, encoder_length, max_encoder, self._pad_row)
+        decoder = _Part(start + encoder_length, decoder_length, max_decoder, self._pad_row)
+
+        encoder_cont = self._reals[encoder.rows]
+        decoder_cont = self._reals[decoder.rows]
+        if self._relative_time_column is not None:
+            pad = 2 * self._span  # the table's trailing 0
+            encoder_relative = encoder.steps - encoder_length.unsqueeze(1) + self._span
+            decoder_relative = decoder.steps + self._span
+            encoder_cont[..., self._relative_time_column] = self._relative_time[
+                torch.where(encoder.valid, encoder_relative, pad)
+            ]
+            decoder_cont[..., self._relative_time_column] = self._relative_time[
+                torch.where(decoder.valid, decoder_relative, pad)
+            ]
+        if self._encoder_length_column is not None:
+            pad = len(self._encoder_length_feature) - 1
+            lengths = encoder_length.unsqueeze(1)
+            encoder_cont[..., self._encoder_length_column] = self._encoder_length_feature[
+                torch.where(encoder.valid, lengths, pad)
+            ]
+            decoder_cont[..., self._encoder_length_column] = self._encoder_length_feature[
+                torch.where(decoder.valid, lengths, pad)
+            ]
+
+        encoder_target: Tensors = [t[encoder.rows] for t in self._targets]
+        target: Tensors = [t[decoder.rows] for t in self._targets]
+        if self._multi_target:
+            target_scale = [s[self._series[windows]] for s in self._target_scale]
+        else:
+            encoder_target, target = encoder_target[0], target[0]
+            target_scale = self._target_scale[self._series[windows]]
+        weight = None if self._weight is None else self._weight[decoder.rows]
+
+        # _collate_fn does not pad the time index: it counts on past each decoder's end.
+        decoder_time_idx = (self._time_first[windows] + encoder_length).unsqueeze(1) + decoder.steps
+        x = dict(
+            encoder_cat=self._categoricals[encoder.rows],
+            encoder_cont=encoder_cont,
+            encoder_target=encoder_target,
+            encoder_lengths=encoder_length,
+            decoder_cat=self._categoricals[decoder.rows],
+            decoder_cont=decoder_cont,
+            decoder_target=target,
+            decoder_lengths=decoder_length,
+            decoder_time_idx=decoder_time_idx,
+            groups=self._groups[windows],
+            target_scale=target_scale,
+        )
+        return x, (target, weight)

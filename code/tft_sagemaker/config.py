@@ -1,0 +1,506 @@
+"""Hyperparameters → typed configuration.
+
+SageMaker hands hyperparameters to the script as `--key value` pairs, every value a string, and
+the encoding depends on how the job was launched: framework estimators JSON-encode
+(`true`, `"\"abc\""`), a generic `Estimator` sends `str(v)` (`True`, `['a', 'b']`). Configuration
+files (JSON/YAML) give native values. Every one of those is accepted here; anything else is a
+`ConfigError` that names the key and, for unknown keys, the nearest valid one.
+
+Precedence, lowest first: field defaults < preset < configuration file < hyperparameters.
+Everything in this module is pure: no I/O, no environment.
+"""
+
+import ast
+import dataclasses
+import difflib
+import json
+import math
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+# Keys SageMaker or its SDK may add that are not ours; the toolkit usually strips them already.
+_FOREIGN_KEY_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
+_NONE_WORDS = {"none", "null", "auto", ""}
+_TRUE_WORDS = {"true", "1", "yes", "y", "on"}
+_FALSE_WORDS = {"false", "0", "no", "n", "off"}
+
+
+def _opt(default: Any, help: str, **checks: Any) -> Any:
+    """A dataclass field with help text and optional checks (min, max, choices, exclusive_min)."""
+    if isinstance(default, list | dict):
+        return field(
+            default_factory=lambda d=default: type(d)(d), metadata={"help": help, **checks}
+        )
+    return field(default=default, metadata={"help": help, **checks})
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and what its columns mean (the TimeSeriesDataSet schema)."""
+
+    preset: str | None = _opt(
+        None, "Built-in dataset recipe: 'stallion' or 'synthetic' (schema, features and budget)."
+    )
+    config_file: str | None = _opt(
+        None,
+        "JSON/YAML file of hyperparameters, absolute or relative to a channel; "
+        "default: tft_config.{json,yaml,yml} in the 'config' or 'train' channel if present.",
+    )
+    time_idx: str = _opt(
+        "time_idx", "Integer time index column (computed when date_column is set)."
+    )
+    date_column: str | None = _opt(None, "Date column; time_idx is derived from it with freq.")
+    freq: str | None = _opt(None, "Pandas frequency of date_column, e.g. 'D', 'W-MON', 'MS', 'h'.")
+    target: str | None = _opt(None, "Target column to forecast.")
+    group_ids: list[str] = _opt([], "Columns that identify one time series.")
+    static_categoricals: list[str] = _opt([], "Categorical columns constant per series.")
+    static_reals: list[str] = _opt([], "Numeric columns constant per series.")
+    time_varying_known_categoricals: list[str] = _opt([], "Categoricals known in the future.")
+    time_varying_known_reals: list[str] = _opt([], "Numeric columns known in the future.")
+    time_varying_unknown_categoricals: list[str] = _opt(
+        [], "Categoricals observed only in the past."
+    )
+    time_varying_unknown_reals: list[str] = _opt(
+        [], "Numeric columns observed only in the past (the target usually belongs here)."
+    )
+    variable_groups: dict[str, list[str]] = _opt(
+        {}, "Groups of categorical columns embedded as one variable, e.g. {'holidays': [...]}."
+    )
+    weight: str | None = _opt(None, "Optional column of sample weights.")
+    max_encoder_length: int = _opt(24, "Longest history the model sees.", min=1)
+    min_encoder_length: int | None = _opt(
+        None, "Shortest history of a training window (default: max_encoder_length // 2).", min=0
+    )
+    max_prediction_length: int = _opt(6, "Forecast horizon.", min=1)
+    min_prediction_length: int = _opt(1, "Shortest horizon of a training window.", min=1)
+    target_normalizer: str = _opt(
+        "group",
+        "Target scaling: 'group' (per series), 'encoder' (per window), 'standard', 'auto', 'none'.",
+        choices=("group", "encoder", "standard", "auto", "none"),
+    )
+    target_transformation: str | None = _opt(
+        None,
+        "Transformation before scaling: softplus, log, log1p, relu, logit (default none).",
+        choices=(None, "softplus", "log", "log1p", "relu", "logit"),
+    )
+    add_relative_time_idx: bool = _opt(True, "Add the position relative to the forecast start.")
+    add_target_scales: bool = _opt(True, "Add the series' target center/scale as static reals.")
+    add_encoder_length: bool = _opt(True, "Add the encoder length as a static real.")
+    allow_missing_timesteps: bool = _opt(
+        False, "Accept gaps in a series (pytorch-forecasting fills them forward)."
+    )
+    drop_short_series: bool = _opt(
+        False, "Drop series too short for one window instead of failing."
+    )
+
+    @property
+    def resolved_min_encoder_length(self) -> int:
+        if self.min_encoder_length is None:
+            return self.max_encoder_length // 2
+        return self.min_encoder_length
+
+    @property
+    def categoricals(self) -> list[str]:
+        """Categorical columns as they appear in the data (variable groups expanded)."""
+        names = (
+            self.static_categoricals
+            + self.time_varying_known_categoricals
+            + self.time_varying_unknown_categoricals
+        )
+        return _unique(c for name in names for c in self.variable_groups.get(name, [name]))
+
+    @property
+    def reals(self) -> list[str]:
+        return _unique(
+            self.static_reals + self.time_varying_known_reals + self.time_varying_unknown_reals
+        )
+
+    @property
+    def required_columns(self) -> list[str]:
+        """Every column the data must have, in a stable order (time_idx is derived from
+        date_column when that is set)."""
+        time = [self.date_column] if self.date_column else [self.time_idx]
+        extra = [self.weight] if self.weight else []
+        target = [self.target] if self.target else []
+        columns = self.group_ids + time + target + self.categoricals + self.reals + extra
+        return [c for c in _unique(columns) if not (self.date_column and c == self.time_idx)]
+
+
+@dataclass
+class ModelConfig:
+    """The Temporal Fusion Transformer and its optimisation."""
+
+    hidden_size: int = _opt(16, "Width of the network.", min=1)
+    attention_head_size: int = _opt(2, "Attention heads.", min=1)
+    hidden_continuous_size: int = _opt(8, "Width of the real-variable embeddings.", min=1)
+    lstm_layers: int = _opt(1, "LSTM layers in encoder and decoder.", min=1)
+    dropout: float = _opt(0.1, "Dropout rate.", min=0.0, max=0.9)
+    quantiles: list[float] = _opt(
+        [0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98], "Quantiles of the QuantileLoss (need 0.5)."
+    )
+    learning_rate: float = _opt(0.03, "Initial learning rate.", exclusive_min=0.0, max=10.0)
+    optimizer: str = _opt("adam", "Optimizer: adam, adamw, sgd.", choices=("adam", "adamw", "sgd"))
+    weight_decay: float = _opt(0.0, "Weight decay.", min=0.0)
+    reduce_on_plateau_patience: int = _opt(
+        4, "Epochs without val_loss improvement before the learning rate is reduced.", min=1
+    )
+
+
+@dataclass
+class TrainingConfig:
+    """The Lightning Trainer and the input pipeline."""
+
+    max_epochs: int = _opt(30, "Maximum number of epochs.", min=1)
+    limit_train_batches: float | None = _opt(
+        None,
+        "Batches per epoch and device: an integer count, or a fraction in (0, 1]; default all.",
+        exclusive_min=0.0,
+    )
+    batch_size: int = _opt(128, "Training windows per batch and device.", min=1)
+    val_batch_size: int | None = _opt(
+        None, "Validation batch size (default 8 x batch_size).", min=1
+    )
+    gradient_clip_val: float = _opt(0.1, "Gradient norm clipping (0 disables).", min=0.0)
+    early_stopping_patience: int = _opt(
+        10, "Epochs without val_loss improvement before stopping (0 disables).", min=0
+    )
+    early_stopping_min_delta: float = _opt(1e-4, "Smallest val_loss change that counts.", min=0.0)
+    seed: int = _opt(42, "Random seed (weights, shuffling, dropout).", min=0)
+    precision: str = _opt(
+        "auto",
+        "auto (bf16-mixed on GPUs that support it, else 32), 32, bf16-mixed, 16-mixed.",
+        choices=("auto", "32", "bf16-mixed", "16-mixed"),
+    )
+    accelerator: str = _opt("auto", "auto, gpu or cpu.", choices=("auto", "gpu", "cpu"))
+    devices: int | None = _opt(
+        None, "Devices per host (default: every GPU, or 1 CPU process).", min=1
+    )
+    num_workers: int | None = _opt(
+        None, "DataLoader worker processes (default: fitted to host).", min=0
+    )
+    fast_batches: bool = _opt(True, "Vectorised batch assembly (falls back when unsupported).")
+    compile: bool = _opt(False, "torch.compile the model (pays off on GPUs for long runs).")
+    checkpoint_dir: str | None = _opt(
+        None, "Where epoch checkpoints go and are resumed from (default /opt/ml/checkpoints)."
+    )
+    keep_checkpoints: int = _opt(2, "Epoch checkpoints kept besides the best one.", min=1)
+    resume: bool = _opt(True, "Resume from the newest checkpoint in checkpoint_dir, if any.")
+
+
+@dataclass
+class DistributedConfig:
+    """How processes on one or many hosts form one training group."""
+
+    backend: str = _opt(
+        "auto",
+        "auto (nccl on GPUs, gloo on CPUs), nccl, gloo, smddp.",
+        choices=("auto", "nccl", "gloo", "smddp"),
+    )
+    master_port: int = _opt(
+        29500, "TCP port of the rendezvous on the first host.", min=1, max=65535
+    )
+    collective_timeout_s: int = _opt(
+        600, "Seconds a collective waits for a peer before every rank fails.", min=10
+    )
+    host_wait_timeout_s: int = _opt(
+        300, "Seconds to wait for every host's name to resolve before failing.", min=0
+    )
+
+
+@dataclass
+class JobConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Every hyperparameter by its flat name, as the user sets it."""
+        return {k: v for section in self.to_dict().values() for k, v in section.items()}
+
+
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "distributed": DistributedConfig,
+}
+# flat hyperparameter name → (section, dataclass field)
+FIELDS: dict[str, tuple[str, dataclasses.Field]] = {
+    f.name: (section, f) for section, cls in _SECTIONS.items() for f in dataclasses.fields(cls)
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Command line → raw mapping
+# --------------------------------------------------------------------------------------------
+def parse_cli(argv: Iterable[str]) -> dict[str, str]:
+    """`--key value` / `--key=value` pairs (as the SageMaker toolkit builds them) → raw strings."""
+    raw: dict[str, str] = {}
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--") or token == "--":
+            raise ConfigError(f"Unexpected argument {token!r}: hyperparameters are '--key value'.")
+        key, sep, value = token[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(args):
+                raise ConfigError(f"Hyperparameter --{key} has no value.")
+            value = args[i + 1]
+            i += 1
+        raw[key.replace("-", "_")] = value
+        i += 1
+    return raw
+
+
+# --------------------------------------------------------------------------------------------
+# Raw values → typed values
+# --------------------------------------------------------------------------------------------
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _unquote(text: str) -> str:
+    """Undo one level of JSON string encoding: '"abc"' → 'abc'."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        try:
+            decoded = json.loads(text)
+        except json.JSONDecodeError:
+            return text
+        if isinstance(decoded, str):
+            return decoded.strip()
+    return text
+
+
+def _literal(text: str) -> Any:
+    """A JSON or Python literal (lists and dicts come as either, depending on the SDK path)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError) as err:
+        raise ValueError(f"not a list/dict literal: {text!r}") from err
+
+
+def _decode(value: Any, tp: Any) -> Any:
+    """Convert a raw value (string from the CLI, or native from a file) to type `tp`."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and _unquote(value).lower() in _NONE_WORDS):
+            return None
+        errors = []
+        for option in options:
+            try:
+                return _decode(value, option)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError("; ".join(errors))
+    if isinstance(value, str):
+        value = _unquote(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE_WORDS | _FALSE_WORDS:
+            return value.lower() in _TRUE_WORDS
+        raise ValueError(f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected an integer, got {value!r}")
+        number = float(value) if isinstance(value, str | float) else value
+        if isinstance(number, int):
+            return number
+        if isinstance(number, float) and number.is_integer():
+            return int(number)
+        raise ValueError(f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValueError(f"expected a number, got {value!r}")
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        # Lightning reads an integral limit as a batch count: keep "50" an int.
+        if isinstance(value, int) or (isinstance(value, str) and value.lstrip("+-").isdigit()):
+            return int(number)
+        return number
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+    if origin is list:
+        (item_type,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = (
+                _literal(value)
+                if value.startswith("[")
+                else ([v.strip() for v in value.split(",") if v.strip()])
+            )
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"expected a list, got {value!r}")
+        return [_decode(v, item_type) for v in value]
+    if origin is dict:
+        key_type, value_type = typing.get_args(tp)
+        if isinstance(value, str):
+            value = _literal(value) if value else {}
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping, got {value!r}")
+        return {_decode(k, key_type): _decode(v, value_type) for k, v in value.items()}
+    raise TypeError(f"unsupported field type {tp!r}")  # a bug in this module, not user input
+
+
+def _check_range(name: str, value: Any, meta: Mapping[str, Any]) -> None:
+    if "choices" in meta and value not in meta["choices"]:
+        shown = ", ".join(str(c) for c in meta["choices"] if c is not None)
+        raise ConfigError(f"Hyperparameter {name}={value!r} is not one of: {shown}.")
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"Hyperparameter {name}={value} is below its minimum {meta['min']}.")
+    if "exclusive_min" in meta and value <= meta["exclusive_min"]:
+        raise ConfigError(
+            f"Hyperparameter {name}={value} must be greater than {meta['exclusive_min']}."
+        )
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"Hyperparameter {name}={value} is above its maximum {meta['max']}.")
+
+
+def _check_known(values: Mapping[str, Any], source: str) -> None:
+    for key in values:
+        if key in FIELDS:
+            continue
+        close = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.6)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"Unknown hyperparameter '{key}' (in {source}).{hint}")
+
+
+def _drop_foreign(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if not k.startswith(_FOREIGN_KEY_PREFIXES)}
+
+
+def build_config(
+    hyperparameters: Mapping[str, Any],
+    file_values: Mapping[str, Any] | None = None,
+    presets: Mapping[str, Mapping[str, Any]] | None = None,
+    file_name: str = "the configuration file",
+) -> JobConfig:
+    """Resolve defaults < preset < file < hyperparameters into a checked `JobConfig`."""
+    hyperparameters = _drop_foreign(hyperparameters)
+    file_values = _drop_foreign(file_values or {})
+    _check_known(file_values, file_name)
+    _check_known(hyperparameters, "hyperparameters")
+
+    merged: dict[str, Any] = {**file_values, **hyperparameters}
+    preset_name = _decode(merged.get("preset"), str | None)
+    if preset_name is not None:
+        presets = presets or {}
+        if preset_name not in presets:
+            raise ConfigError(
+                f"Unknown preset '{preset_name}'. Available: {', '.join(sorted(presets))}."
+            )
+        merged = {**presets[preset_name], **merged}
+
+    sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    for key, raw in merged.items():
+        section, fld = FIELDS[key]
+        try:
+            value = _decode(raw, fld.type)
+        except ValueError as err:
+            raise ConfigError(f"Hyperparameter {key}={raw!r} is invalid: {err}.") from None
+        _check_range(key, value, fld.metadata)
+        sections[section][key] = value
+    config = JobConfig(**{name: _SECTIONS[name](**vals) for name, vals in sections.items()})
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: JobConfig) -> None:
+    """Rules across fields that a single field's range cannot express."""
+    data, model, training = config.data, config.model, config.training
+    if data.target is None:
+        raise ConfigError(
+            "No target column: set the 'target' hyperparameter (and the schema), "
+            "or choose a preset: stallion, synthetic."
+        )
+    if not data.group_ids:
+        raise ConfigError("No group_ids: name the column(s) that identify each series.")
+    if data.date_column and not data.freq:
+        raise ConfigError(
+            f"date_column={data.date_column!r} needs freq (a pandas frequency such as 'D' or 'MS')."
+        )
+    if data.freq and not data.date_column:
+        raise ConfigError("freq is set but date_column is not: name the date column.")
+    if data.resolved_min_encoder_length > data.max_encoder_length:
+        raise ConfigError(
+            f"min_encoder_length={data.min_encoder_length} exceeds "
+            f"max_encoder_length={data.max_encoder_length}."
+        )
+    if data.min_prediction_length > data.max_prediction_length:
+        raise ConfigError(
+            f"min_prediction_length={data.min_prediction_length} exceeds "
+            f"max_prediction_length={data.max_prediction_length}."
+        )
+    roles = {
+        "static_categoricals": data.static_categoricals,
+        "static_reals": data.static_reals,
+        "time_varying_known_categoricals": data.time_varying_known_categoricals,
+        "time_varying_known_reals": data.time_varying_known_reals,
+        "time_varying_unknown_categoricals": data.time_varying_unknown_categoricals,
+        "time_varying_unknown_reals": data.time_varying_unknown_reals,
+    }
+    seen: dict[str, str] = {}
+    for role, columns in roles.items():
+        for column in columns:
+            if column in seen:
+                raise ConfigError(f"Column '{column}' is listed in both {seen[column]} and {role}.")
+            seen[column] = role
+    if data.target in data.time_varying_known_reals:
+        raise ConfigError(
+            f"The target '{data.target}' cannot be a known real: it is not known in the future."
+        )
+    for group, members in data.variable_groups.items():
+        if group not in seen or not seen[group].endswith("categoricals"):
+            raise ConfigError(
+                f"variable_groups['{group}'] is not listed in any *_categoricals hyperparameter."
+            )
+        if not members:
+            raise ConfigError(f"variable_groups['{group}'] is empty.")
+    if 0.5 not in model.quantiles or sorted(model.quantiles) != model.quantiles:
+        raise ConfigError(
+            f"quantiles={model.quantiles} must be increasing and include 0.5 (the point forecast)."
+        )
+    if any(not 0.0 < q < 1.0 for q in model.quantiles):
+        raise ConfigError(f"quantiles={model.quantiles} must lie strictly between 0 and 1.")
+    if model.hidden_size % model.attention_head_size:
+        raise ConfigError(
+            f"hidden_size={model.hidden_size} must be divisible by "
+            f"attention_head_size={model.attention_head_size}."
+        )
+    limit = training.limit_train_batches
+    if isinstance(limit, float) and limit > 1.0:
+        raise ConfigError(
+            f"limit_train_batches={limit} is a fraction above 1: give an integer batch count "
+            "or a fraction in (0, 1]."
+        )
+
+
+def describe_hyperparameters() -> str:
+    """Help text listing every hyperparameter with its default (for --help and the README)."""
+    lines = []
+    for section, cls in _SECTIONS.items():
+        lines.append(f"[{section}]")
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            lines.append(f"  {f.name} = {getattr(defaults, f.name)!r}\n      {f.metadata['help']}")
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""Forecasts and metrics for whole datasets, in one process.
+
+Under DDP `predict()` returns only the calling rank's share, so the final evaluation (of the
+best checkpoint and of the naive Baseline, on the same validation windows) and the `predict`
+command both go through `forecast()` here, in a single process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from pytorch_forecasting import Baseline, TemporalFusionTransformer, TimeSeriesDataSet
+from pytorch_forecasting.metrics import MAE, RMSE, SMAPE, QuantileLoss
+from torch.nn.utils import rnn
+
+from .loaders import LoaderSettings, make_loader
+
+
+@dataclass
+class Forecast:
+    """Per window: the index (groups, first predicted time), quantiles (windows, horizon, q),
+    actuals and the horizon length of each window."""
+
+    index: pd.DataFrame
+    quantiles: torch.Tensor
+    baseline: torch.Tensor
+    actuals: torch.Tensor
+    lengths: torch.Tensor
+
+
+def _batches(
+    dataset: TimeSeriesDataSet, batch_size: int, device: torch.device
+) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    settings = LoaderSettings(
+        batch_size=batch_size,
+        val_batch_size=batch_size,
+        rank=0,
+        world_size=1,
+        seed=0,
+        fast_batches=True,
+        num_workers=0,
+        device=device,
+        threads_per_process=1,
+    )
+    for x, (target, _weight) in make_loader(dataset, settings, train=False):
+        yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in x.items()}, target
+
+
+@torch.no_grad()
+def forecast(
+    model: TemporalFusionTransformer,
+    dataset: TimeSeriesDataSet,
+    batch_size: int = 1024,
+    device: torch.device | str = "cpu",
+) -> Forecast:
+    device = torch.device(device)
+    model = model.to(device).eval()
+    baseline = Baseline()
+    index, quantiles, naive, actuals, lengths = [], [], [], [], []
+    for x, target in _batches(dataset, batch_size, device):
+        out = model(x)
+        quantiles.append(model.to_quantiles(out).float().cpu())
+        naive.append(baseline(x)["prediction"].float().cpu())
+        actuals.append(target.float().cpu())
+        lengths.append(x["decoder_lengths"].cpu())
+        index.append(dataset.x_to_index({k: v.cpu() for k, v in x.items()}))
+    horizon = max(q.shape[1] for q in quantiles)
+
+    def pad(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(
+            [
+                torch.nn.functional.pad(p, (0, 0) * (p.dim() - 2) + (0, horizon - p.shape[1]))
+                for p in parts
+            ]
+        )
+
+    return Forecast(
+        index=pd.concat(index, ignore_index=True),
+        quantiles=pad(quantiles),
+        baseline=pad(naive),
+        actuals=pad(actuals),
+        lengths=torch.cat(lengths),
+    )
+
+
+def _target(result: Forecast) -> torch.Tensor | rnn.PackedSequence:
+    """Actuals as pytorch-forecasting's metrics take them: packed when horizons differ."""
+    if bool((result.lengths < result.actuals.shape[1]).any()):
+        return rnn.pack_padded_sequence(
+            result.actuals, result.lengths, batch_first=True, enforce_sorted=False
+        )
+    return result.actuals
+
+
+def score(result: Forecast, quantiles: list[float]) -> dict[str, float]:
+    """MAE / SMAPE / RMSE of the median and the quantile loss, for the model and the Baseline,
+    computed by pytorch-forecasting's own metrics (so they match the logged val_* values)."""
+    median = result.quantiles[..., quantiles.index(0.5)]
+    target = _target(result)
+    baseline_quantiles = result.baseline.unsqueeze(-1).expand(-1, -1, len(quantiles))
+    metrics = {}
+    for prefix, point, q in (
+        ("", median, result.quantiles),
+        ("baseline_", result.baseline, baseline_quantiles),
+    ):
+        metrics[f"{prefix}val_MAE"] = float(MAE()(point, target))
+        metrics[f"{prefix}val_SMAPE"] = float(SMAPE()(point, target))
+        metrics[f"{prefix}val_RMSE"] = float(RMSE()(point, target))
+        metrics[f"{prefix}val_quantile_loss"] = float(QuantileLoss(quantiles)(q, target))
+    metrics["validation_windows"] = len(result.index)
+    metrics["validation_points"] = int(result.lengths.sum())
+    return metrics
+
+
+def to_frame(result: Forecast, quantiles: list[float], time_idx: str) -> pd.DataFrame:
+    """One row per (series, forecast step): index columns, horizon, median, quantiles."""
+    n, horizon = result.quantiles.shape[:2]
+    steps = np.arange(horizon)
+    valid = (steps[None, :] < result.lengths.numpy()[:, None]).ravel()
+    frame = result.index.loc[np.repeat(np.arange(n), horizon)].reset_index(drop=True)
+    frame[time_idx] = frame[time_idx].to_numpy() + np.tile(steps, n)
+    frame.insert(len(frame.columns), "horizon", np.tile(steps + 1, n))
+    flat = result.quantiles.reshape(n * horizon, -1).numpy()
+    frame["prediction"] = flat[:, quantiles.index(0.5)]
+    for i, q in enumerate(quantiles):
+        frame[f"q{q:g}"] = flat[:, i]
+    return frame[valid].reset_index(drop=True)

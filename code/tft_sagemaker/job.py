@@ -1,0 +1,206 @@
+"""The training job, start to end: configuration → data → dataset → model → trainer → artifacts.
+
+`main` is what SageMaker's `train` runs (through code/train.py). Anything that goes wrong ends
+as a one-line cause at the top of /opt/ml/output/failure and a non-zero exit code; input is
+validated before any training starts, and the model directory is written only at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from .artifacts import write_model_artifacts
+from .checkpoints import find_resume_checkpoint, fingerprint
+from .config import JobConfig, build_config, describe_hyperparameters, parse_cli
+from .console import setup_logging
+from .data import describe_frame, find_config_file, load_config_file, load_job_data
+from .dataset import build_training_dataset, build_validation_dataset
+from .errors import JobError, write_failure
+from .evaluate import forecast, score
+from .launch import LaunchPlan, plan_launch, read_resource_config, wait_for_hosts
+from .loaders import LoaderSettings, make_loader
+from .metrics import format_metric_line
+from .model import TemporalFusionTransformerDDP, build_model
+from .paths import JobPaths
+from .presets import PRESET_VALUES
+from .trainer import build_trainer
+
+log = logging.getLogger("tft_sagemaker")
+
+
+def load_config(argv: Sequence[str], paths: JobPaths) -> JobConfig:
+    hyperparameters = parse_cli(argv)
+    config_file = find_config_file(paths, hyperparameters.get("config_file"))
+    file_values = load_config_file(config_file) if config_file else {}
+    if config_file:
+        log.info("configuration file: %s", config_file)
+    return build_config(hyperparameters, file_values, PRESET_VALUES, str(config_file))
+
+
+def plan_for(config: JobConfig, paths: JobPaths) -> LaunchPlan:
+    gpus = torch.cuda.device_count() if config.training.accelerator != "cpu" else 0
+    return plan_launch(
+        os.environ,
+        read_resource_config(paths.input_config_dir),
+        gpus_per_host=gpus,
+        cpus_per_host=os.cpu_count() or 1,
+        accelerator=config.training.accelerator,
+        devices=config.training.devices,
+        backend=config.distributed.backend,
+        master_port=config.distributed.master_port,
+    )
+
+
+def _configure_process(plan: LaunchPlan, paths: JobPaths) -> None:
+    """Environment every process of the plan needs before the process group forms."""
+    # Several processes per host each taking every core is ~10x slower on CPUs.
+    torch.set_num_threads(plan.threads_per_process)
+    os.environ.setdefault("OMP_NUM_THREADS", str(plan.threads_per_process))
+    # A dead peer then fails the collectives at the timeout instead of hanging forever.
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    interface = (read_resource_config(paths.input_config_dir) or {}).get("network_interface_name")
+    if interface and plan.num_nodes > 1:
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+    os.environ.update(plan.lightning_env())
+    if plan.backend == "smddp":
+        try:
+            import smdistributed.dataparallel.torch.torch_smddp  # noqa: F401  (registers smddp)
+        except ImportError as err:
+            raise JobError(
+                "backend=smddp needs smdistributed-dataparallel (SageMaker PyTorch images up to "
+                "2.3); use backend=nccl with torch_distributed on current images."
+            ) from err
+
+
+def _is_launching_process() -> bool:
+    """True in the process SageMaker started, before any launcher child exists."""
+    return not any(
+        k in os.environ for k in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "OMPI_COMM_WORLD_RANK")
+    )
+
+
+def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, float]:
+    started = time.monotonic()
+    _configure_process(plan, paths)
+    log.info("launch plan: %s", json.dumps(plan.summary()))
+    log.info("configuration: %s", json.dumps(config.flat()))
+    if plan.num_nodes > 1:
+        wait_for_hosts(plan.hosts, config.distributed.host_wait_timeout_s)
+
+    data = load_job_data(paths, config.data)
+    log.info("training data: %s", describe_frame(data.train, config.data))
+    pl.seed_everything(config.training.seed, workers=True, verbose=False)
+    training = build_training_dataset(data.train, config.data)
+    validation = build_validation_dataset(training, data.validation)
+    log.info("windows: %d training, %d validation", len(training), len(validation))
+
+    model = build_model(training, config.model)
+    trainer = build_trainer(
+        config, plan, paths.checkpoint_dir, paths.tensorboard_dir, fingerprint(config)
+    )
+    device = trainer.strategy.root_device
+    settings = LoaderSettings(
+        batch_size=config.training.batch_size,
+        val_batch_size=config.training.val_batch_size or 8 * config.training.batch_size,
+        rank=trainer.global_rank,
+        world_size=trainer.world_size,
+        seed=config.training.seed,
+        fast_batches=config.training.fast_batches,
+        num_workers=config.training.num_workers,
+        device=device,
+        threads_per_process=plan.threads_per_process,
+    )
+    if trainer.world_size != plan.world_size:
+        raise JobError(
+            f"Lightning formed a world of {trainer.world_size} processes, the plan has "
+            f"{plan.world_size} ({plan.num_nodes} node(s) x {plan.devices} device(s))."
+        )
+    resume = (
+        find_resume_checkpoint(paths.checkpoint_dir, fingerprint(config))
+        if config.training.resume
+        else None
+    )
+    fit_model = torch.compile(model, dynamic=True) if config.training.compile else model
+    fit_started = time.monotonic()
+    trainer.fit(
+        fit_model,
+        train_dataloaders=make_loader(training, settings, train=True),
+        val_dataloaders=make_loader(validation, settings, train=False),
+        ckpt_path=resume,
+        weights_only=False,  # our own checkpoints pickle the loss and dataset parameters
+    )
+    fit_seconds = time.monotonic() - fit_started
+
+    results: dict[str, float] = {}
+    if trainer.is_global_zero:
+        best = Path(trainer.checkpoint_callback.best_model_path)
+        log.info("evaluating %s on %d validation windows", best.name, len(validation))
+        best_model = TemporalFusionTransformerDDP.load_from_checkpoint(
+            best, map_location="cpu", weights_only=False
+        )
+        results = score(forecast(best_model, validation, device=device), config.model.quantiles)
+        results |= {
+            "best_epoch": torch.load(best, map_location="cpu", weights_only=False)["epoch"],
+            "epochs_trained": trainer.current_epoch,
+            "fit_s": round(fit_seconds, 2),
+            "job_s": round(time.monotonic() - started, 2),
+            "world_size": plan.world_size,
+        }
+        write_model_artifacts(
+            paths.model_dir, best, training.get_parameters(), config, data.time_axis, results
+        )
+        print(
+            format_metric_line(
+                {
+                    f"final_{k}" if k.startswith("val_") else k: v
+                    for k, v in results.items()
+                    if "val_" in k
+                }
+            ),
+            flush=True,
+        )
+        log.info("model written to %s", paths.model_dir)
+    if plan.distributed and dist.is_initialized():
+        dist.barrier()  # every host finishes together (SageMaker local mode needs it)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    setup_logging()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv in (["--help"], ["-h"]):
+        print(describe_hyperparameters())
+        return 0
+    paths = JobPaths.from_env()
+    if _is_launching_process():
+        paths.failure_file.unlink(missing_ok=True)  # a stale one from an earlier local run
+    try:
+        config = load_config(argv, paths)
+        paths = JobPaths.from_env(checkpoint_dir=config.training.checkpoint_dir)
+        run(config, plan_for(config, paths), paths)
+        return 0
+    except SIGTERMException:
+        write_failure(
+            paths.failure_file,
+            JobError(
+                f"Training stopped by SIGTERM; the checkpoint in {paths.checkpoint_dir} lets a "
+                "restarted job resume where it stopped."
+            ),
+        )
+        return 143
+    except Exception as err:  # every failure must reach the failure file
+        log.error("job failed: %s", err, exc_info=not isinstance(err, JobError))
+        write_failure(paths.failure_file, err)
+        return 2 if isinstance(err, JobError) else 1

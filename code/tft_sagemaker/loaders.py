@@ -1,0 +1,183 @@
+"""Datasets → per-rank DataLoaders.
+
+This module shards the windows across ranks itself (Lightning's `use_distributed_sampler` is
+off): each epoch is one permutation, seeded by (seed, epoch) and therefore the same on every
+rank, split into disjoint shards of near-equal size. Together the ranks see every window exactly
+once per epoch, and every rank yields the same number of batches, so DDP never waits on a
+batch that does not come. The sampler's position is checkpointed, so a run resumed mid-epoch
+(after SIGTERM on a spot instance) continues with the batches it had not yet trained on.
+
+Batches come from `WindowBatcher` (vectorised, see batches.py) where it reproduces the dataset's
+own batches exactly, otherwise from pytorch-forecasting's per-window `__getitem__` + collate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from pytorch_forecasting import TimeSeriesDataSet
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .batches import WindowBatcher, unsupported_reason
+from .errors import JobError
+
+log = logging.getLogger(__name__)
+
+# Below this much shared memory, worker processes die with "Bus error" (Docker's default 64 MB).
+_MIN_SHM_BYTES = 512 * 1024**2
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """This rank's batches of window indices for one epoch (see module docstring)."""
+
+    def __init__(
+        self, n_windows: int, batch_size: int, rank: int, world_size: int, shuffle: bool, seed: int
+    ) -> None:
+        if n_windows < world_size:
+            raise JobError(
+                f"{n_windows} window(s) cannot be shared by {world_size} processes: use fewer "
+                "devices/hosts or more data."
+            )
+        self.n_windows, self.batch_size = n_windows, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.shuffle, self.seed = shuffle, seed
+        self.epoch = 0
+        # Batches of this epoch already trained on. Counted by the training loop (see
+        # `mark_trained`), not here: the loader fetches ahead of training.
+        self.trained = 0
+        self._skip = 0  # batches to skip on the next iteration (after a mid-epoch resume)
+
+    def __len__(self) -> int:
+        largest_shard = math.ceil(self.n_windows / self.world_size)
+        return math.ceil(largest_shard / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning before each epoch
+        if epoch != self.epoch:
+            self.epoch, self.trained, self._skip = epoch, 0, 0
+
+    def shard(self) -> np.ndarray:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n_windows, generator=generator).numpy()
+        else:
+            order = np.arange(self.n_windows)
+        return np.array_split(order, self.world_size)[self.rank]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        # Equal batch counts on every rank; batch sizes differ by at most one window.
+        batches = np.array_split(self.shard(), len(self))
+        start, self._skip = self._skip, 0
+        for batch in batches[start:]:
+            yield batch.tolist()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches_done": self.trained}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = state["epoch"]
+        self.trained = self._skip = state["batches_done"]
+
+
+class StatefulDataLoader(DataLoader):
+    """A DataLoader whose position Lightning saves in checkpoints and restores on resume."""
+
+    def state_dict(self) -> dict[str, int]:
+        return self.batch_sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.load_state_dict(state)
+
+
+class _BatchedWindows(Dataset):
+    """Hands whole batches to the DataLoader: `__getitems__` receives a batch's indices."""
+
+    def __init__(self, batcher: WindowBatcher) -> None:
+        self.batcher = batcher
+
+    def __len__(self) -> int:
+        return len(self.batcher)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.batcher([index])
+
+    def __getitems__(self, indices: Sequence[int]) -> Any:
+        return self.batcher(indices)
+
+
+def _first(batch: Any) -> Any:
+    return batch
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    batch_size: int
+    val_batch_size: int
+    rank: int
+    world_size: int
+    seed: int
+    fast_batches: bool
+    num_workers: int | None  # None: fitted to the host
+    device: torch.device  # where vectorised batches are assembled
+    threads_per_process: int
+
+
+def _shm_bytes() -> int:
+    try:
+        return shutil.disk_usage("/dev/shm").total
+    except OSError:
+        return 0
+
+
+def auto_num_workers(settings: LoaderSettings, vectorised: bool) -> int:
+    """Vectorised batches cost about a millisecond: workers would only add start-up and memory.
+    The per-window path on a GPU host gets worker processes, unless /dev/shm is too small."""
+    if settings.num_workers is not None:
+        return settings.num_workers
+    if vectorised or settings.device.type != "cuda":
+        return 0
+    if _shm_bytes() < _MIN_SHM_BYTES:
+        log.warning("/dev/shm is below 512 MB: loading data in the main process (raise shm_size)")
+        return 0
+    return min(4, max(0, settings.threads_per_process - 1))
+
+
+def make_loader(dataset: TimeSeriesDataSet, settings: LoaderSettings, train: bool) -> DataLoader:
+    """The DataLoader of this rank for `dataset` (training: shuffled; validation: in order)."""
+    reason = unsupported_reason(dataset) if settings.fast_batches else "fast_batches=false"
+    vectorised = reason is None
+    sampler = ShardedBatchSampler(
+        len(dataset),
+        settings.batch_size if train else settings.val_batch_size,
+        settings.rank,
+        settings.world_size,
+        shuffle=train,
+        seed=settings.seed,
+    )
+    num_workers = auto_num_workers(settings, vectorised)
+    if vectorised:
+        device = settings.device if num_workers == 0 else torch.device("cpu")
+        source: Dataset = _BatchedWindows(WindowBatcher(dataset, device=device))
+        collate = _first
+    else:
+        log.info(
+            "per-window batches for %s data: %s", "training" if train else "validation", reason
+        )
+        source, collate = dataset, TimeSeriesDataSet._collate_fn
+    loader_class = StatefulDataLoader if train else DataLoader
+    return loader_class(
+        source,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=settings.device.type == "cuda" and not (vectorised and num_workers == 0),
+        persistent_workers=num_workers > 0,
+        multiprocessing_context="fork" if num_workers > 0 and os.name == "posix" else None,
+    )

@@ -1,0 +1,56 @@
+"""Where the job reads and writes: the SageMaker `/opt/ml` layout, from the environment.
+
+The toolkit exports `SM_*` variables; outside it (a plain `python train.py`) the same layout is
+found under `SAGEMAKER_BASE_DIR` (default `/opt/ml`), as the toolkit itself does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    base: Path
+    model_dir: Path
+    output_dir: Path
+    output_data_dir: Path
+    input_config_dir: Path
+    channels: dict[str, Path]
+    checkpoint_dir: Path
+    tensorboard_dir: Path
+
+    @property
+    def failure_file(self) -> Path:
+        return self.output_dir / "failure"
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, checkpoint_dir: str | None = None
+    ) -> JobPaths:
+        env = os.environ if env is None else env
+        base = Path(env.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
+        data_dir = base / "input" / "data"
+        channels = {
+            key[len("SM_CHANNEL_") :].lower(): Path(value)
+            for key, value in env.items()
+            if key.startswith("SM_CHANNEL_")
+        }
+        if not channels and data_dir.is_dir():
+            channels = {p.name: p for p in sorted(data_dir.iterdir()) if p.is_dir()}
+        output_dir = Path(env.get("SM_OUTPUT_DIR", base / "output"))
+        # The checkpoint dir SageMaker syncs with S3 is /opt/ml/checkpoints; outside a container
+        # it follows SAGEMAKER_BASE_DIR so that local runs never write to /opt/ml.
+        return cls(
+            base=base,
+            model_dir=Path(env.get("SM_MODEL_DIR", base / "model")),
+            output_dir=output_dir,
+            output_data_dir=Path(env.get("SM_OUTPUT_DATA_DIR", output_dir / "data")),
+            input_config_dir=Path(env.get("SM_INPUT_CONFIG_DIR", base / "input" / "config")),
+            channels=channels,
+            checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else base / "checkpoints",
+            tensorboard_dir=output_dir / "tensorboard",
+        )

@@ -1,0 +1,213 @@
+"""Configuration + launch plan → Lightning Trainer, with the callbacks the job relies on.
+
+- metric lines SageMaker can parse (rank 0, once per epoch);
+- early stopping and the best checkpoint on the synchronised `val_loss`;
+- epoch checkpoints (a bounded number, plus `last.ckpt`) for spot resume, and a checkpoint when
+  SageMaker sends SIGTERM (Lightning stops every rank at the same batch);
+- the position of the training loader, so a mid-epoch resume skips what was trained.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.environments import LightningEnvironment, TorchElasticEnvironment
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+)
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from .checkpoints import STAMP
+from .config import JobConfig
+from .launch import LaunchPlan
+from .loaders import ShardedBatchSampler
+from .metrics import format_metric_line
+
+log = logging.getLogger(__name__)
+
+BEST_CHECKPOINT = "best"
+LAST_CHECKPOINT = "last.ckpt"
+MONITOR = "val_loss"
+
+
+class MetricLines(Callback):
+    """Prints `[metrics] epoch=... train_loss=... val_loss=... val_MAE=...` after each epoch."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+
+        def value(name: str) -> float | None:
+            return float(metrics[name]) if name in metrics else None
+
+        line = format_metric_line(
+            {
+                "epoch": trainer.current_epoch,
+                "train_loss": value("train_loss_epoch"),
+                "val_loss": value("val_loss"),
+                "val_MAE": value("val_MAE"),
+                "val_SMAPE": value("val_SMAPE"),
+                "val_RMSE": value("val_RMSE"),
+                "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None,
+                "elapsed_s": time.monotonic() - self.started,
+            }
+        )
+        print(line, flush=True)
+
+
+class LoaderPosition(Callback):
+    """Counts the batches trained in this epoch into the training sampler's checkpointed state."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        sampler = trainer.train_dataloader.batch_sampler
+        if isinstance(sampler, ShardedBatchSampler):
+            sampler.trained = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+
+
+class CheckpointOnSigterm(Callback):
+    """SageMaker sends SIGTERM on StopTrainingJob and spot interruption, SIGKILL 120 s later:
+    save where training stands, so the restarted job loses nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(self.path)
+            log.warning(
+                "SIGTERM: saved %s at epoch %d, step %d",
+                self.path,
+                trainer.current_epoch,
+                trainer.global_step,
+            )
+
+
+class Fingerprint(Callback):
+    """Stamps checkpoints with the settings they are only valid for (checked before resume)."""
+
+    def __init__(self, fingerprint: dict[str, Any]) -> None:
+        self.fingerprint = fingerprint
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[STAMP] = self.fingerprint
+
+
+class RankReport(Callback):
+    """Logs what each rank trains on, so a wrong world size shows at once."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        sampler = trainer.train_dataloader.batch_sampler
+        windows = len(sampler.shard()) if isinstance(sampler, ShardedBatchSampler) else None
+        log.info(
+            "rank %d/%d (node %d, local %d): %s batches per epoch, %s windows",
+            trainer.global_rank,
+            trainer.world_size,
+            trainer.node_rank,
+            trainer.local_rank,
+            trainer.num_training_batches,
+            windows,
+        )
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    if precision != "auto":
+        return "32-true" if precision == "32" else precision
+    if accelerator == "gpu" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def _strategy(plan: LaunchPlan, timeout_s: int) -> str | DDPStrategy:
+    if not plan.distributed:
+        return "auto"
+    environment = (
+        TorchElasticEnvironment() if plan.launcher == "torchrun" else LightningEnvironment()
+    )
+    return DDPStrategy(
+        cluster_environment=environment,
+        process_group_backend=plan.backend,
+        timeout=timedelta(seconds=timeout_s),
+    )
+
+
+def build_trainer(
+    config: JobConfig,
+    plan: LaunchPlan,
+    checkpoint_dir: Path,
+    tensorboard_dir: Path,
+    fingerprint: dict[str, Any],
+) -> pl.Trainer:
+    training = config.training
+    callbacks: list[Callback] = [
+        MetricLines(),
+        LoaderPosition(),
+        RankReport(),
+        Fingerprint(fingerprint),
+        CheckpointOnSigterm(checkpoint_dir / LAST_CHECKPOINT),
+        ModelCheckpoint(
+            dirpath=checkpoint_dir,
+            filename=BEST_CHECKPOINT,
+            monitor=MONITOR,
+            mode="min",
+            save_top_k=1,
+            enable_version_counter=False,
+        ),
+        # Keeps the newest `keep_checkpoints` epochs (and last.ckpt) for resuming.
+        ModelCheckpoint(
+            dirpath=checkpoint_dir,
+            filename="epoch={epoch}",
+            auto_insert_metric_name=False,
+            monitor="epoch",
+            mode="max",
+            save_top_k=training.keep_checkpoints,
+            save_last=True,
+        ),
+        LearningRateMonitor(logging_interval="epoch"),
+    ]
+    if training.early_stopping_patience > 0:
+        callbacks.append(
+            EarlyStopping(
+                monitor=MONITOR,
+                mode="min",
+                patience=training.early_stopping_patience,
+                min_delta=training.early_stopping_min_delta,
+            )
+        )
+    return pl.Trainer(
+        accelerator=plan.accelerator,
+        devices=plan.devices,
+        num_nodes=plan.num_nodes,
+        strategy=_strategy(plan, config.distributed.collective_timeout_s),
+        precision=resolve_precision(training.precision, plan.accelerator),
+        max_epochs=training.max_epochs,
+        limit_train_batches=training.limit_train_batches,
+        gradient_clip_val=training.gradient_clip_val or None,
+        callbacks=callbacks,
+        logger=TensorBoardLogger(save_dir=tensorboard_dir, name="", version=""),
+        default_root_dir=checkpoint_dir,
+        use_distributed_sampler=False,  # loaders.py shards the windows itself
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=True,
+        log_every_n_steps=10,
+        num_sanity_val_steps=1,
+    )

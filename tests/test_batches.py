@@ -1,0 +1,377 @@
+"""WindowBatcher's batches equal TimeSeriesDataSet._collate_fn's, bit for bit."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pytorch_forecasting import TimeSeriesDataSet
+from pytorch_forecasting.data.encoders import (
+    EncoderNormalizer,
+    GroupNormalizer,
+    MultiNormalizer,
+    NaNLabelEncoder,
+    TorchNormalizer,
+)
+from tft_sagemaker.batches import WindowBatcher, unsupported_reason
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+    ),
+]
+
+
+def reference_batch(dataset: TimeSeriesDataSet, windows: np.ndarray):
+    return TimeSeriesDataSet._collate_fn([dataset[int(i)] for i in windows])
+
+
+def assert_identical(expected, actual, path: str = "batch") -> None:
+    """Same structure; tensors of the same dtype and shape with equal values."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor), path
+        actual = actual.cpu()
+        assert actual.dtype == expected.dtype, f"{path}: {actual.dtype} != {expected.dtype}"
+        assert actual.shape == expected.shape, f"{path}: {actual.shape} != {expected.shape}"
+        assert torch.equal(actual, expected), f"{path}: values differ"
+        # torch.equal takes -0.0 == 0.0; bit for bit means the signs agree as well.
+        if expected.is_floating_point():
+            assert torch.equal(torch.signbit(actual), torch.signbit(expected)), f"{path}: signs"
+    elif isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), path
+        for key in expected:
+            assert_identical(expected[key], actual[key], f"{path}[{key!r}]")
+    elif isinstance(expected, list | tuple):
+        assert type(actual) is type(expected) and len(actual) == len(expected), path
+        for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
+            assert_identical(e, a, f"{path}[{i}]")
+    else:
+        assert expected is None and actual is None, path
+
+
+def window_batches(n_windows: int, seed: int = 0, n_random: int = 25) -> list[np.ndarray]:
+    """Random batches of assorted sizes, plus one window alone, one window twice, all windows."""
+    rng = np.random.default_rng(seed)
+    batches = [np.array([0]), np.array([n_windows - 1]), np.array([3 % n_windows] * 2)]
+    batches.append(np.concatenate([rng.integers(0, n_windows, 7), [1 % n_windows] * 2]))
+    for _ in range(n_random):
+        size = int(rng.integers(1, min(n_windows, 128) + 1))
+        batches.append(rng.choice(n_windows, size=size, replace=False))
+    batches.append(np.arange(n_windows)[:512])
+    return batches
+
+
+def check_equivalence(dataset: TimeSeriesDataSet, device: str = "cpu", seed: int = 0) -> None:
+    assert unsupported_reason(dataset) is None
+    batcher = WindowBatcher(dataset, device=device)
+    assert len(batcher) == len(dataset)
+    for windows in window_batches(len(dataset), seed):
+        expected = reference_batch(dataset, windows)
+        assert_identical(expected, batcher(windows))
+    # Window indices may also come as a list or a tensor.
+    windows = [2 % len(dataset), 0]
+    expected = reference_batch(dataset, np.array(windows))
+    assert_identical(expected, batcher(windows))
+    assert_identical(expected, batcher(torch.tensor(windows)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stallion (pytorch-forecasting's TFT tutorial)
+
+SPECIAL_DAYS = [
+    "easter_day",
+    "good_friday",
+    "new_year",
+    "christmas",
+    "labor_day",
+    "independence_day",
+    "revolution_day_memorial",
+    "regional_games",
+    "fifa_u_17_world_cup",
+    "football_gold_cup",
+    "beer_capital",
+    "music_fest",
+]
+
+
+def stallion_datasets(path: str) -> tuple[TimeSeriesDataSet, TimeSeriesDataSet]:
+    """Training and validation datasets built as the Stallion tutorial builds them."""
+    data = pd.read_parquet(path)
+    data["time_idx"] = data["date"].dt.year * 12 + data["date"].dt.month
+    data["time_idx"] -= data["time_idx"].min()
+    data["month"] = data["date"].dt.month.astype(str).astype("category")
+    data["log_volume"] = np.log(data.volume + 1e-8)
+    data["avg_volume_by_sku"] = data.groupby(["time_idx", "sku"], observed=True).volume.transform(
+        "mean"
+    )
+    data["avg_volume_by_agency"] = data.groupby(
+        ["time_idx", "agency"], observed=True
+    ).volume.transform("mean")
+    data[SPECIAL_DAYS] = (
+        data[SPECIAL_DAYS].apply(lambda x: x.map({0: "-", 1: x.name})).astype("category")
+    )
+    max_prediction_length, max_encoder_length = 6, 24
+    training_cutoff = data["time_idx"].max() - max_prediction_length
+    training = TimeSeriesDataSet(
+        data[lambda x: x.time_idx <= training_cutoff],
+        time_idx="time_idx",
+        target="volume",
+        group_ids=["agency", "sku"],
+        min_encoder_length=max_encoder_length // 2,
+        max_encoder_length=max_encoder_length,
+        min_prediction_length=1,
+        max_prediction_length=max_prediction_length,
+        static_categoricals=["agency", "sku"],
+        static_reals=["avg_population_2017", "avg_yearly_household_income_2017"],
+        time_varying_known_categoricals=["special_days", "month"],
+        variable_groups={"special_days": SPECIAL_DAYS},
+        time_varying_known_reals=["time_idx", "price_regular", "discount_in_percent"],
+        time_varying_unknown_categoricals=[],
+        time_varying_unknown_reals=[
+            "volume",
+            "log_volume",
+            "industry_volume",
+            "soda_volume",
+            "avg_max_temp",
+            "avg_volume_by_agency",
+            "avg_volume_by_sku",
+        ],
+        target_normalizer=GroupNormalizer(groups=["agency", "sku"], transformation="softplus"),
+        add_relative_time_idx=True,
+        add_target_scales=True,
+        add_encoder_length=True,
+    )
+    validation = TimeSeriesDataSet.from_dataset(
+        training, data, predict=True, stop_randomization=True
+    )
+    return training, validation
+
+
+@pytest.fixture(scope="module")
+def stallion() -> tuple[TimeSeriesDataSet, TimeSeriesDataSet]:
+    path = os.environ.get("STALLION_PARQUET")
+    if not path:
+        pytest.skip("STALLION_PARQUET is not set (path of the Stallion parquet file)")
+    return stallion_datasets(path)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_stallion_training(stallion, device):
+    check_equivalence(stallion[0], device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_stallion_validation(stallion, device):
+    check_equivalence(stallion[1], device)
+
+
+def test_stallion_timing(stallion):
+    """Prints (run with -s) the time to build a batch of 128, reference against WindowBatcher."""
+    training = stallion[0]
+    rng = np.random.default_rng(0)
+    batches = [rng.choice(len(training), 128, replace=False) for _ in range(30)]
+    makers = {
+        "reference __getitem__ + _collate_fn": lambda w: reference_batch(training, w),
+        "WindowBatcher on cpu": WindowBatcher(training),
+    }
+    if torch.cuda.is_available():
+        makers["WindowBatcher on cuda"] = WindowBatcher(training, "cuda")
+    print()
+    for name, make in makers.items():
+        make(batches[0])  # warm up
+        began = time.perf_counter()
+        for windows in batches:
+            make(windows)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        ms = (time.perf_counter() - began) / len(batches) * 1000
+        print(f"Stallion training, batch of 128, {name}: {ms:.2f} ms")
+
+
+# ---------------------------------------------------------------------------------------------
+# A small synthetic panel: series of different lengths and start times
+
+
+def synthetic_panel(seed: int = 0, n_series: int = 14) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frames = []
+    for s in range(n_series):
+        length = int(rng.integers(2, 30))
+        first = int(rng.integers(0, 15))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "series": f"s{s}",
+                    "store": f"store{s % 3}",
+                    "time_idx": np.arange(first, first + length),
+                    "value": rng.gamma(2.0, 3.0, length),
+                    "label": rng.choice(["low", "mid", "high"], length),
+                    # pytorch-forecasting fits a MultiNormalizer on a numpy array of all targets,
+                    # so a class target beside a real one must be numeric
+                    "label_code": rng.integers(0, 3, length),
+                    "price": rng.normal(10.0, 2.0, length),
+                    "count": rng.integers(0, 5, length),
+                    # "c" is unknown to the encoder of promo and encoded as nan (0)
+                    "promo": rng.choice(["a", "b", "c"], length),
+                    "holiday_x": rng.choice(["-", "x"], length),
+                    "holiday_y": rng.choice(["-", "y"], length),
+                    "weight": rng.uniform(0.5, 2.0, length),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def synthetic_dataset(data: pd.DataFrame | None = None, **overrides) -> TimeSeriesDataSet:
+    kwargs = dict(
+        time_idx="time_idx",
+        target="value",
+        group_ids=["series"],
+        weight="weight",
+        min_encoder_length=1,
+        max_encoder_length=8,
+        min_prediction_length=1,
+        max_prediction_length=4,
+        static_categoricals=["store"],
+        time_varying_known_categoricals=["promo", "holidays"],
+        variable_groups={"holidays": ["holiday_x", "holiday_y"]},
+        categorical_encoders={"promo": NaNLabelEncoder(add_nan=True).fit(pd.Series(["a", "b"]))},
+        time_varying_known_reals=["time_idx", "price"],
+        time_varying_unknown_reals=["value", "count"],
+        target_normalizer=GroupNormalizer(groups=["series"], transformation="softplus"),
+        add_relative_time_idx=True,
+        add_target_scales=True,
+        add_encoder_length=True,
+    )
+    kwargs.update(overrides)
+    with warnings.catch_warnings():
+        # series too short for some settings are left out of the index, with a warning
+        warnings.simplefilter("ignore", UserWarning)
+        return TimeSeriesDataSet(synthetic_panel() if data is None else data, **kwargs)
+
+
+def predict_dataset(training: TimeSeriesDataSet) -> TimeSeriesDataSet:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return TimeSeriesDataSet.from_dataset(
+            training, synthetic_panel(), predict=True, stop_randomization=True
+        )
+
+
+SYNTHETIC_VARIANTS = {
+    "group_normalizer": {},
+    "min_encoder_length_3": dict(min_encoder_length=3, max_encoder_length=10),
+    "no_weight_no_added_features": dict(
+        weight=None, add_relative_time_idx=False, add_target_scales=False, add_encoder_length=False
+    ),
+    "torch_normalizer_log1p": dict(target_normalizer=TorchNormalizer(transformation="log1p")),
+    "identity_normalizer": dict(target_normalizer=None),
+    "scale_by_group": dict(
+        group_ids=["series", "store"],
+        target_normalizer=GroupNormalizer(groups=["series", "store"], scale_by_group=True),
+    ),
+    "min_prediction_idx": dict(min_prediction_idx=12),
+    "min_prediction_length_2": dict(min_prediction_length=2, max_prediction_length=5),
+    "lags": dict(lags={"value": [1, 3]}, min_encoder_length=2),
+    "classification": dict(
+        target="label",
+        target_normalizer=NaNLabelEncoder(),
+        time_varying_unknown_reals=["value", "count"],
+        time_varying_unknown_categoricals=["label"],
+    ),
+    "multi_target": dict(
+        target=["value", "count"],
+        target_normalizer=MultiNormalizer(
+            [GroupNormalizer(groups=["series"], transformation="softplus"), TorchNormalizer()]
+        ),
+    ),
+    "multi_target_with_classes": dict(
+        target=["value", "label_code"],
+        target_normalizer=MultiNormalizer(
+            [GroupNormalizer(groups=["series"], transformation="softplus"), NaNLabelEncoder()]
+        ),
+    ),
+    "allow_missing_timesteps_without_gaps": dict(allow_missing_timesteps=True),
+}
+
+
+@pytest.mark.parametrize("variant", list(SYNTHETIC_VARIANTS))
+@pytest.mark.parametrize("device", DEVICES)
+def test_synthetic_training(variant, device):
+    check_equivalence(synthetic_dataset(**SYNTHETIC_VARIANTS[variant]), device)
+
+
+@pytest.mark.parametrize("variant", list(SYNTHETIC_VARIANTS))
+@pytest.mark.parametrize("device", DEVICES)
+def test_synthetic_predict(variant, device):
+    training = synthetic_dataset(**SYNTHETIC_VARIANTS[variant])
+    check_equivalence(predict_dataset(training), device)
+
+
+def test_synthetic_panel_covers_short_and_late_windows():
+    """The synthetic training set really has what the equivalence tests are meant to cover."""
+    dataset = synthetic_dataset()
+    x, (_, weight) = WindowBatcher(dataset)(np.arange(len(dataset)))
+    assert x["encoder_lengths"].min() == 1 and x["encoder_lengths"].max() == 8
+    assert x["decoder_lengths"].min() < 4
+    assert len(x["groups"].unique()) > 10
+    assert weight is not None
+    assert (x["encoder_cat"][..., dataset.flat_categoricals.index("promo")] == 0).any()  # nan
+
+
+# ---------------------------------------------------------------------------------------------
+# What WindowBatcher refuses
+
+
+def data_with_gaps() -> pd.DataFrame:
+    data = synthetic_panel()
+    return data[data["time_idx"] % 7 != 3]
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: synthetic_dataset(randomize_length=True), "randomize_length is set"),
+        (
+            lambda: synthetic_dataset(target_normalizer=EncoderNormalizer(), min_encoder_length=2),
+            "EncoderNormalizer on value",
+        ),
+        (
+            lambda: synthetic_dataset(scalers={"price": EncoderNormalizer()}),
+            "EncoderNormalizer on price",
+        ),
+        (
+            lambda: synthetic_dataset(data_with_gaps(), allow_missing_timesteps=True),
+            "windows with missing timesteps",
+        ),
+    ],
+    ids=["randomize_length", "encoder_normalizer_target", "encoder_normalizer_real", "gaps"],
+)
+def test_unsupported(make, reason):
+    dataset = make()
+    assert unsupported_reason(dataset) == reason
+    with pytest.raises(ValueError, match=reason):
+        WindowBatcher(dataset)
+
+
+def test_unsupported_overwrite_values():
+    dataset = synthetic_dataset()
+    dataset.set_overwrite_values(1.0, variable="price")
+    assert unsupported_reason(dataset) == "overwrite values are set"
+    dataset.reset_overwrite_values()
+    assert unsupported_reason(dataset) is None
+
+
+def test_randomized_training_has_a_supported_validation_set():
+    training = synthetic_dataset(randomize_length=True)
+    assert unsupported_reason(predict_dataset(training)) is None
+
+
+def test_stallion_supported(stallion):
+    assert [unsupported_reason(d) for d in stallion] == [None, None]
