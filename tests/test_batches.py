@@ -18,6 +18,7 @@ from pytorch_forecasting.data.encoders import (
     NaNLabelEncoder,
     TorchNormalizer,
 )
+
 from tft_sagemaker.batches import WindowBatcher, unsupported_reason
 
 DEVICES = [

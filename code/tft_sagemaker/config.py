@@ -294,6 +294,25 @@ def _literal(text: str) -> Any:
         raise ValueError(f"not a list/dict literal: {text!r}") from err
 
 
+def _pairs(text: str) -> dict[str, str]:
+    """`k=v,k2=v2`: how the toolkit passes a dict that a framework estimator JSON-encoded
+    (it JSON-decodes the value, then joins `f"{k}={v}"`, so v is a Python repr like ['a', 'b'])."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += (char in "[{(") - (char in "]})")
+        if char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    pairs = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"not a mapping: {text!r}")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
 def _decode(value: Any, tp: Any) -> Any:
     """Convert a raw value (string from the CLI, or native from a file) to type `tp`."""
     origin = typing.get_origin(tp)
@@ -353,7 +372,12 @@ def _decode(value: Any, tp: Any) -> Any:
     if origin is dict:
         key_type, value_type = typing.get_args(tp)
         if isinstance(value, str):
-            value = _literal(value) if value else {}
+            if not value:
+                value = {}
+            elif "=" in value and not value.startswith(("{", "[")):
+                value = _pairs(value)
+            else:
+                value = _literal(value)
         if not isinstance(value, dict):
             raise ValueError(f"expected a mapping, got {value!r}")
         return {_decode(k, key_type): _decode(v, value_type) for k, v in value.items()}

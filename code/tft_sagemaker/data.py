@@ -164,8 +164,8 @@ class TimeAxis:
 
 def time_axis_for(frame: pd.DataFrame, config: DataConfig, channel: str) -> TimeAxis | None:
     """The time axis of a training frame (origin = its first date), or None without dates."""
-    if not config.date_column:
-        return None
+    if not config.date_column or config.date_column not in frame.columns:
+        return None  # a missing date column is reported by prepare_frame, with the others
     try:
         dates = pd.to_datetime(frame[config.date_column])
     except (ValueError, TypeError) as err:
@@ -290,6 +290,14 @@ def validate_frame(
         raise DataError(
             f"Channel '{channel}': missing or infinite values in real column(s): {listed}; "
             "fill or drop them."
+        )
+    empty_categories = {c: int(frame[c].isna().sum()) for c in config.categoricals}
+    empty_categories = {c: n for c, n in empty_categories.items() if n}
+    if empty_categories:
+        listed = ", ".join(f"{c} ({n})" for c, n in empty_categories.items())
+        raise DataError(
+            f"Channel '{channel}': missing values in categorical column(s): {listed}; fill them "
+            "(e.g. with '-' or 'unknown')."
         )
     duplicated = frame.duplicated(subset=keys, keep=False)
     if duplicated.any():

@@ -41,7 +41,7 @@ def write_failure(path: str | os.PathLike[str], error: BaseException) -> bool:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(failure_text(error) + "\n")
+    tmp.write_text(failure_text(error)[: FAILURE_LIMIT - 1] + "\n")  # newline included
     try:
         os.link(tmp, path)  # atomic, and fails if the file exists
         return True

@@ -12,7 +12,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -84,6 +85,26 @@ def _configure_process(plan: LaunchPlan, paths: JobPaths) -> None:
             ) from err
 
 
+_PEER_LOST = ("closed by peer", "reset by peer", "broken pipe", "timed out", "timeout", "nccl")
+
+
+@contextmanager
+def _peer_failures(plan: LaunchPlan, timeout_s: int) -> Iterator[None]:
+    """Turn a collective that broke because another process died into a cause one can act on."""
+    try:
+        yield
+    except (RuntimeError, dist.DistError) as err:
+        text = str(err).lower()
+        if not plan.distributed or not any(marker in text for marker in _PEER_LOST):
+            raise
+        first_line = str(err).strip().splitlines()[0][:300]
+        raise JobError(
+            f"Lost a peer of the training group ({plan.world_size} processes on "
+            f"{', '.join(plan.hosts)}): this host stopped within collective_timeout_s="
+            f"{timeout_s}. The root cause is in the first failing host's log. ({first_line})"
+        ) from err
+
+
 def _is_launching_process() -> bool:
     """True in the process SageMaker started, before any launcher child exists."""
     return not any(
@@ -107,9 +128,7 @@ def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, float
     log.info("windows: %d training, %d validation", len(training), len(validation))
 
     model = build_model(training, config.model)
-    trainer = build_trainer(
-        config, plan, paths.checkpoint_dir, paths.tensorboard_dir, fingerprint(config)
-    )
+    trainer = build_trainer(config, plan, paths, fingerprint(config))
     device = trainer.strategy.root_device
     settings = LoaderSettings(
         batch_size=config.training.batch_size,
@@ -134,13 +153,14 @@ def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, float
     )
     fit_model = torch.compile(model, dynamic=True) if config.training.compile else model
     fit_started = time.monotonic()
-    trainer.fit(
-        fit_model,
-        train_dataloaders=make_loader(training, settings, train=True),
-        val_dataloaders=make_loader(validation, settings, train=False),
-        ckpt_path=resume,
-        weights_only=False,  # our own checkpoints pickle the loss and dataset parameters
-    )
+    with _peer_failures(plan, config.distributed.collective_timeout_s):
+        trainer.fit(
+            fit_model,
+            train_dataloaders=make_loader(training, settings, train=True),
+            val_dataloaders=make_loader(validation, settings, train=False),
+            ckpt_path=resume,
+            weights_only=False,  # our own checkpoints pickle the loss and dataset parameters
+        )
     fit_seconds = time.monotonic() - fit_started
 
     results: dict[str, float] = {}
@@ -173,7 +193,8 @@ def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, float
         )
         log.info("model written to %s", paths.model_dir)
     if plan.distributed and dist.is_initialized():
-        dist.barrier()  # every host finishes together (SageMaker local mode needs it)
+        with _peer_failures(plan, config.distributed.collective_timeout_s):
+            dist.barrier()  # every host finishes together (SageMaker local mode needs it)
     return results
 
 

@@ -54,12 +54,13 @@ class ShardedBatchSampler(Sampler[list[int]]):
         # `mark_trained`), not here: the loader fetches ahead of training.
         self.trained = 0
         self._skip = 0  # batches to skip on the next iteration (after a mid-epoch resume)
+        self._first = 0  # first batch of the current iteration
 
     def __len__(self) -> int:
         largest_shard = math.ceil(self.n_windows / self.world_size)
         return math.ceil(largest_shard / self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:  # called by Lightning before each epoch
+    def set_epoch(self, epoch: int) -> None:  # trainer.LoaderPosition calls it
         if epoch != self.epoch:
             self.epoch, self.trained, self._skip = epoch, 0, 0
 
@@ -71,12 +72,23 @@ class ShardedBatchSampler(Sampler[list[int]]):
             order = np.arange(self.n_windows)
         return np.array_split(order, self.world_size)[self.rank]
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def batches(self) -> list[np.ndarray]:
         # Equal batch counts on every rank; batch sizes differ by at most one window.
-        batches = np.array_split(self.shard(), len(self))
-        start, self._skip = self._skip, 0
-        for batch in batches[start:]:
+        return np.array_split(self.shard(), len(self))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        self._first, self._skip = self._skip, 0
+        for batch in self.batches()[self._first :]:
             yield batch.tolist()
+
+    @property
+    def resumed_at(self) -> int:
+        return self._first
+
+    def trained_windows(self) -> np.ndarray:
+        """Windows trained on in this epoch by this process (a resumed run: since the resume)."""
+        trained = self.batches()[self._first : self.trained]
+        return np.concatenate(trained) if trained else np.empty(0, dtype=np.int64)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "batches_done": self.trained}

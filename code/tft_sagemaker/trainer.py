@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 import time
 from datetime import timedelta
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.fabric.plugins.environments import LightningEnvironment, TorchElasticEnvironment
 from lightning.pytorch.callbacks import (
@@ -34,6 +37,7 @@ from .config import JobConfig
 from .launch import LaunchPlan
 from .loaders import ShardedBatchSampler
 from .metrics import format_metric_line
+from .paths import JobPaths
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +76,69 @@ class MetricLines(Callback):
 
 
 class LoaderPosition(Callback):
-    """Counts the batches trained in this epoch into the training sampler's checkpointed state."""
+    """Keeps the training sampler's epoch and position (checkpointed with it) in step with
+    training. Lightning calls `set_epoch` only on a loader's `sampler`, not its batch sampler."""
 
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         sampler = trainer.train_dataloader.batch_sampler
         if isinstance(sampler, ShardedBatchSampler):
-            sampler.trained = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+            sampler.set_epoch(trainer.current_epoch)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        sampler = trainer.train_dataloader.batch_sampler
+        if isinstance(sampler, ShardedBatchSampler):
+            sampler.trained = batch_idx + 1
+
+
+class TrainingSummary(Callback):
+    """Per process, what it trained on in each epoch: batches, windows, and a checksum of the
+    window indices (their sum and sum of squares), from which one can check that the ranks
+    together covered every window exactly once. Written to output/data after each epoch, one
+    file per rank named after its host."""
+
+    def __init__(self, directory: Path, host: str) -> None:
+        self.directory, self.host = directory, host
+        self.epochs: dict[int, dict[str, int]] = {}
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record(trainer)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._record(trainer)  # the interrupted epoch, as far as it got
+
+    def _record(self, trainer: pl.Trainer) -> None:
+        sampler = trainer.train_dataloader.batch_sampler if trainer.train_dataloader else None
+        if not isinstance(sampler, ShardedBatchSampler):
+            return
+        windows = sampler.trained_windows().astype(np.int64)
+        self.epochs[trainer.current_epoch] = {
+            "batches": sampler.trained - sampler.resumed_at,
+            "windows": len(windows),
+            "index_sum": int(windows.sum()),
+            "index_square_sum": int((windows * windows).sum()),
+        }
+        summary = {
+            "host": self.host,
+            "node_rank": trainer.node_rank,
+            "global_rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "total_windows": sampler.n_windows,
+            "epochs": self.epochs,
+        }
+        path = self.directory / f"training-summary-{self.host}-rank{trainer.global_rank}.json"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(json.dumps(summary, indent=2))
+        os.replace(partial, path)
 
 
 class CheckpointOnSigterm(Callback):
@@ -153,14 +214,15 @@ def _strategy(plan: LaunchPlan, timeout_s: int) -> str | DDPStrategy:
 def build_trainer(
     config: JobConfig,
     plan: LaunchPlan,
-    checkpoint_dir: Path,
-    tensorboard_dir: Path,
+    paths: JobPaths,
     fingerprint: dict[str, Any],
 ) -> pl.Trainer:
     training = config.training
+    checkpoint_dir = paths.checkpoint_dir
     callbacks: list[Callback] = [
         MetricLines(),
         LoaderPosition(),
+        TrainingSummary(paths.output_data_dir, plan.current_host),
         RankReport(),
         Fingerprint(fingerprint),
         CheckpointOnSigterm(checkpoint_dir / LAST_CHECKPOINT),
@@ -203,7 +265,7 @@ def build_trainer(
         limit_train_batches=training.limit_train_batches,
         gradient_clip_val=training.gradient_clip_val or None,
         callbacks=callbacks,
-        logger=TensorBoardLogger(save_dir=tensorboard_dir, name="", version=""),
+        logger=TensorBoardLogger(save_dir=paths.tensorboard_dir, name="", version=""),
         default_root_dir=checkpoint_dir,
         use_distributed_sampler=False,  # loaders.py shards the windows itself
         enable_progress_bar=sys.stderr.isatty(),

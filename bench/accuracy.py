@@ -1,0 +1,112 @@
+"""Stallion accuracy: the `stallion` preset with its default budget, over several seeds.
+
+    python bench/accuracy.py [--seeds 42 1 7] [--data PATH] [key=value ...]
+
+Runs the real training job (code/train.py, one process per seed, each in a fresh /opt/ml-shaped
+directory) on the real Stallion data and prints the validation MAE of each seed beside the
+naive Baseline's, then the median. Writes bench/results/stallion_accuracy.json.
+Reference figures (shared/notes/numbers-to-beat.md): Baseline 293.0; the tutorial with
+pytorch-forecasting 1.x 262.2 (the best published); the same recipe with adam 268-273.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+TARGET_MAE = 262.0
+
+
+def machine() -> dict[str, object]:
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def run_seed(data: Path, seed: int, overrides: list[str], workdir: Path) -> dict[str, float]:
+    base = workdir / f"seed-{seed}"
+    (base / "input" / "data" / "train").mkdir(parents=True)
+    (base / "model").mkdir()
+    (base / "output" / "data").mkdir(parents=True)
+    shutil.copy(data, base / "input" / "data" / "train" / "stallion.parquet")
+    args = ["--preset", "stallion", "--seed", str(seed)]
+    for pair in overrides:
+        key, _, value = pair.partition("=")
+        args += [f"--{key}", value]
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "PYTHONPATH": str(ROOT / "code")}
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "code" / "train.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"seed {seed} failed: {(base / 'output' / 'failure').read_text()}")
+    metrics = json.loads((base / "model" / "metrics.json").read_text())
+    metrics["wall_s"] = round(time.monotonic() - started, 1)
+    return metrics
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 7])
+    parser.add_argument("--data", type=Path, default=os.environ.get("STALLION_PARQUET"))
+    parser.add_argument("--output", type=Path, default=RESULTS / "stallion_accuracy.json")
+    parser.add_argument("overrides", nargs="*", help="hyperparameters key=value")
+    args = parser.parse_args()
+    if args.data is None or not Path(args.data).is_file():
+        parser.error("give --data or set STALLION_PARQUET to the Stallion parquet file")
+
+    runs = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for seed in args.seeds:
+            m = run_seed(Path(args.data), seed, args.overrides, Path(workdir))
+            runs[seed] = m
+            print(
+                f"seed {seed}: val_MAE {m['val_MAE']:.1f} (Baseline {m['baseline_val_MAE']:.1f}),"
+                f" best epoch {m['best_epoch']}, {m['epochs_trained']} epochs, {m['wall_s']} s",
+                flush=True,
+            )
+    maes = [m["val_MAE"] for m in runs.values()]
+    result = {
+        "median_val_MAE": round(statistics.median(maes), 2),
+        "baseline_val_MAE": round(next(iter(runs.values()))["baseline_val_MAE"], 2),
+        "target_val_MAE": TARGET_MAE,
+        "seeds": args.seeds,
+        "val_MAE": {str(s): round(m["val_MAE"], 2) for s, m in runs.items()},
+        "val_SMAPE": {str(s): round(m["val_SMAPE"], 4) for s, m in runs.items()},
+        "best_epoch": {str(s): m["best_epoch"] for s, m in runs.items()},
+        "wall_s": {str(s): m["wall_s"] for s, m in runs.items()},
+        "overrides": args.overrides,
+        "machine": machine(),
+    }
+    print(
+        f"median val_MAE {result['median_val_MAE']} over seeds {args.seeds} "
+        f"(Baseline {result['baseline_val_MAE']}, target <= {TARGET_MAE})"
+    )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if result["median_val_MAE"] <= TARGET_MAE else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

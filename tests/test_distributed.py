@@ -1,0 +1,239 @@
+"""Distributed and fault-tolerant training with real processes (gloo on this CPU machine).
+
+Each "host" is a process tree of its own, started the way the image starts it (supervisor →
+SageMaker toolkit `train` → code/train.py), with its own /opt/ml (SAGEMAKER_BASE_DIR) whose
+resourceconfig.json names the job's hosts. Host names are `127.0.0.1` and `localhost`, which
+resolve on any machine, so the cluster forms over loopback exactly as it would across hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tft_sagemaker.artifacts import load_trained_model
+from tft_sagemaker.synthetic import make_panel
+
+ROOT = Path(__file__).resolve().parents[1]
+HOSTS = ["127.0.0.1", "localhost"]  # ranked in this order (node 0, node 1)
+QUICK = {
+    "preset": "synthetic",
+    "hidden_size": "8",
+    "attention_head_size": "1",
+    "hidden_continuous_size": "4",
+    "batch_size": "64",
+    "max_epochs": "3",
+    "collective_timeout_s": "30",
+}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def panel():
+    return make_panel(n_stores=4, n_products=10, n_weeks=60, seed=3)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_host(root: Path, panel, hosts: list[str], current: str, hps: dict[str, str]) -> Path:
+    base = root / current
+    config = base / "input" / "config"
+    config.mkdir(parents=True)
+    (config / "hyperparameters.json").write_text(json.dumps(hps))
+    (config / "resourceconfig.json").write_text(
+        json.dumps({"current_host": current, "hosts": hosts, "network_interface_name": "lo"})
+    )
+    (config / "inputdataconfig.json").write_text(json.dumps({"train": {}}))
+    (base / "input" / "data" / "train").mkdir(parents=True)
+    panel.to_parquet(base / "input" / "data" / "train" / "data.parquet")
+    (base / "model").mkdir()
+    (base / "output" / "data").mkdir(parents=True)
+    shutil.copytree(ROOT / "code", base / "code", ignore=shutil.ignore_patterns("__pycache__"))
+    return base
+
+
+def start(base: Path) -> subprocess.Popen:
+    """One host: the supervisor (the image's `train`) over the real toolkit."""
+    env = {
+        **os.environ,
+        "SAGEMAKER_BASE_DIR": str(base),
+        "SAGEMAKER_PROGRAM": "train.py",
+        # The toolkit would wait up to 15 minutes for algo-N names to resolve; the job's own,
+        # bounded wait (host_wait_timeout_s) still checks the hosts.
+        "SM_STUDIO_LOCAL_MODE": "true",
+        "PYTHONPATH": str(ROOT / "code"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = (base / "job.log").open("w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "tft_sagemaker.supervise"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+
+
+def summaries(*bases: Path) -> list[dict]:
+    files = sorted(f for b in bases for f in (b / "output" / "data").glob("training-summary-*"))
+    return [json.loads(f.read_text()) for f in files]
+
+
+def assert_epochs_cover_every_window_once(parts: list[dict]) -> None:
+    total = parts[0]["total_windows"]
+    everything = np.arange(total, dtype=np.int64)
+    epochs = {e for p in parts for e in p["epochs"]}
+    assert epochs, "no epoch was trained"
+    for epoch in epochs:
+        assert all(epoch in p["epochs"] for p in parts), "ranks stopped at different epochs"
+        seen = [p["epochs"][epoch] for p in parts]
+        assert len({s["batches"] for s in seen}) == 1, "ranks ran different batch counts"
+        assert sum(s["windows"] for s in seen) == total
+        assert sum(s["index_sum"] for s in seen) == int(everything.sum())
+        assert sum(s["index_square_sum"] for s in seen) == int((everything**2).sum())
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def failure(base: Path) -> str:
+    path = base / "output" / "failure"
+    return path.read_text() if path.exists() else ""
+
+
+def test_single_process_sees_every_window(tmp_path, panel):
+    base = make_host(tmp_path, panel, ["algo-1"], "algo-1", QUICK)
+    assert finish(start(base)) == 0, (base / "job.log").read_text()[-3000:]
+    (summary,) = summaries(base)
+    assert summary["world_size"] == 1
+    assert_epochs_cover_every_window_once([summary])
+
+
+def test_two_nodes_train_as_one(tmp_path, panel):
+    hps = {
+        **QUICK,
+        "master_port": str(free_port()),
+        "max_epochs": "6",
+        "early_stopping_patience": "1",
+    }
+    bases = [make_host(tmp_path, panel, HOSTS, host, hps) for host in HOSTS]
+    procs = [start(b) for b in bases]
+    codes = [finish(p) for p in procs]
+    assert codes == [0, 0], [(b / "job.log").read_text()[-3000:] for b in bases]
+
+    parts = summaries(*bases)
+    assert [p["global_rank"] for p in parts] == [0, 1]
+    assert {p["world_size"] for p in parts} == {2}
+    assert_epochs_cover_every_window_once(parts)
+    # Only global rank 0 writes the model; it reloads and forecasts.
+    assert sorted(os.listdir(bases[0] / "model")) == [
+        "config.json",
+        "dataset_parameters.pt",
+        "metrics.json",
+        "model.ckpt",
+    ]
+    assert os.listdir(bases[1] / "model") == []
+    trained = load_trained_model(bases[0] / "model")
+    assert trained.metrics["world_size"] == 2
+    assert trained.metrics["val_MAE"] < trained.metrics["baseline_val_MAE"]
+    for base in bases:
+        assert (base / "output" / "success").exists()
+
+
+def test_two_devices_on_one_node(tmp_path, panel):
+    hps = {**QUICK, "devices": "2", "master_port": str(free_port())}
+    base = make_host(tmp_path, panel, ["algo-1"], "algo-1", hps)
+    assert finish(start(base)) == 0, (base / "job.log").read_text()[-3000:]
+    parts = summaries(base)
+    assert [(p["global_rank"], p["world_size"]) for p in parts] == [(0, 2), (1, 2)]
+    assert_epochs_cover_every_window_once(parts)
+    assert (base / "model" / "model.ckpt").exists()
+
+
+def test_a_dead_node_fails_the_other_within_the_timeout(tmp_path, panel):
+    timeout = 30
+    hps = {
+        **QUICK,
+        "master_port": str(free_port()),
+        "max_epochs": "200",
+        "collective_timeout_s": str(timeout),
+    }
+    bases = [make_host(tmp_path, panel, HOSTS, host, hps) for host in HOSTS]
+    leader, worker = (start(b) for b in bases)
+    wait_for(lambda: summaries(bases[1]), 240, "the worker to finish an epoch")
+    os.killpg(worker.pid, signal.SIGKILL)  # the whole host: supervisor, toolkit, script
+    killed = time.monotonic()
+    code = finish(leader, timeout=timeout + 90)
+    waited = time.monotonic() - killed
+    assert code != 0
+    assert waited < timeout + 60, f"the surviving node took {waited:.0f} s to give up"
+    cause = failure(bases[0]).splitlines()[0]
+    assert cause.startswith("Lost a peer of the training group (2 processes"), cause
+    assert f"collective_timeout_s={timeout}" in cause
+    assert os.listdir(bases[0] / "model") == []
+
+
+def test_sigterm_checkpoints_and_a_restart_resumes(tmp_path, panel):
+    hps = {**QUICK, "max_epochs": "4", "early_stopping_patience": "0"}
+    base = make_host(tmp_path, panel, ["algo-1"], "algo-1", hps)
+    first = start(base)
+    summary_file = base / "output" / "data" / "training-summary-algo-1-rank0.json"
+    wait_for(summary_file.exists, 240, "the first epoch")
+    time.sleep(1.0)  # into the second epoch
+    first.send_signal(signal.SIGTERM)  # what SageMaker does on StopTrainingJob
+    assert finish(first, timeout=120) != 0
+    assert "SIGTERM" in failure(base).splitlines()[0]
+    assert (base / "checkpoints" / "last.ckpt").exists()
+    before = json.loads(summary_file.read_text())
+    assert os.listdir(base / "model") == []
+
+    second = start(base)  # SageMaker restarts the job with the checkpoints copied back
+    assert finish(second) == 0, (base / "job.log").read_text()[-3000:]
+    after = json.loads(summary_file.read_text())
+    assert "resuming from" in (base / "job.log").read_text()
+
+    stopped = max(before["epochs"], key=int)  # the epoch SIGTERM interrupted
+    assert int(stopped) >= 1 and set(after["epochs"]) == {str(e) for e in range(int(stopped), 4)}, (
+        before["epochs"].keys(),
+        after["epochs"].keys(),
+    )
+    # The interrupted epoch: trained partly before, the rest after, every window once.
+    partial = [before, after]
+    for p in partial:
+        p["epochs"] = {stopped: p["epochs"][stopped]}
+    total = before["total_windows"]
+    everything = np.arange(total, dtype=np.int64)
+    first_part, second_part = before["epochs"][stopped], after["epochs"][stopped]
+    assert first_part["windows"] + second_part["windows"] == total
+    assert first_part["index_sum"] + second_part["index_sum"] == int(everything.sum())
+    metrics = json.loads((base / "model" / "metrics.json").read_text())
+    assert metrics["epochs_trained"] == 4
+    assert metrics["val_MAE"] < metrics["baseline_val_MAE"]
