@@ -30,7 +30,7 @@ die() { log "error: $*"; exit 1; }
 install_apt_packages() {
     local missing=() pkg
     for pkg in "${APT_PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+        [[ $(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null) == "install ok installed" ]] \
             || missing+=("$pkg")
     done
     if ((${#missing[@]} == 0)); then

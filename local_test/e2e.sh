@@ -154,8 +154,11 @@ seconds_to_log_line() { # CONTAINER LOG PATTERN
 expect_success() { # LABEL RC OUTPUT_DIR MODEL_DIR LOG
     [[ $2 == 0 ]] || { show_log "$5"; die "$1: exit code $2, expected 0"; }
     [[ -f $3/success && ! -e $3/failure ]] || { show_log "$5"; die "$1: no $3/success (or a failure file)"; }
-    find "$4" -type f ! -name .gitkeep | grep -q . || die "$1: nothing written to $4"
-    info "$1: exit 0, $3/success, model: $(find "$4" -type f ! -name .gitkeep -printf '%f ' | sort)"
+    # (No `| grep -q` under pipefail: the writer's SIGPIPE would fail the pipeline.)
+    local files
+    files=$(find "$4" -type f ! -name .gitkeep -printf '%f\n' | sort | tr '\n' ' ')
+    [[ -n $files ]] || die "$1: nothing written to $4"
+    info "$1: exit 0, $3/success, model: $files"
 }
 
 mkdir -p "$LOGS"
@@ -297,8 +300,9 @@ timing "SDK local mode run, two instances" "$(since "$t0") s"
 # The SDK leaves its containers behind (random names, logged as "NAME exited with code N").
 grep -oE '[a-z0-9]{10}-algo-[0-9]+-[a-z0-9]{5}' "$LOGS/sdk-local-mode.log" | sort -u \
     | xargs -r docker rm -f >/dev/null 2>&1 || true
-tar -tzf "$dir/out/model.tar.gz" | grep -q . || die "SDK local mode: empty $dir/out/model.tar.gz"
-info "model.tar.gz: $(tar -tzf "$dir/out/model.tar.gz" | tr '\n' ' ')"
+members=$(tar -tzf "$dir/out/model.tar.gz" | tr '\n' ' ')
+[[ -n $members ]] || die "SDK local mode: empty $dir/out/model.tar.gz"
+info "model.tar.gz: $members"
 
 # --------------------------------------------------------------------------------------------
 banner "7. (c) build_and_push.sh -> local registry + moto; pull by URI; train"

@@ -286,9 +286,9 @@ def test_validation_channel_replaces_the_holdout(
     metrics = json.loads((sm_job.model_dir / "metrics.json").read_text())
     assert metrics["validation_windows"] == N_SERIES
     for name in SCORES:
-        assert metrics[name] == pytest.approx(trained.metrics[name], rel=1e-6), name
+        assert metrics[name] == pytest.approx(trained.metrics[name], rel=1e-5), name
         assert metrics[f"baseline_{name}"] == pytest.approx(
-            trained.metrics[f"baseline_{name}"], rel=1e-6
+            trained.metrics[f"baseline_{name}"], rel=1e-5
         )
 
 

@@ -39,6 +39,10 @@ def _opt(default: Any, help: str, **checks: Any) -> Any:
     return field(default=default, metadata={"help": help, **checks})
 
 
+class CountOrFraction(float):
+    """Type tag: an int counts batches, a float in (0, 1] is a fraction (Lightning's limits)."""
+
+
 @dataclass
 class DataConfig:
     """Where the data comes from and what its columns mean (the TimeSeriesDataSet schema)."""
@@ -156,7 +160,7 @@ class TrainingConfig:
     """The Lightning Trainer and the input pipeline."""
 
     max_epochs: int = _opt(30, "Maximum number of epochs.", min=1)
-    limit_train_batches: float | None = _opt(
+    limit_train_batches: CountOrFraction | None = _opt(
         None,
         "Batches per epoch and device: an integer count, or a fraction in (0, 1]; default all.",
         exclusive_min=0.0,
@@ -313,6 +317,18 @@ def _pairs(text: str) -> dict[str, str]:
     return pairs
 
 
+def _number(value: Any, expected: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"expected {expected}, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"expected {expected}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number
+
+
 def _decode(value: Any, tp: Any) -> Any:
     """Convert a raw value (string from the CLI, or native from a file) to type `tp`."""
     origin = typing.get_origin(tp)
@@ -336,25 +352,21 @@ def _decode(value: Any, tp: Any) -> Any:
             return value.lower() in _TRUE_WORDS
         raise ValueError(f"expected true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool):
+        number = _number(value, "an integer")
+        if not number.is_integer():  # "50.0" is what a generic Estimator sends for 50.0
             raise ValueError(f"expected an integer, got {value!r}")
-        number = float(value) if isinstance(value, str | float) else value
-        if isinstance(number, int):
-            return number
-        if isinstance(number, float) and number.is_integer():
-            return int(number)
-        raise ValueError(f"expected an integer, got {value!r}")
+        return int(number)
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise ValueError(f"expected a number, got {value!r}")
-        number = float(value)
-        if not math.isfinite(number):
-            raise ValueError(f"expected a finite number, got {value!r}")
-        # Lightning reads an integral limit as a batch count: keep "50" an int.
-        if isinstance(value, int) or (isinstance(value, str) and value.lstrip("+-").isdigit()):
-            return int(number)
-        return number
+        return _number(value, "a number")
+    if tp is CountOrFraction:
+        # Lightning's reading of limit_*_batches: an integer counts batches, a float is a
+        # fraction. "50.0" (a generic Estimator's str(50.0)) can only mean 50 batches.
+        number = _number(value, "a batch count or a fraction")
+        whole = isinstance(value, int) or (isinstance(value, str) and value.isdigit())
+        return int(number) if whole or (number > 1 and number.is_integer()) else number
     if tp is str:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)  # `precision: 32` in a YAML file
         if not isinstance(value, str):
             raise ValueError(f"expected a string, got {value!r}")
         return value

@@ -150,7 +150,9 @@ class TimeAxis:
         try:
             grid = pd.date_range(min(origin, dates.min()), dates.max(), freq=self.freq)
         except ValueError as err:
-            raise ConfigError(f"freq={self.freq!r} is not a pandas frequency: {err}") from None
+            raise ConfigError(
+                f"freq={self.freq!r} is not a pandas frequency (e.g. 'D', 'W-MON', 'MS', 'h')."
+            ) from err
         positions = grid.get_indexer(dates)
         off_grid = positions < 0
         if off_grid.any() or origin not in grid:
@@ -313,10 +315,12 @@ def validate_frame(
         gaps = steps.gt(1)
         if gaps.any():
             n_series = ordered.loc[gaps, groups].drop_duplicates().shape[0]
+            first = ordered.loc[gaps].iloc[0]
+            where = ", ".join(f"{g}={first[g]}" for g in groups)
             raise DataError(
-                f"Channel '{channel}': {n_series} series have gaps in '{time}', e.g. "
-                f"{_series_examples(ordered, gaps, keys)}; fill the missing steps or set "
-                "allow_missing_timesteps=true."
+                f"Channel '{channel}': {n_series} series have gaps in '{time}', e.g. {where}: "
+                f"{time} {int(first[time] - steps[gaps].iloc[0])} is followed by "
+                f"{int(first[time])}; fill the missing steps or set allow_missing_timesteps=true."
             )
     span = by_series.transform("max") - by_series.transform("min") + 1
     short = span < min_length
@@ -328,7 +332,12 @@ def validate_frame(
             f"{min_length} steps one window needs (min_encoder_length + prediction lengths), "
             f"shortest {int(span.min())}, e.g. {_series_examples(ordered, short, groups)}"
         )
-        if not config.drop_short_series or n_short == n_total:
+        if n_short == n_total:
+            raise DataError(
+                message + "; no series is long enough: lower min_encoder_length or "
+                "max_prediction_length, or provide longer history."
+            )
+        if not config.drop_short_series:
             raise DataError(
                 message + "; drop them from the data, lower min_encoder_length or "
                 "max_prediction_length, or set drop_short_series=true."

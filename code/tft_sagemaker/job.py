@@ -14,18 +14,20 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from pytorch_forecasting import TimeSeriesDataSet
 
 from .artifacts import write_model_artifacts
 from .checkpoints import find_resume_checkpoint, fingerprint
 from .config import JobConfig, build_config, describe_hyperparameters, parse_cli
 from .console import setup_logging
-from .data import describe_frame, find_config_file, load_config_file, load_job_data
+from .data import JobData, describe_frame, find_config_file, load_config_file, load_job_data
 from .dataset import build_training_dataset, build_validation_dataset
 from .errors import JobError, write_failure
 from .evaluate import forecast, score
@@ -112,8 +114,23 @@ def _is_launching_process() -> bool:
     )
 
 
-def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, float]:
-    started = time.monotonic()
+@dataclass
+class Job:
+    """Everything `fit` needs, built by `build_job` (the benchmarks reuse it as it is)."""
+
+    config: JobConfig
+    plan: LaunchPlan
+    paths: JobPaths
+    data: JobData
+    training: TimeSeriesDataSet
+    validation: TimeSeriesDataSet
+    model: TemporalFusionTransformerDDP
+    trainer: pl.Trainer
+    loaders: LoaderSettings
+
+
+def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
+    """configuration → data → dataset → model → trainer, in every process alike."""
     _configure_process(plan, paths)
     log.info("launch plan: %s", json.dumps(plan.summary()))
     log.info("configuration: %s", json.dumps(config.flat()))
@@ -129,8 +146,12 @@ def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, float
 
     model = build_model(training, config.model)
     trainer = build_trainer(config, plan, paths, fingerprint(config))
-    device = trainer.strategy.root_device
-    settings = LoaderSettings(
+    if trainer.world_size != plan.world_size:
+        raise JobError(
+            f"Lightning formed a world of {trainer.world_size} processes, the plan has "
+            f"{plan.world_size} ({plan.num_nodes} node(s) x {plan.devices} device(s))."
+        )
+    loaders = LoaderSettings(
         batch_size=config.training.batch_size,
         val_batch_size=config.training.val_batch_size or 8 * config.training.batch_size,
         rank=trainer.global_rank,
@@ -138,60 +159,75 @@ def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, float
         seed=config.training.seed,
         fast_batches=config.training.fast_batches,
         num_workers=config.training.num_workers,
-        device=device,
+        device=trainer.strategy.root_device,
         threads_per_process=plan.threads_per_process,
     )
-    if trainer.world_size != plan.world_size:
-        raise JobError(
-            f"Lightning formed a world of {trainer.world_size} processes, the plan has "
-            f"{plan.world_size} ({plan.num_nodes} node(s) x {plan.devices} device(s))."
+    return Job(config, plan, paths, data, training, validation, model, trainer, loaders)
+
+
+def fit(job: Job, resume: Path | None = None) -> None:
+    model = torch.compile(job.model, dynamic=True) if job.config.training.compile else job.model
+    with _peer_failures(job.plan, job.config.distributed.collective_timeout_s):
+        job.trainer.fit(
+            model,
+            train_dataloaders=make_loader(job.training, job.loaders, train=True),
+            val_dataloaders=make_loader(job.validation, job.loaders, train=False),
+            ckpt_path=resume,
+            weights_only=False,  # our own checkpoints pickle the loss and dataset parameters
         )
+
+
+def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, float]:
+    """Global rank 0: the best checkpoint and the Baseline on the validation windows, in one
+    process; then the model directory."""
+    best = Path(job.trainer.checkpoint_callback.best_model_path)
+    log.info("evaluating %s on %d validation windows", best.name, len(job.validation))
+    best_model = TemporalFusionTransformerDDP.load_from_checkpoint(
+        best, map_location="cpu", weights_only=False
+    )
+    device = job.trainer.strategy.root_device
+    results = score(forecast(best_model, job.validation, device=device), job.config.model.quantiles)
+    results |= {
+        "best_epoch": torch.load(best, map_location="cpu", weights_only=False)["epoch"],
+        "epochs_trained": job.trainer.current_epoch,
+        "world_size": job.plan.world_size,
+        **timings,
+    }
+    write_model_artifacts(
+        job.paths.model_dir,
+        best,
+        job.training.get_parameters(),
+        job.config,
+        job.data.time_axis,
+        results,
+    )
+    final = {
+        f"final_{k}" if k.startswith("val_") else k: v for k, v in results.items() if "val_" in k
+    }
+    print(format_metric_line(final), flush=True)
+    log.info("model written to %s", job.paths.model_dir)
+    return results
+
+
+def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, float]:
+    started = time.monotonic()
+    job = build_job(config, plan, paths)
     resume = (
         find_resume_checkpoint(paths.checkpoint_dir, fingerprint(config))
         if config.training.resume
         else None
     )
-    fit_model = torch.compile(model, dynamic=True) if config.training.compile else model
     fit_started = time.monotonic()
-    with _peer_failures(plan, config.distributed.collective_timeout_s):
-        trainer.fit(
-            fit_model,
-            train_dataloaders=make_loader(training, settings, train=True),
-            val_dataloaders=make_loader(validation, settings, train=False),
-            ckpt_path=resume,
-            weights_only=False,  # our own checkpoints pickle the loss and dataset parameters
-        )
-    fit_seconds = time.monotonic() - fit_started
-
+    fit(job, resume)
     results: dict[str, float] = {}
-    if trainer.is_global_zero:
-        best = Path(trainer.checkpoint_callback.best_model_path)
-        log.info("evaluating %s on %d validation windows", best.name, len(validation))
-        best_model = TemporalFusionTransformerDDP.load_from_checkpoint(
-            best, map_location="cpu", weights_only=False
+    if job.trainer.is_global_zero:
+        results = evaluate_and_save(
+            job,
+            {
+                "fit_s": round(time.monotonic() - fit_started, 2),
+                "job_s": round(time.monotonic() - started, 2),
+            },
         )
-        results = score(forecast(best_model, validation, device=device), config.model.quantiles)
-        results |= {
-            "best_epoch": torch.load(best, map_location="cpu", weights_only=False)["epoch"],
-            "epochs_trained": trainer.current_epoch,
-            "fit_s": round(fit_seconds, 2),
-            "job_s": round(time.monotonic() - started, 2),
-            "world_size": plan.world_size,
-        }
-        write_model_artifacts(
-            paths.model_dir, best, training.get_parameters(), config, data.time_axis, results
-        )
-        print(
-            format_metric_line(
-                {
-                    f"final_{k}" if k.startswith("val_") else k: v
-                    for k, v in results.items()
-                    if "val_" in k
-                }
-            ),
-            flush=True,
-        )
-        log.info("model written to %s", paths.model_dir)
     if plan.distributed and dist.is_initialized():
         with _peer_failures(plan, config.distributed.collective_timeout_s):
             dist.barrier()  # every host finishes together (SageMaker local mode needs it)

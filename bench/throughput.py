@@ -1,0 +1,357 @@
+"""Speed benchmark: the reference tutorial loop vs this project's training path, same machine.
+
+    python bench/throughput.py [--data STALLION] [--skip-time-to-mae] [--skip-scaling]
+
+Measures, each in a fresh process (so peak memory is per run):
+1. training throughput (windows/s over the training phase of epochs 2+, validation excluded)
+   and peak RSS, for (a) the reference (bench/reference.py: pytorch-forecasting's Stallion
+   tutorial, to_dataloader, num_workers=0) and (b) this project's path with default settings,
+   same model (hidden 16, 2 heads) and batch size (128). On a GPU also for bf16 mixed
+   precision, with the share of each step spent waiting for data and the GPU utilisation;
+2. time to reach validation MAE 262 on Stallion: the reference recipe vs the `stallion` preset;
+3. data preparation time and peak memory for synthetic panels of 350 to 35,000 series.
+Writes bench/results/throughput.json (or --output) and a table beside it (.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "code"), str(ROOT / "bench")]
+TARGET_MAE = 262.0
+BATCH_SIZE = 128
+
+
+# --------------------------------------------------------------------------------------------
+# Measurement
+# --------------------------------------------------------------------------------------------
+def _timer_class():
+    import torch
+    from lightning.pytorch.callbacks import Callback
+
+    class EpochTimer(Callback):
+        """Per epoch: training-phase seconds (first batch fetch to last step; validation
+        excluded), windows, time waiting for batches vs inside steps, the validation MAE and
+        the wall time since fit start at the end of the epoch."""
+
+        def __init__(self, cuda: bool) -> None:
+            self.cuda, self.epochs, self.fit_start = cuda, [], 0.0
+            self.utilisation: list[float] = []
+            self._stop = threading.Event()
+
+        def _now(self) -> float:
+            if self.cuda:
+                torch.cuda.synchronize()
+            return time.perf_counter()
+
+        def on_fit_start(self, trainer, pl_module) -> None:
+            self.fit_start = time.perf_counter()
+            if self.cuda:
+                threading.Thread(target=self._sample_utilisation, daemon=True).start()
+
+        def _sample_utilisation(self) -> None:
+            while not self._stop.wait(0.1):
+                try:
+                    self.utilisation.append(float(torch.cuda.utilization()))
+                except Exception:  # no NVML: no utilisation figure
+                    return
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self.current = {"windows": 0, "wait_s": 0.0, "step_s": 0.0}
+            self._epoch_start = self._last_end = self._now()
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self._batch_start = self._now()
+            self.current["wait_s"] += self._batch_start - self._last_end
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self._last_end = self._now()
+            self.current["step_s"] += self._last_end - self._batch_start
+            self.current["windows"] += int(batch[0]["decoder_lengths"].shape[0])
+
+        def on_validation_start(self, trainer, pl_module) -> None:
+            if not trainer.sanity_checking and "train_s" not in self.current:
+                self.current["train_s"] = self._last_end - self._epoch_start
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if trainer.sanity_checking:
+                return
+            mae = trainer.callback_metrics.get("val_MAE")
+            self.current["val_MAE"] = float(mae) if mae is not None else None
+            self.current["wall_s"] = time.perf_counter() - self.fit_start
+            self.epochs.append(self.current)
+
+        def on_fit_end(self, trainer, pl_module) -> None:
+            self._stop.set()
+
+        def summary(self, warmup: int = 1) -> dict[str, Any]:
+            steady = self.epochs[warmup:] or self.epochs
+            windows = sum(e["windows"] for e in steady)
+            seconds = sum(e["train_s"] for e in steady)
+            waiting = sum(e["wait_s"] for e in steady)
+            reached = next(
+                (e["wall_s"] for e in self.epochs if (e["val_MAE"] or 1e9) <= TARGET_MAE), None
+            )
+            return {
+                "windows_per_s": windows / seconds,
+                "data_wait_share": waiting / seconds,
+                "epochs": len(self.epochs),
+                "best_val_MAE": min(e["val_MAE"] for e in self.epochs),
+                "time_to_mae_s": reached,
+                "fit_s": self.epochs[-1]["wall_s"],
+                "gpu_utilisation_pct": (
+                    sum(self.utilisation) / len(self.utilisation) if self.utilisation else None
+                ),
+            }
+
+    return EpochTimer
+
+
+def _peak_rss_gb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, children) / 1024**2, 3)  # Linux reports KiB
+
+
+def worker_reference(data: str, epochs: int, device: str, precision: str) -> dict[str, Any]:
+    from reference import tutorial_fit
+
+    timer = _timer_class()(device == "cuda")
+    with tempfile.TemporaryDirectory() as logs:
+        tutorial_fit(data, epochs, "gpu" if device == "cuda" else "cpu", precision, [timer], logs)
+    return timer.summary()
+
+
+def worker_ours(data: str, epochs: int, device: str, precision: str, budget: str) -> dict[str, Any]:
+    import shutil
+
+    from tft_sagemaker.config import build_config
+    from tft_sagemaker.job import build_job, fit, plan_for
+    from tft_sagemaker.paths import JobPaths
+    from tft_sagemaker.presets import PRESET_VALUES
+
+    # "throughput": the tutorial's model and batch with this project's defaults;
+    # "recipe": the stallion preset exactly as the job runs it (its own budget).
+    hyperparameters = {
+        "preset": "stallion",
+        "precision": precision,
+        "accelerator": "gpu" if device == "cuda" else "cpu",
+    }
+    if budget == "throughput":
+        hyperparameters |= {
+            "max_epochs": str(epochs),
+            "limit_train_batches": "50",
+            "hidden_size": "16",
+            "attention_head_size": "2",
+            "batch_size": str(BATCH_SIZE),
+        }
+    config = build_config(hyperparameters, None, PRESET_VALUES)
+    timer = _timer_class()(device == "cuda")
+    with tempfile.TemporaryDirectory() as base:
+        channel = Path(base) / "input" / "data" / "train"
+        channel.mkdir(parents=True)
+        shutil.copy(data, channel / "stallion.parquet")
+        paths = JobPaths.from_env({"SAGEMAKER_BASE_DIR": base})
+        job = build_job(config, plan_for(config, paths), paths)
+        job.trainer.callbacks.append(timer)
+        fit(job)
+    return timer.summary()
+
+
+def worker_scaling(n_series: int) -> dict[str, Any]:
+    import torch
+
+    from tft_sagemaker.batches import WindowBatcher
+    from tft_sagemaker.config import build_config
+    from tft_sagemaker.data import prepare_frame, split_holdout, time_axis_for, validate_frame
+    from tft_sagemaker.dataset import build_training_dataset, build_validation_dataset
+    from tft_sagemaker.presets import PRESET_VALUES
+    from tft_sagemaker.synthetic import make_panel
+
+    frame = make_panel(n_stores=n_series // 10, n_products=10, n_weeks=60)
+    rows = len(frame)
+    config = build_config({"preset": "synthetic"}, None, PRESET_VALUES).data
+    before = _peak_rss_gb()
+    started = time.perf_counter()
+    axis = time_axis_for(frame, config, "train")
+    prepared = validate_frame(prepare_frame(frame, config, "train", axis), config, "train", 30)
+    training = build_training_dataset(split_holdout(prepared, config), config)
+    validation = build_validation_dataset(training, prepared)
+    WindowBatcher(training, device=torch.device("cpu"))
+    seconds = time.perf_counter() - started
+    return {
+        "series": n_series,
+        "rows": rows,
+        "windows": len(training) + len(validation),
+        "seconds": round(seconds, 2),
+        "s_per_million_rows": round(seconds / rows * 1e6, 2),
+        "peak_rss_gb": _peak_rss_gb(),
+        "peak_before_prep_gb": before,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Orchestration (each measurement in its own process)
+# --------------------------------------------------------------------------------------------
+def measure(kind: str, **kwargs: Any) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--worker", kind, "--args", json.dumps(kwargs)]
+    proc = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"{kind} {kwargs} failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_worker(kind: str, kwargs: dict[str, Any]) -> None:
+    import logging
+    import warnings
+
+    logging.disable(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    result = {"reference": worker_reference, "ours": worker_ours, "scaling": worker_scaling}[kind](
+        **kwargs
+    )
+    result["peak_rss_gb"] = result.get("peak_rss_gb") or _peak_rss_gb()
+    print(json.dumps(result))
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = ["| measurement | reference | ours | ratio |", "| --- | --- | --- | --- |"]
+    for name, pair in results["throughput"].items():
+        ref, ours = pair["reference"], pair["ours"]
+        lines.append(
+            f"| windows/s, {name} | {ref['windows_per_s']:.0f} | {ours['windows_per_s']:.0f} "
+            f"| {ours['windows_per_s'] / ref['windows_per_s']:.2f}x |"
+        )
+        lines.append(f"| peak RSS GB, {name} | {ref['peak_rss_gb']} | {ours['peak_rss_gb']} | |")
+        lines.append(
+            f"| data-wait share of training time, {name} | {ref['data_wait_share']:.0%} "
+            f"| {ours['data_wait_share']:.0%} | |"
+        )
+        if ref.get("gpu_utilisation_pct") is not None:
+            lines.append(
+                f"| GPU utilisation %, {name} | {ref['gpu_utilisation_pct']:.0f} "
+                f"| {ours['gpu_utilisation_pct']:.0f} | |"
+            )
+    if "time_to_mae" in results:
+        t = results["time_to_mae"]
+        lines.append(
+            f"| seconds to val MAE <= {TARGET_MAE:g} | {t['reference_s']} | "
+            f"{t['ours_s']} | {t['ratio']} |"
+        )
+    for row in results.get("scaling", []):
+        lines.append(
+            f"| data prep, {row['series']} series / {row['rows']} rows | | "
+            f"{row['seconds']} s, {row['s_per_million_rows']} s/M rows, "
+            f"peak {row['peak_rss_gb']} GB | |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--args", help=argparse.SUPPRESS)
+    parser.add_argument("--data", default=os.environ.get("STALLION_PARQUET"))
+    parser.add_argument("--epochs", type=int, default=4, help="throughput epochs (1 warm-up)")
+    parser.add_argument("--skip-time-to-mae", action="store_true")
+    parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--scaling-series", type=int, nargs="+", default=[350, 3500, 35000])
+    parser.add_argument(
+        "--output", type=Path, default=ROOT / "bench" / "results" / "throughput.json"
+    )
+    args = parser.parse_args()
+    if args.worker:
+        run_worker(args.worker, json.loads(args.args))
+        return 0
+    if not args.data or not Path(args.data).is_file():
+        parser.error("give --data or set STALLION_PARQUET to the Stallion parquet file")
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precisions = ["32", "bf16-mixed"] if device == "cuda" else ["32"]
+    results: dict[str, Any] = {"machine": machine(), "batch_size": BATCH_SIZE, "throughput": {}}
+    for precision in precisions:
+        common = {
+            "data": args.data,
+            "epochs": args.epochs,
+            "device": device,
+            "precision": precision,
+        }
+        pair = {
+            "reference": measure("reference", **common),
+            "ours": measure("ours", **common, budget="throughput"),
+        }
+        results["throughput"][f"{device} {precision}"] = pair
+        print(
+            f"{device} {precision}: reference {pair['reference']['windows_per_s']:.0f}, "
+            f"ours {pair['ours']['windows_per_s']:.0f} windows/s",
+            flush=True,
+        )
+    first = next(iter(results["throughput"].values()))
+    results["reference_windows_per_s"] = round(first["reference"]["windows_per_s"], 1)
+    results["ours_windows_per_s"] = round(first["ours"]["windows_per_s"], 1)
+    results["ratio"] = round(results["ours_windows_per_s"] / results["reference_windows_per_s"], 2)
+
+    if not args.skip_time_to_mae:
+        common = {"data": args.data, "epochs": 30, "device": device, "precision": precisions[-1]}
+        reference = measure("reference", **common)
+        ours = measure("ours", **common, budget="recipe")
+        ref_s, ours_s = reference["time_to_mae_s"], ours["time_to_mae_s"]
+        # A reference that never gets there is credited with its whole run: a lower bound.
+        ratio = (ref_s or reference["fit_s"]) / ours_s if ours_s else None
+        results["time_to_mae"] = {
+            "target_val_MAE": TARGET_MAE,
+            "reference_s": round(ref_s, 1) if ref_s else None,
+            "reference_best_val_MAE": round(reference["best_val_MAE"], 1),
+            "reference_fit_s": round(reference["fit_s"], 1),
+            "ours_s": round(ours_s, 1) if ours_s else None,
+            "ours_best_val_MAE": round(ours["best_val_MAE"], 1),
+            "ratio": (f">= {ratio:.2f}" if ref_s is None else round(ratio, 2)) if ratio else None,
+        }
+        results["time_to_mae_ratio"] = results["time_to_mae"]["ratio"]
+        print(f"time to MAE {TARGET_MAE:g}: {results['time_to_mae']}", flush=True)
+
+    if not args.skip_scaling:
+        results["scaling"] = []
+        for n in args.scaling_series:
+            row = measure("scaling", n_series=n)
+            results["scaling"].append(row)
+            print(f"data prep {n} series: {row}", flush=True)
+
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    args.output.with_suffix(".md").write_text(table(results))
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
