@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STALLION_PARQUET ?= ../shared/data/stallion.parquet
+STALLION_PARQUET ?= $(realpath ../shared/data/stallion.parquet)
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: help setup train test lint e2e bench-accuracy bench clean
@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml docker/requirements.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch first: PyPI's default torch is the multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[local,dev]"
+	$(BIN)/pip install --quiet -e ".[local,dev,launch]"
 	touch $@
 
 setup: $(BIN)/.installed ## create .venv with the pinned dependencies (CPU torch)
@@ -29,16 +29,16 @@ train: setup ## train on the built-in synthetic data through the SageMaker toolk
 test: setup ## lint and run the test suite
 	$(BIN)/ruff check code tests local_test bench examples
 	$(BIN)/ruff format --check code tests local_test bench examples
-	STALLION_PARQUET=$(abspath $(STALLION_PARQUET)) $(BIN)/python -m pytest
+	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python -m pytest
 
 e2e: setup ## the container end to end: engine, images, compose, registry (root, Debian)
 	bash local_test/e2e.sh
 
 bench-accuracy: setup ## Stallion validation MAE over 3 seeds -> bench/results/stallion_accuracy.json
-	STALLION_PARQUET=$(abspath $(STALLION_PARQUET)) $(BIN)/python bench/accuracy.py
+	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/accuracy.py
 
 bench: setup ## throughput, time to MAE and data scaling -> bench/results/throughput.json
-	STALLION_PARQUET=$(abspath $(STALLION_PARQUET)) $(BIN)/python bench/throughput.py
+	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/throughput.py
 
 clean: ## remove local runs (not the venv)
 	rm -rf runs

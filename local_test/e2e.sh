@@ -9,6 +9,7 @@
 #   6. (b) SageMaker SDK v2 local mode (examples/launch_sagemaker.py), two instances
 #   7. (c) build_and_push.sh against a local registry and a moto AWS API; pull by URI, train
 #   8. (d) a bad run (no train channel): the cause in output/failure, a non-zero exit
+#   9. `docker stop` mid-training (SageMaker's SIGTERM): a checkpoint, then a restart resumes
 # and prints timings. Idempotent and quick to rerun: installed packages, images and layers are
 # reused. Each run works in fresh copies of local_test/test_dir under
 # $TFT_STATE_DIR/e2e/<time>/ (default /var/tmp/tft-sagemaker; the last 3 runs are kept).
@@ -367,3 +368,43 @@ info "exit code $rc; output/failure: $(head -c 300 "$dir/output/failure")"
 if ! grep -qi channel "$dir/output/failure" || ! grep -q train "$dir/output/failure"; then
     die "no-train run: output/failure does not name the missing 'train' channel"
 fi
+
+# --------------------------------------------------------------------------------------------
+banner "9. docker stop (SageMaker's SIGTERM): checkpoint, then a restarted job resumes"
+dir=$RUN_DIR/sigterm
+new_test_dir "$dir"
+python3 - "$dir/input/config/hyperparameters.json" <<'PY'
+import json, sys
+path = sys.argv[1]
+values = json.load(open(path))
+values.update(max_epochs="6", limit_train_batches="40", early_stopping_patience="0")
+json.dump(values, open(path, "w"), indent=2)
+PY
+name=$PROJECT-sigterm
+docker rm -f "$name" >/dev/null 2>&1 || true
+docker run -d --name "$name" --hostname algo-1 --shm-size 2g \
+    -v "$dir/input:/opt/ml/input:ro" -v "$dir/output:/opt/ml/output" \
+    -v "$dir/model:/opt/ml/model" -v "$dir/checkpoints:/opt/ml/checkpoints" \
+    "$IMAGE" train >/dev/null
+for _ in $(seq 1 600); do
+    docker logs "$name" >"$LOGS/sigterm.log" 2>&1
+    grep -qF '[metrics] epoch=0' "$LOGS/sigterm.log" && break
+    sleep 0.2
+done
+t0=$(now)
+docker stop -t 110 "$name" >/dev/null # SIGTERM to the first process; SIGKILL after 110 s
+timing "docker stop -> container exited" "$(since "$t0") s"
+rc=$(docker wait "$name")
+docker logs -t "$name" >"$LOGS/sigterm.log" 2>&1
+docker rm "$name" >/dev/null
+[[ $rc != 0 ]] || { show_log "$LOGS/sigterm.log"; die "stopped run: exit code 0 (it finished before the stop?)"; }
+[[ -f $dir/checkpoints/last.ckpt ]] || { show_log "$LOGS/sigterm.log"; die "stopped run: no checkpoints/last.ckpt"; }
+grep -q SIGTERM "$dir/output/failure" || { show_log "$LOGS/sigterm.log"; die "stopped run: output/failure does not say SIGTERM"; }
+info "stopped: exit code $rc; output/failure: $(head -n 1 "$dir/output/failure")"
+rm -f "$dir/output/failure" # SageMaker starts the restarted job with a fresh output dir
+rc=$(run_train resumed "$IMAGE" "$dir")
+docker rm "$PROJECT-resumed" >/dev/null
+expect_success "resumed run" "$rc" "$dir/output" "$dir/model" "$LOGS/resumed.log"
+grep -q 'resuming from /opt/ml/checkpoints/last.ckpt' "$LOGS/resumed.log" \
+    || { show_log "$LOGS/resumed.log"; die "the restarted run did not resume from the checkpoint"; }
+info "the restarted job resumed from checkpoints/last.ckpt and completed"

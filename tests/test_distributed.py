@@ -80,8 +80,9 @@ def start(base: Path) -> subprocess.Popen:
         "PYTHONUNBUFFERED": "1",
     }
     log = (base / "job.log").open("w")
+    toolkit = str(Path(sys.executable).parent / "train")
     return subprocess.Popen(
-        [sys.executable, "-m", "tft_sagemaker.supervise"],
+        [sys.executable, "-m", "tft_sagemaker.supervise", toolkit],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -17,8 +17,11 @@ _SILENCED = (
 )
 
 
-def setup_logging() -> None:
-    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+def setup_logging(rank: int | None = None) -> None:
+    """Log to stdout (what SageMaker ships to CloudWatch), each line tagged with the global
+    rank; before the launch plan is known, with what the launcher's variables say."""
+    if rank is None:
+        rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
     logging.basicConfig(
         level=logging.INFO,
         format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",

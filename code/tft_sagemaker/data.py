@@ -115,16 +115,25 @@ def read_files(files: list[Path], label: str) -> pd.DataFrame:
     return frame
 
 
-def read_channel(paths: JobPaths, name: str, required: bool) -> pd.DataFrame | None:
-    """All data files of channel `name` as one frame (None for a missing optional channel)."""
+def channel_dir(paths: JobPaths, name: str, required: bool) -> Path | None:
+    """The channel's directory (None for a missing optional channel)."""
     directory = paths.channels.get(name)
     if directory is None or not directory.is_dir():
         if required:
-            available = ", ".join(sorted(paths.channels)) or "none"
+            available = ", ".join(sorted(n for n, d in paths.channels.items() if d.is_dir()))
+            available = available or "none"
             raise DataError(
                 f"Channel '{name}' is missing (channels given: {available}): pass it as "
                 f"inputs={{'{name}': 's3://...'}} or put files in input/data/{name}/."
             )
+        return None
+    return directory
+
+
+def read_channel(paths: JobPaths, name: str, required: bool) -> pd.DataFrame | None:
+    """All data files of channel `name` as one frame (None for a missing optional channel)."""
+    directory = channel_dir(paths, name, required)
+    if directory is None:
         return None
     files = channel_files(directory)
     if not files:

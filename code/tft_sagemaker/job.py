@@ -27,7 +27,14 @@ from .artifacts import write_model_artifacts
 from .checkpoints import find_resume_checkpoint, fingerprint
 from .config import JobConfig, build_config, describe_hyperparameters, parse_cli
 from .console import setup_logging
-from .data import JobData, describe_frame, find_config_file, load_config_file, load_job_data
+from .data import (
+    JobData,
+    channel_dir,
+    describe_frame,
+    find_config_file,
+    load_config_file,
+    load_job_data,
+)
 from .dataset import build_training_dataset, build_validation_dataset
 from .errors import JobError, write_failure
 from .evaluate import forecast, score
@@ -43,6 +50,8 @@ log = logging.getLogger("tft_sagemaker")
 
 
 def load_config(argv: Sequence[str], paths: JobPaths) -> JobConfig:
+    # The train channel may hold the configuration file: without it, say that first.
+    channel_dir(paths, "train", required=True)
     hyperparameters = parse_cli(argv)
     config_file = find_config_file(paths, hyperparameters.get("config_file"))
     file_values = load_config_file(config_file) if config_file else {}
@@ -132,6 +141,8 @@ class Job:
 def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
     """configuration → data → dataset → model → trainer, in every process alike."""
     _configure_process(plan, paths)
+    local_rank = plan.local_rank or int(os.environ.get("LOCAL_RANK", 0))
+    setup_logging(rank=plan.node_rank * plan.devices + local_rank)
     log.info("launch plan: %s", json.dumps(plan.summary()))
     log.info("configuration: %s", json.dumps(config.flat()))
     if plan.num_nodes > 1:

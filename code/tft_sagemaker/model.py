@@ -11,19 +11,18 @@ from .config import ModelConfig
 
 
 class TemporalFusionTransformerDDP(TemporalFusionTransformer):
-    """pytorch-forecasting's TFT, with the validation metrics synchronised across ranks.
+    """pytorch-forecasting's TFT, with its logged metrics synchronised across ranks.
 
     pytorch-forecasting logs `val_loss` and its metrics without `sync_dist`, so under DDP each
     rank's EarlyStopping, ModelCheckpoint and ReduceLROnPlateau would act on its own shard of the
     validation set and the replicas would drift apart. Lightning's synchronised mean weights
-    each rank by its batch sizes, so the logged values equal the full-set values. Training-step
-    values stay unsynchronised (they drive nothing, and a collective per step costs time).
+    each rank by its batch sizes, so the logged values equal the full-set values (and the
+    printed train_loss is the global one). Outside DDP, `sync_dist` does nothing.
     Checkpoints load into the plain `TemporalFusionTransformer` as well.
     """
 
     def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
-        if not self.training:
-            kwargs.setdefault("sync_dist", True)
+        kwargs.setdefault("sync_dist", True)
         super().log(name, value, *args, **kwargs)
 
 

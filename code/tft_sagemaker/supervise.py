@@ -1,13 +1,15 @@
-"""`train` for the image: runs SageMaker's toolkit and lets SIGTERM reach the training processes.
+"""The image's first process: lets SIGTERM reach the training processes.
 
 SageMaker stops a job (StopTrainingJob, MaxRuntime) by sending SIGTERM to the container's first
-process and SIGKILL 120 s later. The toolkit does not pass the signal on to the training script
-(and as PID 1 it ignores it), so the script would die at SIGKILL without saving anything. This
-supervisor starts the toolkit as its child and forwards SIGTERM to every process below it,
-except the toolkit itself, which must live on to report the script's exit. The training
-processes then save a checkpoint at the end of their current batch and exit (trainer.py).
+process and SIGKILL 120 s later. In the DLC that process is its entrypoint shell, which passes
+nothing on, and the toolkit below it would not either: the training script would die at SIGKILL
+without saving anything. The image therefore starts the DLC's own entrypoint under this
+supervisor, which forwards SIGTERM to the training processes (those running the entry script,
+SAGEMAKER_PROGRAM, whoever launched them: the toolkit, torchrun, Lightning, mpirun). They save
+a checkpoint at the end of the current batch and exit (trainer.py); the toolkit and any
+launcher in between then finish and report as usual.
 
-    python -m tft_sagemaker.supervise [COMMAND ...]     # default: the toolkit's `train`
+    python -m tft_sagemaker.supervise COMMAND [ARGS ...]
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-
-TOOLKIT = "from sagemaker_training.cli.train import main; main()"
 
 
 def children_of() -> dict[int, list[int]]:
@@ -44,17 +44,31 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def runs_program(pid: int, program: str) -> bool:
+    """Whether the process runs the entry script (`python ... train.py ...`)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(Path(os.fsdecode(arg)).name == program for arg in args if arg)
+
+
 def main(argv: list[str] | None = None) -> int:
-    command = list(sys.argv[1:] if argv is None else argv) or [sys.executable, "-c", TOOLKIT]
-    toolkit = subprocess.Popen(command)
+    command = list(sys.argv[1:] if argv is None else argv)
+    if not command:
+        print("usage: python -m tft_sagemaker.supervise COMMAND [ARGS ...]", file=sys.stderr)
+        return 2
+    program = os.environ.get("SAGEMAKER_PROGRAM", "train.py")
+    child = subprocess.Popen(command)
 
     def forward(signum: int, _frame: object) -> None:
-        for pid in descendants(toolkit.pid):
-            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
-                os.kill(pid, signum)
+        for pid in descendants(os.getpid()):
+            if runs_program(pid, program):
+                with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                    os.kill(pid, signum)
 
     signal.signal(signal.SIGTERM, forward)
-    return toolkit.wait()
+    return child.wait()
 
 
 if __name__ == "__main__":
