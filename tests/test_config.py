@@ -492,11 +492,12 @@ def test_checked_fields_are_the_expected_ones() -> None:
             "host_wait_timeout_s",
         ]
     )
-    assert _checked_fields("max") == ["dropout", "learning_rate", "master_port"]
-    assert _checked_fields("exclusive_min") == ["learning_rate", "limit_train_batches"]
+    assert _checked_fields("max") == ["dropout", "ema_decay", "learning_rate", "master_port"]
+    assert _checked_fields("exclusive_min") == ["ema_decay", "learning_rate", "limit_train_batches"]
     assert _checked_fields("choices") == [
         "accelerator",
         "backend",
+        "learning_rate_scaling",
         "optimizer",
         "precision",
         "target_normalizer",

@@ -12,6 +12,7 @@ import pytest
 
 from tft_sagemaker.errors import ConfigError, JobError
 from tft_sagemaker.launch import plan_launch, read_hosts, wait_for_hosts
+from tft_sagemaker.model import scaled_learning_rate
 
 
 def hosts_env(n: int, current: int = 1) -> dict[str, str]:
@@ -184,3 +185,17 @@ def test_wait_for_hosts_is_bounded() -> None:
     wait_for_hosts(("localhost", "127.0.0.1"), timeout_s=1)
     with pytest.raises(JobError, match="did not resolve within 0 s"):
         wait_for_hosts(("algo-1.invalid",), timeout_s=0, interval_s=0)
+
+
+@pytest.mark.parametrize(
+    ("world", "rule", "expected"),
+    [
+        (1, "sqrt", 0.01),
+        (4, "sqrt", 0.02),
+        (16, "sqrt", 0.04),
+        (8, "linear", 0.08),
+        (8, "none", 0.01),
+    ],
+)
+def test_learning_rate_grows_with_the_global_batch(world: int, rule: str, expected: float) -> None:
+    assert scaled_learning_rate(0.01, world, rule) == pytest.approx(expected)

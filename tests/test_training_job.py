@@ -499,3 +499,20 @@ def test_stallion_run_reports_the_published_baseline(
     assert metrics["validation_points"] == 350 * 6
     assert round(metrics["baseline_val_MAE"], 1) == 293.0
     assert math.isfinite(metrics["val_MAE"])
+
+
+@pytest.mark.slow
+def test_weight_averaging_saves_the_average(
+    sm_job: SageMakerDir, small_panel: pd.DataFrame
+) -> None:
+    """With ema_decay, validation, the best checkpoint and the saved model are the averaged
+    weights: the artifact reproduces the reported metrics, and carries no raw weights."""
+    data_file = sm_job.write_data(small_panel)
+    result = sm_job.run({"preset": "synthetic", **TINY, "max_epochs": "2", "ema_decay": "0.5"})
+    assert result.code == 0, result.failure
+    metrics = json.loads((sm_job.model_dir / "metrics.json").read_text())
+    checkpoint = torch.load(sm_job.model_dir / "model.ckpt", weights_only=False)
+    assert "current_model_state" not in checkpoint and "averaging_state" not in checkpoint
+    trained = load_trained_model(sm_job.model_dir)
+    forecasts = predict.predict_frame(trained, pd.read_parquet(data_file))
+    assert_reproduces_val_mae(forecasts, metrics)

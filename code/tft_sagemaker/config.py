@@ -153,6 +153,13 @@ class ModelConfig:
     reduce_on_plateau_patience: int = _opt(
         4, "Epochs without val_loss improvement before the learning rate is reduced.", min=1
     )
+    ema_decay: float | None = _opt(
+        None,
+        "Exponential moving average of the weights, per step (e.g. 0.99); validation, "
+        "checkpoints and the model use the average. Default off.",
+        exclusive_min=0.0,
+        max=0.9999,
+    )
 
 
 @dataclass
@@ -187,7 +194,16 @@ class TrainingConfig:
     num_workers: int | None = _opt(
         None, "DataLoader worker processes (default: fitted to host).", min=0
     )
+    learning_rate_scaling: str = _opt(
+        "sqrt",
+        "How learning_rate grows with the number of processes (the global batch is batch_size "
+        "x processes): sqrt, linear or none. One process: learning_rate as given.",
+        choices=("sqrt", "linear", "none"),
+    )
     fast_batches: bool = _opt(True, "Vectorised batch assembly (falls back when unsupported).")
+    fused_variable_selection: bool = _opt(
+        True, "Batched variable selection networks (same parameters and results, fewer ops)."
+    )
     compile: bool = _opt(False, "torch.compile the model (pays off on GPUs for long runs).")
     checkpoint_dir: str | None = _opt(
         None, "Where epoch checkpoints go and are resumed from (default /opt/ml/checkpoints)."

@@ -41,7 +41,7 @@ from .evaluate import forecast, score
 from .launch import LaunchPlan, plan_launch, read_resource_config, wait_for_hosts
 from .loaders import LoaderSettings, make_loader
 from .metrics import format_metric_line
-from .model import TemporalFusionTransformerDDP, build_model
+from .model import TemporalFusionTransformerDDP, build_model, scaled_learning_rate
 from .paths import JobPaths
 from .presets import PRESET_VALUES
 from .trainer import build_trainer
@@ -155,12 +155,22 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
     validation = build_validation_dataset(training, data.validation)
     log.info("windows: %d training, %d validation", len(training), len(validation))
 
-    model = build_model(training, config.model)
+    model = build_model(training, config.model, config.training.fused_variable_selection)
     trainer = build_trainer(config, plan, paths, fingerprint(config))
     if trainer.world_size != plan.world_size:
         raise JobError(
             f"Lightning formed a world of {trainer.world_size} processes, the plan has "
             f"{plan.world_size} ({plan.num_nodes} node(s) x {plan.devices} device(s))."
+        )
+    if trainer.world_size > 1:
+        model.hparams.learning_rate = scaled_learning_rate(
+            config.model.learning_rate, trainer.world_size, config.training.learning_rate_scaling
+        )
+        log.info(
+            "learning rate %.4g for %d processes (learning_rate_scaling=%s)",
+            model.hparams.learning_rate,
+            trainer.world_size,
+            config.training.learning_rate_scaling,
         )
     loaders = LoaderSettings(
         batch_size=config.training.batch_size,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
 from pytorch_forecasting.metrics import QuantileLoss
 
 from .config import ModelConfig
+from .fused import fuse_variable_selection
 
 
 class TemporalFusionTransformerDDP(TemporalFusionTransformer):
@@ -25,10 +27,28 @@ class TemporalFusionTransformerDDP(TemporalFusionTransformer):
         kwargs.setdefault("sync_dist", True)
         super().log(name, value, *args, **kwargs)
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Norm clipping in a few multi-tensor ops (Lightning's default loops over the ~400
+        parameter tensors on CPUs)."""
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val, foreach=True)
+        else:
+            super().configure_gradient_clipping(
+                optimizer, gradient_clip_val, gradient_clip_algorithm
+            )
 
-def build_model(dataset: TimeSeriesDataSet, config: ModelConfig) -> TemporalFusionTransformerDDP:
+
+def build_model(
+    dataset: TimeSeriesDataSet, config: ModelConfig, fused: bool = True
+) -> TemporalFusionTransformerDDP:
+    """The TFT for `dataset`; `fused`: variable selection as batched ops (fused.py)."""
     # Fused Adam/AdamW/SGD updates all parameters in one kernel instead of several per tensor.
-    return TemporalFusionTransformerDDP.from_dataset(
+    model = TemporalFusionTransformerDDP.from_dataset(
         dataset,
         hidden_size=config.hidden_size,
         attention_head_size=config.attention_head_size,
@@ -43,3 +63,14 @@ def build_model(dataset: TimeSeriesDataSet, config: ModelConfig) -> TemporalFusi
         reduce_on_plateau_patience=config.reduce_on_plateau_patience,
         log_interval=-1,
     )
+    if fused:
+        fuse_variable_selection(model)
+    return model
+
+
+def scaled_learning_rate(learning_rate: float, world_size: int, rule: str) -> float:
+    """The learning rate for `world_size` data-parallel processes, each with the batch size
+    `learning_rate` was chosen for: the global batch grows with the world, and so, by `rule`,
+    does the step (sqrt: the usual safe choice for Adam; linear: Goyal et al. for SGD)."""
+    factor = {"none": 1.0, "sqrt": world_size**0.5, "linear": float(world_size)}[rule]
+    return learning_rate * factor
