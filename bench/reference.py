@@ -17,20 +17,9 @@ from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
 from pytorch_forecasting.data import GroupNormalizer
 from pytorch_forecasting.metrics import QuantileLoss
 
-SPECIAL_DAYS = [
-    "easter_day",
-    "good_friday",
-    "new_year",
-    "christmas",
-    "labor_day",
-    "independence_day",
-    "revolution_day_memorial",
-    "regional_games",
-    "fifa_u_17_world_cup",
-    "football_gold_cup",
-    "beer_capital",
-    "music_fest",
-]
+from tft_sagemaker.presets import STALLION_SPECIAL_DAYS
+
+SPECIAL_DAYS = STALLION_SPECIAL_DAYS  # the tutorial's list of holiday columns
 
 
 def tutorial_data(path: str) -> pd.DataFrame:

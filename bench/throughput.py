@@ -155,8 +155,12 @@ def worker_ours(
         hyperparameters |= {
             "max_epochs": str(epochs),
             "limit_train_batches": "50",
+            # The tutorial's model and optimiser settings, exactly (bench/reference.py).
             "hidden_size": "16",
             "attention_head_size": "2",
+            "hidden_continuous_size": "8",
+            "dropout": "0.1",
+            "learning_rate": "0.03",
             "batch_size": str(batch_size),
         }
     config = build_config(hyperparameters, None, PRESET_VALUES)
@@ -269,9 +273,11 @@ def table(results: dict[str, Any]) -> str:
         )
     if "time_to_mae" in results:
         t = results["time_to_mae"]
+        reference = t["reference_s"] or (
+            f"not reached (best {t['reference_best_val_MAE']} in {t['reference_fit_s']} s)"
+        )
         lines.append(
-            f"| seconds to val MAE <= {TARGET_MAE:g} | {t['reference_s']} | "
-            f"{t['ours_s']} | {t['ratio']} |"
+            f"| seconds to val MAE <= {TARGET_MAE:g} | {reference} | {t['ours_s']} | {t['ratio']} |"
         )
     for row in results.get("scaling", []):
         lines.append(

@@ -18,8 +18,19 @@ from pytorch_forecasting.data.encoders import (
     NaNLabelEncoder,
     TorchNormalizer,
 )
+from reference import tutorial_data, tutorial_datasets  # bench/reference.py
 
 from tft_sagemaker.batches import WindowBatcher, unsupported_reason
+from tft_sagemaker.config import build_config
+from tft_sagemaker.data import (
+    min_series_length,
+    prepare_frame,
+    split_holdout,
+    time_axis_for,
+    validate_frame,
+)
+from tft_sagemaker.dataset import build_training_dataset, build_validation_dataset
+from tft_sagemaker.presets import PRESET_VALUES
 
 DEVICES = [
     "cpu",
@@ -85,81 +96,26 @@ def check_equivalence(dataset: TimeSeriesDataSet, device: str = "cpu", seed: int
 # ---------------------------------------------------------------------------------------------
 # Stallion (pytorch-forecasting's TFT tutorial)
 
-SPECIAL_DAYS = [
-    "easter_day",
-    "good_friday",
-    "new_year",
-    "christmas",
-    "labor_day",
-    "independence_day",
-    "revolution_day_memorial",
-    "regional_games",
-    "fifa_u_17_world_cup",
-    "football_gold_cup",
-    "beer_capital",
-    "music_fest",
-]
+
+def preset_datasets(path: str) -> tuple[TimeSeriesDataSet, TimeSeriesDataSet]:
+    """Training and validation datasets as the job builds them with the `stallion` preset."""
+    config = build_config({"preset": "stallion"}, None, PRESET_VALUES).data
+    raw = pd.read_parquet(path)
+    frame = prepare_frame(raw, config, "train", time_axis_for(raw, config, "train"))
+    frame = validate_frame(frame, config, "train", min_series_length(config, holdout=True))
+    training = build_training_dataset(split_holdout(frame, config), config)
+    return training, build_validation_dataset(training, frame)
 
 
-def stallion_datasets(path: str) -> tuple[TimeSeriesDataSet, TimeSeriesDataSet]:
-    """Training and validation datasets built as the Stallion tutorial builds them."""
-    data = pd.read_parquet(path)
-    data["time_idx"] = data["date"].dt.year * 12 + data["date"].dt.month
-    data["time_idx"] -= data["time_idx"].min()
-    data["month"] = data["date"].dt.month.astype(str).astype("category")
-    data["log_volume"] = np.log(data.volume + 1e-8)
-    data["avg_volume_by_sku"] = data.groupby(["time_idx", "sku"], observed=True).volume.transform(
-        "mean"
-    )
-    data["avg_volume_by_agency"] = data.groupby(
-        ["time_idx", "agency"], observed=True
-    ).volume.transform("mean")
-    data[SPECIAL_DAYS] = (
-        data[SPECIAL_DAYS].apply(lambda x: x.map({0: "-", 1: x.name})).astype("category")
-    )
-    max_prediction_length, max_encoder_length = 6, 24
-    training_cutoff = data["time_idx"].max() - max_prediction_length
-    training = TimeSeriesDataSet(
-        data[lambda x: x.time_idx <= training_cutoff],
-        time_idx="time_idx",
-        target="volume",
-        group_ids=["agency", "sku"],
-        min_encoder_length=max_encoder_length // 2,
-        max_encoder_length=max_encoder_length,
-        min_prediction_length=1,
-        max_prediction_length=max_prediction_length,
-        static_categoricals=["agency", "sku"],
-        static_reals=["avg_population_2017", "avg_yearly_household_income_2017"],
-        time_varying_known_categoricals=["special_days", "month"],
-        variable_groups={"special_days": SPECIAL_DAYS},
-        time_varying_known_reals=["time_idx", "price_regular", "discount_in_percent"],
-        time_varying_unknown_categoricals=[],
-        time_varying_unknown_reals=[
-            "volume",
-            "log_volume",
-            "industry_volume",
-            "soda_volume",
-            "avg_max_temp",
-            "avg_volume_by_agency",
-            "avg_volume_by_sku",
-        ],
-        target_normalizer=GroupNormalizer(groups=["agency", "sku"], transformation="softplus"),
-        add_relative_time_idx=True,
-        add_target_scales=True,
-        add_encoder_length=True,
-    )
-    validation = TimeSeriesDataSet.from_dataset(
-        training, data, predict=True, stop_randomization=True
-    )
-    return training, validation
-
-
-@pytest.fixture(scope="module")
-def stallion() -> tuple[TimeSeriesDataSet, TimeSeriesDataSet]:
+@pytest.fixture(scope="module", params=["tutorial", "preset"])
+def stallion(request: pytest.FixtureRequest) -> tuple[TimeSeriesDataSet, TimeSeriesDataSet]:
+    """Stallion as pytorch-forecasting's tutorial builds it, and as the job's preset does."""
     path = os.environ.get("STALLION_PARQUET")
     if not path:
         pytest.skip("STALLION_PARQUET is not set (path of the Stallion parquet file)")
-    return stallion_datasets(path)
+    if request.param == "tutorial":
+        return tutorial_datasets(tutorial_data(path))
+    return preset_datasets(path)
 
 
 @pytest.mark.parametrize("device", DEVICES)

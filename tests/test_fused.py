@@ -249,16 +249,17 @@ def test_stallion_equivalence(stallion: TimeSeriesDataSet) -> None:
     fused = check_equivalence(model, batches)
 
     summary = fusion_summary(fused)
+    sizes = f"grn {model.hparams.hidden_continuous_size}->{model.hparams.hidden_size}"
     assert summary["encoder_variable_selection"]["fused"] == [
-        "grn 8->16: time_idx, price_regular, discount_in_percent, relative_time_idx, volume, "
+        f"{sizes}: time_idx, price_regular, discount_in_percent, relative_time_idx, volume, "
         "log_volume, industry_volume, soda_volume, avg_max_temp, avg_volume_by_agency, "
         "avg_volume_by_sku"
     ]
     assert summary["decoder_variable_selection"]["fused"] == [
-        "grn 8->16: time_idx, price_regular, discount_in_percent, relative_time_idx"
+        f"{sizes}: time_idx, price_regular, discount_in_percent, relative_time_idx"
     ]
     assert summary["static_variable_selection"]["fused"] == [
-        "grn 8->16: avg_population_2017, avg_yearly_household_income_2017, encoder_length, "
+        f"{sizes}: avg_population_2017, avg_yearly_household_income_2017, encoder_length, "
         "volume_center, volume_scale"
     ]
     # embedded categoricals have sizes of their own: their ResampleNorms run alone

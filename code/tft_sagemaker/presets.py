@@ -104,18 +104,20 @@ STALLION = Preset(
         ],
         "target_normalizer": "group",
         "target_transformation": "softplus",
-        # The tutorial's model, trained with adam (ranger stalls on this budget).
-        "hidden_size": 16,
+        # Tuned on this data (bench/accuracy.py): the tutorial's recipe (hidden 16, lr 0.03,
+        # 50 batches per epoch, adam) reaches MAE 268-283 depending on the seed; a wider,
+        # more regularised model on whole epochs with a lower, faster-decaying learning rate
+        # does better (bench/results/stallion_accuracy.json).
+        "hidden_size": 32,
         "attention_head_size": 2,
-        "dropout": 0.1,
-        "hidden_continuous_size": 8,
-        "learning_rate": 0.03,
-        "reduce_on_plateau_patience": 4,
+        "dropout": 0.2,
+        "hidden_continuous_size": 16,
+        "learning_rate": 0.005,
+        "reduce_on_plateau_patience": 2,
         "gradient_clip_val": 0.1,
         "batch_size": 128,
         "max_epochs": 30,
-        "limit_train_batches": 50,
-        "early_stopping_patience": 10,
+        "early_stopping_patience": 6,
     },
 )
 
