@@ -23,7 +23,11 @@ SPECIAL_DAYS = STALLION_SPECIAL_DAYS  # the tutorial's list of holiday columns
 
 
 def tutorial_data(path: str) -> pd.DataFrame:
-    data = pd.read_parquet(path)
+    return tutorial_features(pd.read_parquet(path))
+
+
+def tutorial_features(data: pd.DataFrame) -> pd.DataFrame:
+    data = data.copy()
     data["time_idx"] = data["date"].dt.year * 12 + data["date"].dt.month
     data["time_idx"] -= data["time_idx"].min()
     data["month"] = data.date.dt.month.astype(str).astype("category")

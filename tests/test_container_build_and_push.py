@@ -97,34 +97,23 @@ def test_help():
         assert option in result.stdout
 
 
-def test_unknown_argument(sandbox):
-    _, env, _ = sandbox
-    result = run(env, "--bogus")
-    assert result.returncode != 0
-    assert "unknown argument: --bogus" in result.stderr
-
-
-def test_missing_docker(sandbox):
+@pytest.mark.parametrize(
+    ("args", "missing_tool", "extra_env", "message"),
+    [
+        (["--bogus"], None, {}, "unknown argument: --bogus"),
+        ([], "docker", {}, "docker not found"),
+        ([], None, {"FAKE_DOCKER_INFO_RC": "1"}, "cannot reach the Docker engine"),
+        ([], "aws", {}, "AWS CLI (aws) is not installed"),
+    ],
+    ids=["unknown-argument", "no-docker", "engine-down", "no-aws-cli"],
+)
+def test_clear_errors(sandbox, args, missing_tool, extra_env, message):
     bin_dir, env, _ = sandbox
-    (bin_dir / "docker").unlink()
-    result = run(env)
+    if missing_tool:
+        (bin_dir / missing_tool).unlink()
+    result = run(env, *args, **extra_env)
     assert result.returncode != 0
-    assert "docker not found" in result.stderr
-
-
-def test_engine_not_running(sandbox):
-    _, env, _ = sandbox
-    result = run(env, FAKE_DOCKER_INFO_RC="1")
-    assert result.returncode != 0
-    assert "cannot reach the Docker engine" in result.stderr
-
-
-def test_missing_aws_cli(sandbox):
-    bin_dir, env, _ = sandbox
-    (bin_dir / "aws").unlink()
-    result = run(env)
-    assert result.returncode != 0
-    assert "AWS CLI (aws) is not installed" in result.stderr
+    assert message in result.stderr
 
 
 def test_not_logged_in(sandbox):

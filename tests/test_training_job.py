@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import CODE_DIR, TINY, SageMakerDir
+from reference import tutorial_features  # bench/reference.py: the tutorial, as its docs write it
 
 from tft_sagemaker import predict
 from tft_sagemaker.artifacts import load_trained_model
@@ -445,25 +446,6 @@ def test_predict_rejects_something_that_is_not_a_model(
 # --------------------------------------------------------------------------------------------
 # (7) Stallion: the tutorial's features, and the published naive baseline
 # --------------------------------------------------------------------------------------------
-def tutorial_features(data: pd.DataFrame) -> pd.DataFrame:
-    """pytorch-forecasting's Stallion tutorial, verbatim in substance."""
-    data = data.copy()
-    data["time_idx"] = data["date"].dt.year * 12 + data["date"].dt.month
-    data["time_idx"] -= data["time_idx"].min()
-    data["month"] = data.date.dt.month.astype(str).astype("category")
-    data["log_volume"] = np.log(data.volume + 1e-8)
-    data["avg_volume_by_sku"] = data.groupby(["time_idx", "sku"], observed=True).volume.transform(
-        "mean"
-    )
-    data["avg_volume_by_agency"] = data.groupby(
-        ["time_idx", "agency"], observed=True
-    ).volume.transform("mean")
-    data[STALLION_SPECIAL_DAYS] = (
-        data[STALLION_SPECIAL_DAYS].apply(lambda x: x.map({0: "-", 1: x.name})).astype("category")
-    )
-    return data
-
-
 def test_stallion_feature_engineering(stallion_path: Path) -> None:
     raw = pd.read_parquet(stallion_path)
     config = build_config({"preset": "stallion"}, {}, PRESET_VALUES).data

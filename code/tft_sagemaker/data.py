@@ -265,6 +265,13 @@ def _series_examples(frame: pd.DataFrame, mask: pd.Series | np.ndarray, columns:
     )
 
 
+def _reject_counts(counts: Mapping[str, int], problem: str, fix: str) -> None:
+    """A DataError listing every column with a non-zero count: `problem: a (3), b (1); fix`."""
+    listed = ", ".join(f"{c} ({n})" for c, n in counts.items() if n)
+    if listed:
+        raise DataError(f"{problem}: {listed}; {fix}")
+
+
 def min_series_length(config: DataConfig, holdout: bool) -> int:
     """Steps a series needs for one training window (and the held-out window, if holding out)."""
     train = config.resolved_min_encoder_length + config.min_prediction_length
@@ -290,26 +297,20 @@ def validate_frame(
             f"Channel '{channel}': target '{config.target}' has {int(bad_target.sum())} missing "
             f"or infinite value(s), e.g. at {_series_examples(frame, bad_target, keys)}."
         )
-    bad_reals = {
-        c: int((~np.isfinite(frame[c].to_numpy(dtype=float, na_value=np.nan))).sum())
-        for c in _unique([*config.reals, config.weight])
-        if c != config.target and c != time
-    }
-    bad_reals = {c: n for c, n in bad_reals.items() if n}
-    if bad_reals:
-        listed = ", ".join(f"{c} ({n})" for c, n in bad_reals.items())
-        raise DataError(
-            f"Channel '{channel}': missing or infinite values in real column(s): {listed}; "
-            "fill or drop them."
-        )
-    empty_categories = {c: int(frame[c].isna().sum()) for c in config.categoricals}
-    empty_categories = {c: n for c, n in empty_categories.items() if n}
-    if empty_categories:
-        listed = ", ".join(f"{c} ({n})" for c, n in empty_categories.items())
-        raise DataError(
-            f"Channel '{channel}': missing values in categorical column(s): {listed}; fill them "
-            "(e.g. with '-' or 'unknown')."
-        )
+    reals = [c for c in _unique([*config.reals, config.weight]) if c not in (config.target, time)]
+    _reject_counts(
+        {
+            c: int((~np.isfinite(frame[c].to_numpy(dtype=float, na_value=np.nan))).sum())
+            for c in reals
+        },
+        f"Channel '{channel}': missing or infinite values in real column(s)",
+        "fill or drop them.",
+    )
+    _reject_counts(
+        {c: int(frame[c].isna().sum()) for c in config.categoricals},
+        f"Channel '{channel}': missing values in categorical column(s)",
+        "fill them (e.g. with '-' or 'unknown').",
+    )
     duplicated = frame.duplicated(subset=keys, keep=False)
     if duplicated.any():
         raise DataError(
