@@ -124,7 +124,8 @@ class _BatchedWindows(Dataset):
         return self.batcher(indices)
 
 
-def _first(batch: Any) -> Any:
+def _whole_batch(batch: Any) -> Any:
+    """The collate function for `_BatchedWindows`, whose items are already whole batches."""
     return batch
 
 
@@ -177,7 +178,7 @@ def make_loader(dataset: TimeSeriesDataSet, settings: LoaderSettings, train: boo
     if vectorised:
         device = settings.device if num_workers == 0 else torch.device("cpu")
         source: Dataset = _BatchedWindows(WindowBatcher(dataset, device=device))
-        collate = _first
+        collate = _whole_batch
     else:
         log.info(
             "per-window batches for %s data: %s", "training" if train else "validation", reason
