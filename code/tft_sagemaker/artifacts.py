@@ -52,7 +52,7 @@ def _versions() -> dict[str, str]:
 
 def write_model_artifacts(
     model_dir: Path,
-    best_checkpoint: Path,
+    best_checkpoint: dict[str, Any],
     dataset_parameters: dict[str, Any],
     config: JobConfig,
     time_axis: TimeAxis | None,
@@ -61,10 +61,9 @@ def write_model_artifacts(
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
     try:
-        # Checkpoints pickle the loss and dataset parameters: only load files this job wrote.
-        checkpoint = torch.load(best_checkpoint, map_location="cpu", weights_only=False)
         torch.save(
-            {k: v for k, v in checkpoint.items() if k not in _TRAINING_STATE}, staging / MODEL_FILE
+            {k: v for k, v in best_checkpoint.items() if k not in _TRAINING_STATE},
+            staging / MODEL_FILE,
         )
         torch.save(dataset_parameters, staging / DATASET_FILE)
         (staging / CONFIG_FILE).write_text(

@@ -203,20 +203,22 @@ def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, float]:
     process; then the model directory."""
     best = Path(job.trainer.checkpoint_callback.best_model_path)
     log.info("evaluating %s on %d validation windows", best.name, len(job.validation))
+    # Checkpoints pickle the loss and dataset parameters: this job wrote this one (trusted).
+    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
     best_model = TemporalFusionTransformerDDP.load_from_checkpoint(
         best, map_location="cpu", weights_only=False
     )
     device = job.trainer.strategy.root_device
     results = score(forecast(best_model, job.validation, device=device), job.config.model.quantiles)
     results |= {
-        "best_epoch": torch.load(best, map_location="cpu", weights_only=False)["epoch"],
+        "best_epoch": checkpoint["epoch"],
         "epochs_trained": job.trainer.current_epoch,
         "world_size": job.plan.world_size,
         **timings,
     }
     write_model_artifacts(
         job.paths.model_dir,
-        best,
+        checkpoint,
         job.training.get_parameters(),
         job.config,
         job.data.time_axis,
