@@ -34,7 +34,7 @@ test: setup ## lint and run the test suite
 e2e: setup ## the container end to end: engine, images, compose, registry (root, Debian)
 	bash local_test/e2e.sh
 
-bench-accuracy: setup ## Stallion validation MAE over 3 seeds -> bench/results/stallion_accuracy.json
+bench-accuracy: setup ## Stallion validation MAE over 5 seeds -> bench/results/stallion_accuracy.json
 	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/accuracy.py
 
 bench: setup ## throughput, time to MAE and data scaling -> bench/results/throughput.json

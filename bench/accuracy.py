@@ -1,6 +1,6 @@
 """Stallion accuracy: the `stallion` preset with its default budget, over several seeds.
 
-    python bench/accuracy.py [--seeds 42 1 7] [--data PATH] [key=value ...]
+    python bench/accuracy.py [--seeds 42 1 7 2 3] [--data PATH] [key=value ...]
 
 Runs the real training job (code/train.py, one process per seed, each in a fresh /opt/ml-shaped
 directory) on the real Stallion data and prints the validation MAE of each seed beside the
@@ -68,7 +68,7 @@ def run_seed(data: Path, seed: int, overrides: list[str], workdir: Path) -> dict
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 7])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 7, 2, 3])
     parser.add_argument("--data", type=Path, default=os.environ.get("STALLION_PARQUET"))
     parser.add_argument("--output", type=Path, default=RESULTS / "stallion_accuracy.json")
     parser.add_argument("overrides", nargs="*", help="hyperparameters key=value")

@@ -91,7 +91,11 @@ def tutorial_fit(
     callbacks: list[Callback],
     log_dir: str,
     limit_train_batches: int = 50,
+    early_stopping: bool = True,
 ) -> TemporalFusionTransformer:
+    """The tutorial's training; `early_stopping=False` runs all `max_epochs` (for a time to a
+    target the recipe might reach only late)."""
+    pl.seed_everything(42)  # as the tutorial does before building the trainer
     training, validation = tutorial_datasets(tutorial_data(path))
     batch_size = 128
     train_dataloader = training.to_dataloader(train=True, batch_size=batch_size, num_workers=0)
@@ -110,7 +114,11 @@ def tutorial_fit(
         enable_progress_bar=False,
         gradient_clip_val=0.1,
         limit_train_batches=limit_train_batches,
-        callbacks=[LearningRateMonitor(), early_stop_callback, *callbacks],
+        callbacks=[
+            LearningRateMonitor(),
+            *([early_stop_callback] if early_stopping else []),
+            *callbacks,
+        ],
         logger=TensorBoardLogger(log_dir),
     )
     tft = TemporalFusionTransformer.from_dataset(

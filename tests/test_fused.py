@@ -14,7 +14,7 @@ import pickle
 import statistics
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,14 @@ from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
 from tft_sagemaker.config import build_config
 from tft_sagemaker.data import prepare_frame, time_axis_for
 from tft_sagemaker.dataset import build_training_dataset
+from tft_sagemaker.embedding_bags import CountMatmulEmbeddingBag, use_count_matmul
 from tft_sagemaker.fused import (
     FusedVariableSelectionNetwork,
     fuse_variable_selection,
     fusion_summary,
     unfuse_variable_selection,
 )
+from tft_sagemaker.model import use_fast_paths
 from tft_sagemaker.presets import PRESET_VALUES
 
 OUTPUT_KEYS = (
@@ -70,9 +72,13 @@ def _quiet_single_thread() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------
 # Comparing an original model with its fused copy
 # ---------------------------------------------------------------------------------------------
-def fused_copy(model: TemporalFusionTransformer, **kwargs: Any) -> TemporalFusionTransformer:
+def fused_copy(
+    model: TemporalFusionTransformer,
+    transform: Callable[..., Any] = fuse_variable_selection,
+    **kwargs: Any,
+) -> TemporalFusionTransformer:
     fused = copy.deepcopy(model)
-    fuse_variable_selection(fused, **kwargs)
+    transform(fused, **kwargs)
     return fused
 
 
@@ -180,14 +186,19 @@ def assert_tight(actual: torch.Tensor, expected: torch.Tensor, scale: float = 0.
     torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-11 * scale)
 
 
-def check_equivalence(model: TemporalFusionTransformer, batches: list, **fuse_kwargs: Any):
-    """Original vs fused copy, in float64 (tight) and float32 (within rounding).
+def check_equivalence(
+    model: TemporalFusionTransformer,
+    batches: list,
+    transform: Callable[..., Any] = fuse_variable_selection,
+    **fuse_kwargs: Any,
+):
+    """Original vs fused (`transform`ed) copy, in float64 (tight) and float32 (within rounding).
 
     float64: eval outputs, train loss and every gradient, and three Adam steps agree to 1e-10,
     which only the same mathematics gives. float32: the fused model's outputs and gradients are
     as close to the float64 result as the original's own.
     """
-    fused = fused_copy(model, **fuse_kwargs)
+    fused = fused_copy(model, transform, **fuse_kwargs)
     assert [n for n, _ in fused.named_parameters()] == [n for n, _ in model.named_parameters()]
     assert fused.state_dict().keys() == model.state_dict().keys()
     model64, fused64 = copy.deepcopy(model).double(), copy.deepcopy(fused).double()
@@ -279,6 +290,33 @@ def test_stallion_dropout(stallion: TimeSeriesDataSet) -> None:
     with torch.no_grad():
         first, second = fused(batch[0])["prediction"], fused(batch[0])["prediction"]
     assert torch.isfinite(first).all() and not torch.equal(first, second)
+
+
+def test_stallion_accelerator_formulas(
+    stallion: TimeSeriesDataSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GLU as accelerators run it (one F.glu, then + residual), checked here on CPU."""
+    from tft_sagemaker import fused as fused_module
+
+    monkeypatch.setattr(fused_module, "_split_glu", lambda x: False)
+    check_equivalence(stallion_model(stallion), take_batches(stallion, 1))
+
+
+def test_stallion_count_matmul_embedding_bags(stallion: TimeSeriesDataSet) -> None:
+    """special_days (12 flags per step) summed by counts @ weight: the same outputs, gradients
+    and Adam steps as the library's EmbeddingBag, alone and with fused variable selection."""
+    model = stallion_model(stallion)
+    batches = take_batches(stallion, 2)
+    swapped = check_equivalence(model, batches, use_count_matmul)
+    bags = [m for m in swapped.modules() if isinstance(m, CountMatmulEmbeddingBag)]
+    assert len(bags) == 1 and bags[0] is swapped.input_embeddings["special_days"]
+    original = stallion_model(stallion)  # (a used model no longer deep-copies)
+    both = fused_copy(original, use_fast_paths)
+    assert sum(isinstance(m, CountMatmulEmbeddingBag) for m in both.modules()) == 1
+    assert n_fused(both) == 3
+    assert_same_outputs(original, both, batches[0])
+    state = pickle.loads(pickle.dumps(both.state_dict()))
+    assert state.keys() == model.state_dict().keys()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,10 +15,13 @@ For a group of V variables (laid out as (V, N, features), N = batch x time):
     prescaler   x * w + b: one addcmul into (N, V, k), whose slices also feed flattened_grn
     fc1, fc2    baddbmm with the stacked (V, in, out) weights; ELU in between
     GLU         dropout on the batched tensor, then baddbmm + F.glu (on CPU the two halves are
-                two baddbmm + sigmoid * value: F.glu on CPU is several times slower)
+                two baddbmm, and value * sigmoid(gate) + residual one addcmul: F.glu on CPU
+                is several times slower)
     residual    F.interpolate(mode="linear", align_corners=True) from k to H as a fixed (k, H)
                 matrix, made by interpolating the identity (so its weights are the kernel's
-                own); the trainable gate; LayerNorm without affine + stacked gamma/beta
+                own) and scaled by the trainable gate; LayerNorm without affine + stacked
+                gamma/beta, scaled by the add-norm's gate (folding the gates into the small
+                factors saves two passes over the (V, N, H) activations)
     add + norm  LayerNorm without affine + stacked gamma/beta
 
 Embedded categoricals of one size are batched the same way (ResampleNorm: interpolation, gate,
@@ -60,6 +63,8 @@ from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
 from torch import nn
 from torch.nn.modules import module as _module_hooks
 from torch.nn.utils import parametrize
+
+from .dropout import FastDropout
 
 __all__ = [
     "FusedVariableSelectionNetwork",
@@ -207,7 +212,10 @@ def _grn_key(grn: object, in_size: int) -> tuple | None:
         and _plain(glu)
         and glu.hidden_size == out
         and _is_linear(glu.fc, hidden, 2 * out)
-        and (glu.dropout is None or (type(glu.dropout) is nn.Dropout and _plain(glu.dropout)))
+        and (
+            glu.dropout is None
+            or (type(glu.dropout) in (nn.Dropout, FastDropout) and _plain(glu.dropout))
+        )
     ):
         return None
     if not (
@@ -340,10 +348,15 @@ def _interpolation_matrix(n: int, m: int, like: torch.Tensor) -> torch.Tensor:
     return matrix
 
 
-def _layer_norm(x: torch.Tensor, norms: list[nn.LayerNorm], eps: float) -> torch.Tensor:
-    """Per-variable LayerNorm over the last dim of x (V, N, H)."""
+def _layer_norm(
+    x: torch.Tensor, norms: list[nn.LayerNorm], eps: float, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-variable LayerNorm over the last dim of x (V, N, H), times `scale` (V, 1, H) if
+    given: folded into the affine weights, a pass over x fewer."""
     weight = torch.stack([n.weight for n in norms]).unsqueeze(1)
     bias = torch.stack([n.bias for n in norms]).unsqueeze(1)
+    if scale is not None:
+        weight, bias = weight * scale, bias * scale
     return torch.addcmul(bias, F.layer_norm(x, x.shape[-1:], eps=eps), weight)
 
 
@@ -359,49 +372,67 @@ def _linear(x: torch.Tensor, layers: list[nn.Linear]) -> torch.Tensor:
     return torch.baddbmm(bias, x, weight.transpose(1, 2))
 
 
-def _glu(x: torch.Tensor, layers: list[nn.Linear], size: int) -> torch.Tensor:
-    """F.glu(linear(x), dim=-1) for x (V, N, in) -> (V, N, size).
+def _split_glu(x: torch.Tensor) -> bool:
+    """Whether the GLU's halves run as separate ops (CPUs; see _glu_add)."""
+    return x.device.type == "cpu"
+
+
+def _glu_add(
+    x: torch.Tensor, layers: list[nn.Linear], size: int, residual: torch.Tensor
+) -> torch.Tensor:
+    """F.glu(linear(x), dim=-1) + residual for x (V, N, in), residual (V, N, size).
 
     glu(y) = y[..., :size] * sigmoid(y[..., size:]). On CPU, F.glu and its backward work on
     the two strided halves of y and take several times longer than sigmoid and mul on two
-    contiguous tensors, so there the halves are computed separately; on accelerators the one
-    fused glu kernel is cheaper than the extra launches.
+    contiguous tensors, so there the halves are computed separately and the product is added
+    to the residual in the same op; on accelerators the one fused glu kernel is cheaper than
+    the extra launches.
     """
     weight = torch.stack([layer.weight for layer in layers]).transpose(1, 2)  # (V, in, 2H)
     bias = torch.stack([layer.bias for layer in layers]).unsqueeze(1)
-    if x.device.type != "cpu":
-        return F.glu(torch.baddbmm(bias, x, weight), dim=-1)
+    if not _split_glu(x):
+        return F.glu(torch.baddbmm(bias, x, weight), dim=-1) + residual
     value = torch.baddbmm(bias[..., :size], x, weight[..., :size])
     gate = torch.baddbmm(bias[..., size:], x, weight[..., size:])
-    return value * torch.sigmoid(gate)
+    return torch.addcmul(residual, value, torch.sigmoid(gate))
 
 
-def _resample_norm(x: torch.Tensor, modules: list[ResampleNorm], group: _Group) -> torch.Tensor:
-    """ResampleNorm of x (V, N, k) -> (V, N, H)."""
+def _resample_norm(
+    x: torch.Tensor,
+    modules: list[ResampleNorm],
+    group: _Group,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """ResampleNorm of x (V, N, k) -> (V, N, H), times `scale` (V, 1, H) if given.
+
+    The trainable gate multiplies the interpolation matrix (per variable) instead of its
+    output, and `scale` the LayerNorm's affine weights: two passes over (V, N, H) fewer.
+    """
+    gate = _gate(modules) if group.gated else None
     if group.resample:
-        x = torch.matmul(x, _interpolation_matrix(group.in_size, group.out_size, x))
-    if group.gated:
-        x = x * _gate(modules)
-    return _layer_norm(x, [m.norm for m in modules], group.norm_eps)
+        matrix = _interpolation_matrix(group.in_size, group.out_size, x)
+        x = torch.matmul(x, matrix) if gate is None else torch.bmm(x, matrix * gate)
+    elif gate is not None:
+        x = x * gate
+    return _layer_norm(x, [m.norm for m in modules], group.norm_eps, scale)
 
 
 def _grn(x: torch.Tensor, grns: list[GatedResidualNetwork], group: _Group) -> torch.Tensor:
     """GatedResidualNetwork of x (V, N, k) without context -> (V, N, H)."""
-    residual = x
+    add_norms = [g.gate_norm.add_norm for g in grns]
+    add_gate = _gate(add_norms) if group.add_gated else None
     if group.resample:
-        residual = _resample_norm(x, [g.resample_norm for g in grns], group)
+        residual = _resample_norm(x, [g.resample_norm for g in grns], group, add_gate)
+    else:
+        residual = x if add_gate is None else x * add_gate
     hidden = _linear(x, [g.fc1 for g in grns])
     hidden = F.elu(hidden, group.elu_alpha)
     hidden = _linear(hidden, [g.fc2 for g in grns])
     glus = [g.gate_norm.glu for g in grns]
     if group.dropout is not None:  # p as set now (equal in all members when fused)
-        dropout = glus[0].dropout
-        hidden = F.dropout(hidden, dropout.p, dropout.training)
-    gated = _glu(hidden, [glu.fc for glu in glus], group.out_size)
-    add_norms = [g.gate_norm.add_norm for g in grns]
-    if group.add_gated:
-        residual = residual * _gate(add_norms)
-    return _layer_norm(gated + residual, [a.norm for a in add_norms], group.add_eps)
+        hidden = glus[0].dropout(hidden)  # the module: nn.Dropout or dropout.FastDropout
+    gated = _glu_add(hidden, [glu.fc for glu in glus], group.out_size, residual)
+    return _layer_norm(gated, [a.norm for a in add_norms], group.add_eps)
 
 
 def _global_hooks() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -9,7 +10,11 @@ from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
 from pytorch_forecasting.metrics import QuantileLoss
 
 from .config import ModelConfig
+from .dropout import use_fast_dropout
+from .embedding_bags import use_count_matmul
 from .fused import fuse_variable_selection
+from .gradients import FlatGradients
+from .optimizer import LeanFusedAdam
 
 
 class TemporalFusionTransformerDDP(TemporalFusionTransformer):
@@ -27,16 +32,48 @@ class TemporalFusionTransformerDDP(TemporalFusionTransformer):
         kwargs.setdefault("sync_dist", True)
         super().log(name, value, *args, **kwargs)
 
+    _flat_gradients: FlatGradients | None = None
+
+    def configure_optimizers(self) -> Any:
+        """pytorch-forecasting's optimizer and scheduler, with its Adam/AdamW built as
+        LeanFusedAdam (optimizer.py): the same update, less per-step bookkeeping on CPUs.
+        The hyperparameters still say "adam": checkpoints stay plain."""
+        name = self.hparams.optimizer
+        if self.optimizer != name or name not in ("adam", "adamw"):
+            return super().configure_optimizers()
+        self.optimizer = partial(LeanFusedAdam, decoupled_weight_decay=name == "adamw")
+        try:
+            return super().configure_optimizers()
+        finally:
+            self.optimizer = name
+
+    def optimizer_zero_grad(
+        self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Zero the gradients as one flat buffer (gradients.py), attached after the first
+        backward pass has shown which parameters get one."""
+        flat = self._flat_gradients
+        if flat is None or not flat.intact():
+            flat = self._flat_gradients = FlatGradients.attach(self.parameters())
+        if flat is None:
+            optimizer.zero_grad()
+        else:
+            flat.zero_()
+
     def configure_gradient_clipping(
         self,
         optimizer: torch.optim.Optimizer,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        """Norm clipping in a few multi-tensor ops (Lightning's default loops over the ~400
-        parameter tensors on CPUs)."""
+        """Norm clipping as one norm and one scale of the flat gradient buffer, else in a few
+        multi-tensor ops (Lightning's default loops over the ~400 parameter tensors)."""
         if gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
-            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val, foreach=True)
+            flat = self._flat_gradients
+            if flat is not None and flat.intact():
+                flat.clip_norm_(gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val, foreach=True)
         else:
             super().configure_gradient_clipping(
                 optimizer, gradient_clip_val, gradient_clip_algorithm
@@ -63,9 +100,18 @@ def build_model(
         reduce_on_plateau_patience=config.reduce_on_plateau_patience,
         log_interval=-1,
     )
+    use_fast_paths(model, fused)
+    return model
+
+
+def use_fast_paths(model: torch.nn.Module, fused: bool = True) -> None:
+    """Swap in the equivalent faster modules, in place: count-matmul embedding bags
+    (embedding_bags.py), cheaper dropout masks (dropout.py) and, with `fused`, batched
+    variable selection (fused.py)."""
+    use_count_matmul(model)
+    use_fast_dropout(model)
     if fused:
         fuse_variable_selection(model)
-    return model
 
 
 def scaled_learning_rate(learning_rate: float, world_size: int, rule: str) -> float:
