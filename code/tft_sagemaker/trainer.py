@@ -218,6 +218,7 @@ class FlatEmaModel(AveragedModel):
 
     flat: torch.Tensor
     decay: float
+    _live: tuple[torch.nn.Module, list[torch.Tensor]] | None = None
 
     @classmethod
     def adopt(cls, average: AveragedModel, decay: float) -> None:
@@ -251,13 +252,12 @@ class FlatEmaModel(AveragedModel):
     def _live_parameters(self, model: torch.nn.Module) -> list[torch.Tensor] | None:
         """The parameters of `model` (walked once per model), or None when they do not
         match the averaged ones."""
-        cached = self.__dict__.get("_live")
-        if cached is None or cached[0] is not model:
+        if self._live is None or self._live[0] is not model:
             live = list(model.parameters())
             if sum(p.numel() for p in live) != self.flat.numel():
                 return None
-            cached = self.__dict__["_live"] = (model, live)
-        return cached[1]
+            self._live = (model, live)
+        return self._live[1]
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
