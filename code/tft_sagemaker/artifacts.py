@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 
+from . import stops
 from .config import JobConfig, build_config
 from .data import TimeAxis
-from .errors import JobError
+from .errors import JobError, writing
 from .model import TemporalFusionTransformerDDP, use_fast_paths
 from .presets import PRESET_VALUES
 
@@ -57,29 +58,32 @@ def write_model_artifacts(
     time_axis: TimeAxis | None,
     metrics: dict[str, Any],
 ) -> None:
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
-    try:
-        torch.save(
-            {k: v for k, v in best_checkpoint.items() if k not in _TRAINING_STATE},
-            staging / MODEL_FILE,
-        )
-        torch.save(dataset_parameters, staging / DATASET_FILE)
-        (staging / CONFIG_FILE).write_text(
-            json.dumps(
-                {
-                    "config": config.to_dict(),
-                    "time_axis": asdict(time_axis) if time_axis else None,
-                    "versions": _versions(),
-                },
-                indent=2,
+    stops.reached("artifacts")
+    with writing("the model", model_dir):
+        model_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+        try:
+            torch.save(
+                {k: v for k, v in best_checkpoint.items() if k not in _TRAINING_STATE},
+                staging / MODEL_FILE,
             )
-        )
-        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-        for path in staging.iterdir():
-            os.replace(path, model_dir / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            torch.save(dataset_parameters, staging / DATASET_FILE)
+            (staging / CONFIG_FILE).write_text(
+                json.dumps(
+                    {
+                        "config": config.to_dict(),
+                        "time_axis": asdict(time_axis) if time_axis else None,
+                        "versions": _versions(),
+                    },
+                    indent=2,
+                )
+            )
+            (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+            with stops.deferred():  # a model directory is whole or empty
+                for path in staging.iterdir():
+                    os.replace(path, model_dir / path.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 @dataclass

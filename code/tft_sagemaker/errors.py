@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # SageMaker keeps the first 1024 characters of /opt/ml/output/failure as FailureReason.
@@ -49,3 +51,17 @@ def write_failure(path: str | os.PathLike[str], error: BaseException) -> bool:
         return False
     finally:
         tmp.unlink()
+
+
+@contextmanager
+def writing(what: str, path: str | os.PathLike[str]) -> Iterator[None]:
+    """An OSError while writing (disk full, file-size limit, read-only or missing directory)
+    becomes a cause that names what was being written, where, and why."""
+    try:
+        yield
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise JobError(
+            f"Could not write {what} to {path}: {reason} (errno {err.errno}). Free space or "
+            "fix the directory's permissions; checkpoints already written stay intact."
+        ) from err

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pytorch_forecasting import TimeSeriesDataSet
 
+from . import stops
 from .artifacts import write_model_artifacts
 from .checkpoints import find_resume_checkpoint, fingerprint
 from .config import JobConfig, build_config, describe_hyperparameters, parse_cli
@@ -173,6 +174,7 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
     if plan.num_nodes > 1:
         wait_for_hosts(plan.hosts, config.distributed.host_wait_timeout_s)
 
+    paths.check_writable()
     data = load_job_data(paths, config.data)
     log.info("training data: %s", describe_frame(data.train, config.data))
     pl.seed_everything(config.training.seed, workers=True, verbose=False)
@@ -226,6 +228,7 @@ def fit(job: Job, resume: Path | None = None) -> None:
 def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, float]:
     """Global rank 0: the best checkpoint and the Baseline on the validation windows, in one
     process; then the model directory."""
+    stops.reached("evaluation")
     best = Path(job.trainer.checkpoint_callback.best_model_path)
     log.info("evaluating %s on %d validation windows", best.name, len(job.validation))
     # Checkpoints pickle the loss and dataset parameters: this job wrote this one (trusted).
@@ -259,6 +262,7 @@ def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, float]:
 
 def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, float]:
     started = time.monotonic()
+    stops.reached("data preparation")
     job = build_job(config, plan, paths)
     resume = (
         find_resume_checkpoint(paths.checkpoint_dir, fingerprint(config))
@@ -267,6 +271,8 @@ def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, float
     )
     fit_started = time.monotonic()
     fit(job, resume)
+    if (signum := stops.received()) is not None:
+        raise stops.Stopped(signum)  # after Lightning's last look: every epoch is checkpointed
     results: dict[str, float] = {}
     if job.trainer.is_global_zero:
         results = evaluate_and_save(
@@ -288,24 +294,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv in (["--help"], ["-h"]):
         print(describe_hyperparameters())
         return 0
-    paths = JobPaths.from_env()
-    if _is_launching_process():
-        paths.failure_file.unlink(missing_ok=True)  # a stale one from an earlier local run
-    try:
-        config = load_config(argv, paths)
-        paths = JobPaths.from_env(checkpoint_dir=config.training.checkpoint_dir)
-        run(config, plan_for(config, paths), paths)
-        return 0
-    except SIGTERMException:
-        write_failure(
-            paths.failure_file,
-            JobError(
-                f"Training stopped by SIGTERM; the checkpoint in {paths.checkpoint_dir} lets a "
-                "restarted job resume where it stopped."
-            ),
-        )
-        return 143
-    except Exception as err:  # every failure must reach the failure file
-        log.error("job failed: %s", err, exc_info=not isinstance(err, JobError))
-        write_failure(paths.failure_file, err)
-        return 2 if isinstance(err, JobError) else 1
+    with stops.handling():
+        paths = JobPaths.from_env()
+        if _is_launching_process():
+            paths.failure_file.unlink(missing_ok=True)  # a stale one from an earlier local run
+        try:
+            config = load_config(argv, paths)
+            paths = JobPaths.from_env(checkpoint_dir=config.training.checkpoint_dir)
+            run(config, plan_for(config, paths), paths)
+            return 0
+        except (SIGTERMException, stops.Stopped) as err:
+            cause = stops.cause(paths.checkpoint_dir, saved=isinstance(err, SIGTERMException))
+            log.error("job stopped: %s", cause)
+            write_failure(paths.failure_file, JobError(cause))
+            return stops.exit_code()
+        except Exception as err:  # every failure must reach the failure file
+            log.error("job failed: %s", err, exc_info=not isinstance(err, JobError))
+            write_failure(paths.failure_file, err)
+            return 2 if isinstance(err, JobError) else 1

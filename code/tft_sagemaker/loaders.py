@@ -62,7 +62,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:  # trainer.LoaderPosition calls it
         if epoch != self.epoch:
-            self.epoch, self.trained, self._skip = epoch, 0, 0
+            self.epoch, self.trained, self._skip, self._first = epoch, 0, 0, 0
 
     def shard(self) -> np.ndarray:
         if self.shuffle:
@@ -94,8 +94,9 @@ class ShardedBatchSampler(Sampler[list[int]]):
         return {"epoch": self.epoch, "batches_done": self.trained}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        # Resumed at this position, also when the epoch has no batch left to iterate.
         self.epoch = state["epoch"]
-        self.trained = self._skip = state["batches_done"]
+        self.trained = self._skip = self._first = state["batches_done"]
 
 
 class StatefulDataLoader(DataLoader):

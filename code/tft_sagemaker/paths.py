@@ -7,9 +7,12 @@ found under `SAGEMAKER_BASE_DIR` (default `/opt/ml`), as the toolkit itself does
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import writing
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,21 @@ class JobPaths:
     @property
     def failure_file(self) -> Path:
         return self.output_dir / "failure"
+
+    def check_writable(self) -> None:
+        """Write and remove a small file in every directory the job writes to, so that a
+        read-only or full one fails the job before training rather than after it."""
+        probe = f".write-probe-{socket.gethostname()}-{os.getpid()}"
+        for what, directory in (
+            ("the model directory", self.model_dir),
+            ("the output directory", self.output_data_dir),
+            ("the checkpoint directory", self.checkpoint_dir),
+            ("the TensorBoard directory", self.tensorboard_dir),
+        ):
+            with writing(f"a test file in {what}", directory / probe):
+                directory.mkdir(parents=True, exist_ok=True)
+                (directory / probe).write_bytes(b"\0" * 4096)
+                (directory / probe).unlink()
 
     @classmethod
     def from_env(

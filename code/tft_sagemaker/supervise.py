@@ -1,13 +1,19 @@
-"""The image's first process: lets SIGTERM reach the training processes.
+"""The image's first process: lets SIGTERM reach the training processes, and waits for them.
 
-SageMaker stops a job (StopTrainingJob, MaxRuntime) by sending SIGTERM to the container's first
-process and SIGKILL 120 s later. In the DLC that process is its entrypoint shell, which passes
-nothing on, and the toolkit below it would not either: the training script would die at SIGKILL
-without saving anything. The image therefore starts the DLC's own entrypoint under this
-supervisor, which forwards SIGTERM to the training processes (those running the entry script,
-SAGEMAKER_PROGRAM, whoever launched them: the toolkit, torchrun, Lightning, mpirun). They save
-a checkpoint at the end of the current batch and exit (trainer.py); the toolkit and any
-launcher in between then finish and report as usual.
+SageMaker stops a job (StopTrainingJob, MaxRuntime, spot) by sending SIGTERM to the container's
+first process and SIGKILL 120 s later. In the DLC that process is its entrypoint shell, which
+passes nothing on, and the toolkit below it would not either: the training script would die at
+SIGKILL without saving anything. The image therefore starts the DLC's own entrypoint under this
+supervisor, which forwards SIGTERM (and SIGINT) to the training processes (those running the
+entry script, SAGEMAKER_PROGRAM, whoever launched them: the toolkit, torchrun, Lightning,
+mpirun). They save a checkpoint at the end of the current step, write the cause to
+output/failure and exit (stops.py); the toolkit and any launcher in between then finish and
+report as usual.
+
+When the signal reaches every process at once (`docker kill --signal`, a process-group kill, a
+terminal's Ctrl-C), the shell and the toolkit may die before training has saved anything. The
+supervisor is a child subreaper, so training processes orphaned that way stay its children: it
+waits for them before it exits, since the container ends, and kills them, when it does.
 
     python -m tft_sagemaker.supervise COMMAND [ARGS ...]
 """
@@ -15,11 +21,17 @@ launcher in between then finish and report as usual.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+_PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+# SageMaker's SIGKILL follows its SIGTERM after 120 s: waiting longer would be pointless.
+STOP_WAIT_S = 115.0
 
 
 def children_of() -> dict[int, list[int]]:
@@ -45,12 +57,34 @@ def descendants(pid: int) -> list[int]:
 
 
 def runs_program(pid: int, program: str) -> bool:
-    """Whether the process runs the entry script (`python ... train.py ...`)."""
+    """Whether the process runs the entry script (`python ... train.py ...`) and is alive."""
     try:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
     return any(Path(os.fsdecode(arg)).name == program for arg in args if arg)
+
+
+def training_processes(program: str) -> list[int]:
+    return [pid for pid in descendants(os.getpid()) if runs_program(pid, program)]
+
+
+def _become_subreaper() -> None:
+    """Orphaned descendants become our children rather than init's (Linux; else a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _reap() -> None:
+    """Collect the exit status of every child that has ended (orphans included)."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def exit_status(returncode: int) -> int:
+    """A Popen return code as a shell reports it: -15 (killed by SIGTERM) is 143."""
+    return 128 - returncode if returncode < 0 else returncode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,16 +93,27 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m tft_sagemaker.supervise COMMAND [ARGS ...]", file=sys.stderr)
         return 2
     program = os.environ.get("SAGEMAKER_PROGRAM", "train.py")
-    child = subprocess.Popen(command)
+    _become_subreaper()
+    stopping: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
-        for pid in descendants(os.getpid()):
-            if runs_program(pid, program):
-                with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
-                    os.kill(pid, signum)
+        stopping.append(signum)
+        for pid in training_processes(program):
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.kill(pid, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    return child.wait()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    child = subprocess.Popen(command)
+    code = exit_status(child.wait())
+    if stopping:
+        # The shell or the toolkit may have died of the signal before training finished saving.
+        deadline = time.monotonic() + STOP_WAIT_S
+        while training_processes(program) and time.monotonic() < deadline:
+            _reap()
+            time.sleep(0.1)
+    _reap()
+    return code
 
 
 if __name__ == "__main__":

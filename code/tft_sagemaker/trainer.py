@@ -26,7 +26,6 @@ from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
     LearningRateMonitor,
-    ModelCheckpoint,
     WeightAveraging,
 )
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -34,8 +33,10 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .checkpoints import STAMP
+from . import stops
+from .checkpoints import STAMP, AtomicCheckpointIO, RelocatableModelCheckpoint
 from .config import JobConfig
+from .errors import writing
 from .gradients import flat_views
 from .launch import LaunchPlan
 from .loaders import ShardedBatchSampler
@@ -123,7 +124,9 @@ class TrainingSummary(Callback):
         if not isinstance(sampler, ShardedBatchSampler):
             return
         windows = sampler.trained_windows().astype(np.int64)
-        self.epochs[trainer.current_epoch] = {
+        # The sampler's epoch, not the trainer's: a stop at an epoch's end is recorded after
+        # the trainer has counted that epoch as done.
+        self.epochs[sampler.epoch] = {
             "batches": sampler.trained - sampler.resumed_at,
             "windows": len(windows),
             "index_sum": int(windows.sum()),
@@ -138,10 +141,11 @@ class TrainingSummary(Callback):
             "epochs": self.epochs,
         }
         path = self.directory / f"training-summary-{self.host}-rank{trainer.global_rank}.json"
-        self.directory.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial")
-        partial.write_text(json.dumps(summary, indent=2))
-        os.replace(partial, path)
+        with writing("the training summary", path):
+            self.directory.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(summary, indent=2))
+            os.replace(partial, path)
 
 
 class CheckpointOnSigterm(Callback):
@@ -162,6 +166,38 @@ class CheckpointOnSigterm(Callback):
                 trainer.current_epoch,
                 trainer.global_step,
             )
+
+
+class StopPhases(Callback):
+    """Names the phases of training for stops.py: where a stop hit, and rehearsed stops."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        stops.reached("epoch start", trainer.current_epoch)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        stops.reached("training", trainer.current_epoch, batch_idx)
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not trainer.sanity_checking:
+            stops.reached("validation", trainer.current_epoch, batch_idx)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        stops.reached("epoch end", trainer.current_epoch)
 
 
 class Fingerprint(Callback):
@@ -296,7 +332,8 @@ def build_trainer(
         RankReport(),
         Fingerprint(fingerprint),
         CheckpointOnSigterm(checkpoint_dir / LAST_CHECKPOINT),
-        ModelCheckpoint(
+        StopPhases(),
+        RelocatableModelCheckpoint(
             dirpath=checkpoint_dir,
             filename=BEST_CHECKPOINT,
             monitor=MONITOR,
@@ -305,7 +342,7 @@ def build_trainer(
             enable_version_counter=False,
         ),
         # Keeps the newest `keep_checkpoints` epochs (and last.ckpt) for resuming.
-        ModelCheckpoint(
+        RelocatableModelCheckpoint(
             dirpath=checkpoint_dir,
             filename="epoch={epoch}",
             auto_insert_metric_name=False,
@@ -337,6 +374,7 @@ def build_trainer(
         limit_train_batches=training.limit_train_batches,
         gradient_clip_val=training.gradient_clip_val or None,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         logger=TensorBoardLogger(save_dir=paths.tensorboard_dir, name="", version=""),
         default_root_dir=checkpoint_dir,
         use_distributed_sampler=False,  # loaders.py shards the windows itself

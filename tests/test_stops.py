@@ -1,0 +1,205 @@
+"""Stops (SIGTERM, SIGINT) in every phase of a job, and the restart that follows.
+
+Each stop is sent at an exact phase by the job itself (TFT_STOP_AT, see stops.py), never at a
+moment picked with a sleep, so these tests mean the same on an idle and on a loaded machine.
+A stopped job must exit non-zero with the cause (signal and phase) as the first line of
+output/failure and an empty model directory; the restarted job must finish and, counted by
+the per-rank training summaries of both runs, train every window of every epoch exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import CODE_DIR, VENV_BIN, files_under, to_cli
+
+from tft_sagemaker.config import build_config
+from tft_sagemaker.data import load_job_data
+from tft_sagemaker.dataset import build_training_dataset
+from tft_sagemaker.paths import JobPaths
+from tft_sagemaker.presets import PRESET_VALUES
+from tft_sagemaker.synthetic import make_panel
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 2  # the stops hit epoch 1, the last: epoch 0 is trained whole before them
+BATCH_SIZE = 128
+QUICK = {
+    "preset": "synthetic",
+    "hidden_size": "8",
+    "attention_head_size": "1",
+    "hidden_continuous_size": "4",
+    "batch_size": str(BATCH_SIZE),
+    "val_batch_size": "8",  # several validation batches, so that a stop can hit between them
+    "limit_train_batches": "none",  # every batch: the summaries count whole epochs
+    "max_epochs": str(EPOCHS),
+    "early_stopping_patience": "0",
+}
+SUMMARY = "output/data/training-summary-algo-1-rank0.json"
+
+
+@pytest.fixture(scope="module")
+def panel() -> pd.DataFrame:
+    return make_panel(n_stores=2, n_products=10, n_weeks=60, seed=3)
+
+
+def make_base(root: Path, panel: pd.DataFrame) -> Path:
+    base = root / "opt_ml"
+    config = base / "input" / "config"
+    config.mkdir(parents=True)
+    (config / "hyperparameters.json").write_text(json.dumps(QUICK))
+    (config / "resourceconfig.json").write_text(
+        json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]})
+    )
+    (config / "inputdataconfig.json").write_text(json.dumps({"train": {}}))
+    (base / "input" / "data" / "train").mkdir(parents=True)
+    panel.to_parquet(base / "input" / "data" / "train" / "data.parquet")
+    (base / "model").mkdir()
+    (base / "output" / "data").mkdir(parents=True)
+    shutil.copytree(CODE_DIR, base / "code", ignore=shutil.ignore_patterns("__pycache__"))
+    return base
+
+
+def batches_per_epoch(base: Path) -> int:
+    """What the job will count: the same configuration, data and dataset code."""
+    config = build_config(QUICK, {}, PRESET_VALUES)
+    data = load_job_data(JobPaths.from_env({"SAGEMAKER_BASE_DIR": str(base)}), config.data)
+    return math.ceil(len(build_training_dataset(data.train, config.data)) / BATCH_SIZE)
+
+
+def run_job(base: Path, stop: dict[str, str], supervised: bool = False) -> int:
+    """The job in its own process session; `supervised`: as the image runs it (supervisor →
+    SageMaker toolkit → train.py), else train.py alone. Returns the exit code."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_", "TFT_"))}
+    env |= {
+        "SAGEMAKER_BASE_DIR": str(base),
+        "SAGEMAKER_PROGRAM": "train.py",
+        "SM_STUDIO_LOCAL_MODE": "true",  # the toolkit would wait for algo-1 to resolve
+        "PYTHONPATH": str(base / "code"),
+        "OMP_NUM_THREADS": "1",
+        **stop,
+    }
+    if supervised:
+        command = [sys.executable, "-m", "tft_sagemaker.supervise", str(VENV_BIN / "train")]
+    else:
+        command = [sys.executable, str(base / "code" / "train.py"), *to_cli(QUICK)]
+    with (base / "job.log").open("a") as log:
+        process = subprocess.Popen(
+            command, env=env, cwd=base, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            return process.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
+
+
+def trained_windows(*summaries: dict) -> dict[int, dict[str, int]]:
+    """Per epoch, the windows trained by all the runs together (count, sum, sum of squares)."""
+    totals: dict[int, dict[str, int]] = {}
+    for summary in summaries:
+        for epoch, part in summary["epochs"].items():
+            total = totals.setdefault(int(epoch), dict.fromkeys(part, 0))
+            for key, value in part.items():
+                total[key] += value
+    return totals
+
+
+# (TFT_STOP_AT, the phase the failure names); "LAST" is the epoch's last training batch.
+PHASES = [
+    ("data preparation", "data preparation"),
+    ("epoch start@1", "epoch start of epoch 1"),
+    ("training@1.3", "training of epoch 1"),
+    ("training@1.LAST", "training of epoch 1"),
+    ("validation@1.1", "validation of epoch 1"),
+    ("epoch end@1", "epoch end of epoch 1"),
+    ("evaluation", "evaluation"),
+    ("artifacts", "artifacts"),
+]
+
+
+def stop_and_restart(
+    tmp_path: Path,
+    panel: pd.DataFrame,
+    at: str,
+    phase: str,
+    signame: str = "SIGTERM",
+    target: str = "self",
+) -> None:
+    base = make_base(tmp_path, panel)
+    if "LAST" in at:
+        at = at.replace("LAST", str(batches_per_epoch(base) - 1))
+    stop = {"TFT_STOP_AT": at, "TFT_STOP_SIGNAL": signame, "TFT_STOP_TARGET": target}
+    supervised = target != "self"
+
+    code = run_job(base, stop, supervised)
+    log = (base / "job.log").read_text()
+    assert code != 0, log[-3000:]
+    if not supervised:  # (the toolkit exits 1 whatever its script's code)
+        assert code == 128 + signal.Signals[signame], log[-3000:]
+    cause = (base / "output" / "failure").read_text().splitlines()[0]
+    assert cause.startswith(f"Stopped by {signame} during {phase}"), cause
+    assert files_under(base / "model") == [], "a stopped job left a model behind"
+    first = json.loads((base / SUMMARY).read_text()) if (base / SUMMARY).exists() else None
+
+    # SageMaker restarts a job with a fresh output directory (the checkpoints are copied back).
+    shutil.rmtree(base / "output")
+    (base / "output" / "data").mkdir(parents=True)
+    assert run_job(base, {}, supervised) == 0, (base / "job.log").read_text()[-3000:]
+    second = json.loads((base / SUMMARY).read_text()) if (base / SUMMARY).exists() else None
+    runs = [run for run in (first, second) if run is not None]
+    totals = trained_windows(*runs)
+    every = np.arange(runs[0]["total_windows"], dtype=np.int64)
+    expected = {
+        "windows": len(every),
+        "index_sum": int(every.sum()),
+        "index_square_sum": int((every**2).sum()),
+    }
+    assert sorted(totals) == list(range(EPOCHS)), [r["epochs"].keys() for r in runs]
+    for epoch, total in totals.items():
+        assert {k: total[k] for k in expected} == expected, (epoch, [r["epochs"] for r in runs])
+    metrics = json.loads((base / "model" / "metrics.json").read_text())
+    assert metrics["epochs_trained"] == EPOCHS
+
+
+@pytest.mark.parametrize(("at", "phase"), PHASES, ids=[at for at, _ in PHASES])
+def test_sigterm_in_every_phase_then_a_restart_trains_no_batch_twice(
+    tmp_path: Path, panel: pd.DataFrame, at: str, phase: str
+) -> None:
+    stop_and_restart(tmp_path, panel, at, phase)
+
+
+@pytest.mark.parametrize(
+    ("at", "phase"),
+    [("data preparation", "data preparation"), ("training@1.3", "training of epoch 1")],
+)
+def test_ctrl_c_stops_like_sigterm(
+    tmp_path: Path, panel: pd.DataFrame, at: str, phase: str
+) -> None:
+    stop_and_restart(tmp_path, panel, at, phase, signame="SIGINT")
+
+
+@pytest.mark.parametrize(
+    ("at", "phase", "target"),
+    [
+        ("training@1.3", "training of epoch 1", "supervisor"),  # SageMaker: SIGTERM to PID 1
+        ("validation@1.1", "validation of epoch 1", "group"),  # every process at once
+        ("data preparation", "data preparation", "group"),
+    ],
+)
+def test_a_stop_through_the_image_supervisor(
+    tmp_path: Path, panel: pd.DataFrame, at: str, phase: str, target: str
+) -> None:
+    if not (VENV_BIN / "train").is_file():
+        pytest.skip("sagemaker-training is not installed")
+    stop_and_restart(tmp_path, panel, at, phase, target=target)
