@@ -419,9 +419,7 @@ def test_predict_refuses_to_overwrite(
     output = tmp_path / "out.parquet"
     output.write_bytes(b"an earlier forecast")
     argv = ["--model", str(trained.job.model_dir), "--data", str(trained.data_file)]
-    with pytest.raises(SystemExit) as info:
-        predict.main([*argv, "--output", str(output)])
-    assert info.value.code == 2
+    assert predict.main([*argv, "--output", str(output)]) == 2
     assert f"{output} exists; pass --overwrite to replace it" in capsys.readouterr().err
     assert output.read_bytes() == b"an earlier forecast"
 
