@@ -298,8 +298,13 @@ def _case(item: pytest.Item) -> str:
     doc = ((function.__doc__ if function else None) or "").strip().split("\n\n")[0]
     name = item.originalname.removeprefix("test_").replace("_", " ")  # type: ignore[attr-defined]
     case = " ".join(doc.split()) if doc else name
-    param = item.name[len(item.originalname) :]  # type: ignore[attr-defined]
-    return f"{case} {param}" if param else case
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return case
+    # The parameters that make the case, not those that say what to expect.
+    params = {k: v for k, v in callspec.params.items() if k not in ("words", "expected")}
+    shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or callspec.id
+    return f"{case}: {shown}"
 
 
 @pytest.hookimpl(tryfirst=True)

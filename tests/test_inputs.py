@@ -115,9 +115,24 @@ def test_mixed_utc_offsets_become_utc(caplog: pytest.LogCaptureFixture) -> None:
 def test_day_first_reading_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="tft_sagemaker.data"):
         _parse(pd.Series(["01/02/2023", "13/02/2023"]))
-    assert "'day' read day first (dayfirst=true): only that reading fits every date" in (
+    assert (
+        "'day' read with dayfirst=true (e.g. 01/02/2023 → 2023-02-01): only that reading fits "
+        "every date" in caplog.text
+    )
+
+
+def test_ambiguous_dates_read_onto_the_freq_grid(caplog: pytest.LogCaptureFixture) -> None:
+    """Monthly dates written 01/02/2023, 01/03/2023, ...: every one reads both ways."""
+    values = pd.Series(pd.date_range("2022-01-01", periods=24, freq="MS").strftime("%d/%m/%Y"))
+    with caplog.at_level(logging.INFO, logger="tft_sagemaker.data"):
+        parsed = parse_dates(values, DataConfig(date_column="day", freq="MS"), "train")
+    assert list(parsed) == list(pd.date_range("2022-01-01", periods=24, freq="MS"))
+    assert "(e.g. 01/02/2022 → 2022-02-01): the dates read so are on the freq=MS grid" in (
         caplog.text
     )
+    iso = values.map(lambda v: f"{v[6:]}-{v[3:5]}-{v[:2]}")  # dayfirst never turns ISO dates
+    config = DataConfig(date_column="day", freq="MS", dayfirst=True)
+    assert list(parse_dates(iso, config, "train")) == list(parsed)
 
 
 @pytest.mark.parametrize(

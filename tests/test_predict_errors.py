@@ -122,7 +122,7 @@ def test_output_below_a_file(capsys: pytest.CaptureFixture, files: dict[str, Pat
     assert_predict_error(
         capsys,
         args(files),
-        f"error: --output {files['output']}: cannot write in {blocker} (",
+        f"error: --output {files['output']}: {blocker} is a file, not a folder.",
     )
 
 
@@ -225,7 +225,7 @@ def test_series_without_rows_to_forecast_are_skipped(
     argv = run_predict(model_dir, frame, tmp_path, capsys)
     assert predict.main(argv) == 0
     out = capsys.readouterr().out
-    assert "the prediction data: 10 of 30 series have no rows to forecast" in out
+    assert "The prediction data: 10 of 30 series have no rows to forecast" in out
     assert "e.g. store=store_002, product=product_00" in out
     forecasts = pd.read_parquet(tmp_path / "forecast.parquet")
     assert sorted(forecasts["store"].unique()) == ["store_000", "store_001"]
@@ -293,6 +293,5 @@ def test_known_covariate_missing_in_the_future(
     assert_predict_error(
         capsys,
         argv,
-        "error: Channel 'the prediction data': missing or infinite values in real column(s): "
-        "price (120)",
+        "error: The prediction data: missing or infinite values in real column(s): price (120)",
     )

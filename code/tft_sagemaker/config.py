@@ -528,6 +528,11 @@ def _check_consistency(config: JobConfig) -> None:
             f"min_encoder_length={data.min_encoder_length} exceeds "
             f"max_encoder_length={data.max_encoder_length}."
         )
+    if data.target_normalizer == "encoder" and data.resolved_min_encoder_length < 2:
+        raise ConfigError(
+            "target_normalizer=encoder scales each window by its history: it needs "
+            f"min_encoder_length >= 2 (it is {data.resolved_min_encoder_length})."
+        )
     if data.min_prediction_length > data.max_prediction_length:
         raise ConfigError(
             f"min_prediction_length={data.min_prediction_length} exceeds "

@@ -38,6 +38,7 @@ CONFIG_CHANNELS = ("config", "train")
 _EXAMPLES = 3
 _OTHER_SEPARATORS = (";", "\t", "|")
 _HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _MAX_GRID = 10_000_000  # date grid points; a freq that needs more is far finer than the data
 
 
@@ -120,6 +121,10 @@ def _read_file(path: Path) -> pd.DataFrame:
             separator = next((sep for sep in _OTHER_SEPARATORS if sep in header), None)
             if separator:  # one column named 'a;b;c': another delimiter than ','
                 frame = pd.read_csv(path, encoding="utf-8-sig", sep=separator)
+            if separator == ";":  # as spreadsheets write it where the decimal mark is ','
+                comma = pd.read_csv(path, encoding="utf-8-sig", sep=separator, decimal=",")
+                if _numeric_columns(comma) > _numeric_columns(frame):
+                    frame = comma
     except pd.errors.EmptyDataError:  # whitespace only, or a compressed empty file
         return pd.DataFrame()
     except Exception as err:  # pyarrow and pandas raise many types for a corrupt file
@@ -127,6 +132,10 @@ def _read_file(path: Path) -> pd.DataFrame:
         raise DataError(f"Cannot read data file {path}: {type(err).__name__}: {reason}") from None
     frame.columns = [str(c) for c in frame.columns]
     return frame
+
+
+def _numeric_columns(frame: pd.DataFrame) -> int:
+    return sum(pd.api.types.is_numeric_dtype(dtype) for dtype in frame.dtypes)
 
 
 def _typed_partition_column(values: pd.Series) -> pd.Series:
@@ -267,9 +276,7 @@ def normalize_freq(freq: str) -> str:
     freq = freq.strip()
     match = re.fullmatch(r"(\d*)([A-Za-z]+)(-\w+)?", freq)
     if match and match[2] in _OLD_FREQ_ALIASES:
-        renamed = f"{match[1]}{_OLD_FREQ_ALIASES[match[2]]}{match[3] or ''}"
-        log.info("freq=%r is pandas' old name of %r: using %r", freq, renamed, renamed)
-        return renamed
+        return f"{match[1]}{_OLD_FREQ_ALIASES[match[2]]}{match[3] or ''}"
     return freq
 
 
@@ -308,7 +315,7 @@ def parse_dates(values: pd.Series, config: DataConfig, channel: str) -> pd.Serie
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = values
     elif pd.api.types.is_bool_dtype(values):
-        raise DataError(f"Channel '{channel}': column '{name}' holds true/false, not dates.")
+        raise DataError(f"{_source(channel)}: column '{name}' holds true/false, not dates.")
     elif isinstance(values.dtype, pd.CategoricalDtype):
         return parse_dates(values.astype(object), config, channel)
     elif pd.api.types.is_numeric_dtype(values) or pd.api.types.infer_dtype(values, skipna=True) in (
@@ -322,7 +329,7 @@ def parse_dates(values: pd.Series, config: DataConfig, channel: str) -> pd.Serie
         parsed = _dates_from_text(values, config, channel)
     empty = int(parsed.isna().sum())
     if empty:
-        raise DataError(f"Channel '{channel}': {empty} empty date(s) in '{name}'.")
+        raise DataError(f"{_source(channel)}: {empty} empty date(s) in '{name}'.")
     return parsed
 
 
@@ -345,8 +352,8 @@ def _dates_from_numbers(values: pd.Series, config: DataConfig, channel: str) -> 
             parsed = pd.to_datetime(text, format=pattern, errors="coerce")
             if parsed[known].notna().all():
                 log.info(
-                    "Channel '%s': '%s' holds integers, read as %s (%s → %s)",
-                    channel,
+                    "%s: '%s' holds integers, read as %s (%s → %s)",
+                    _source(channel),
                     config.date_column,
                     what,
                     text[known].iloc[0],
@@ -355,7 +362,7 @@ def _dates_from_numbers(values: pd.Series, config: DataConfig, channel: str) -> 
                 return parsed
     example = values[known].iloc[0] if known.any() else values.iloc[0]
     raise DataError(
-        f"Channel '{channel}': column '{config.date_column}' holds numbers that are not dates "
+        f"{_source(channel)}: column '{config.date_column}' holds numbers that are not dates "
         f"(e.g. {example}): give dates as text (2023-01-31) or as integers such as 20230131 "
         f"(YYYYMMDD), 202301 (YYYYMM) or 2023 (years); for an integer time index set "
         f"time_idx={config.date_column} and leave date_column and freq unset."
@@ -369,60 +376,105 @@ def _to_datetime(values: pd.Series, config: DataConfig, dayfirst: bool, **kwargs
         return pd.to_datetime(values, format=config.date_format, dayfirst=dayfirst, **kwargs)
 
 
+def _guess_format(text: str, dayfirst: bool) -> str | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return guess_datetime_format(text, dayfirst=dayfirst)
+
+
+def _reading(
+    values: pd.Series, config: DataConfig, dayfirst: bool
+) -> tuple[pd.Series, bool] | None:
+    """The dates read one way (and whether mixed UTC offsets made them UTC), or None."""
+    for utc in (False, True):
+        try:
+            parsed = _to_datetime(values, config, dayfirst, utc=utc)
+        except (ValueError, TypeError, OverflowError):
+            continue
+        if pd.api.types.is_datetime64_any_dtype(parsed):  # pandas 2: objects for mixed offsets
+            return parsed, utc
+    return None
+
+
+def _off_grid(dates: pd.Series, freq: str | None) -> int:
+    """Distinct dates off the `freq` grid through the first of them (0 without a usable freq)."""
+    unique = pd.DatetimeIndex(dates.dropna().unique()).sort_values()
+    try:
+        offset = to_offset(normalize_freq(freq)) if freq else None
+    except ValueError:
+        return 0  # reported with the time axis
+    if offset is None or len(unique) < 2:
+        return 0
+    span = unique[-1] - unique[0]
+    if isinstance(offset, Tick) and span / pd.Timedelta(offset) > _MAX_GRID:
+        return len(unique)
+    return int((~unique.isin(pd.date_range(unique[0], unique[-1], freq=offset))).sum())
+
+
 def _dates_from_text(values: pd.Series, config: DataConfig, channel: str) -> pd.Series:
     name, fmt = config.date_column, config.date_format
-    # Day-first is tried second, and only without a date_format: when the first date reads
-    # both ways (01/02/2023), a later one (13/02/2023) can tell which way every date reads.
-    readings = [config.dayfirst] if fmt else [config.dayfirst, not config.dayfirst]
-    for dayfirst in readings:
-        for utc in (False, True):
-            try:
-                parsed = _to_datetime(values, config, dayfirst, utc=utc)
-            except (ValueError, TypeError, OverflowError):
-                continue
-            if not pd.api.types.is_datetime64_any_dtype(parsed):
-                continue  # pandas 2 returns objects for mixed UTC offsets
-            if utc:
-                offsets = values.astype(str).str.extract(r"([+-]\d\d:?\d\d|Z)\s*$")[0]
-                log.warning(
-                    "Channel '%s': '%s' mixes UTC offsets (%s): converted to UTC",
-                    channel,
-                    name,
-                    ", ".join(map(str, offsets.dropna().unique()[:3])),
-                )
-            if dayfirst != config.dayfirst:
-                log.warning(
-                    "Channel '%s': '%s' read day first (dayfirst=%s): only that reading fits "
-                    "every date; set dayfirst or date_format to say so",
-                    channel,
-                    name,
-                    str(dayfirst).lower(),
-                )
-            first = values.dropna().iloc[0] if values.notna().any() else None
-            pattern = fmt or (
-                guess_datetime_format(str(first), dayfirst=dayfirst) if first else None
-            )
-            log.info(
-                "Channel '%s': dates in '%s' read as %s, %s to %s",
-                channel,
+    first = str(values.dropna().iloc[0]) if values.notna().any() else ""
+    # dayfirst only concerns dates that start with the day or the month: pandas would read
+    # 2023-01-02 as 1 February with it.
+    year_first = (_guess_format(first, dayfirst=False) or "").startswith("%Y")
+    if fmt:
+        options = [config.dayfirst]
+    else:
+        options = [False] if year_first else [config.dayfirst, not config.dayfirst]
+    readings = {dayfirst: _reading(values, config, dayfirst) for dayfirst in options}
+    found = {dayfirst: r for dayfirst, r in readings.items() if r is not None}
+    if found:
+        # Both readings fit (01/02/2023, ...): the one whose dates lie on the freq grid, else
+        # the configured one. One fits: a later date (13/02/2023) told which.
+        dayfirst = min(
+            found, key=lambda d: (_off_grid(found[d][0], config.freq), d != config.dayfirst)
+        )
+        parsed, utc = found[dayfirst]
+        if utc:
+            offsets = values.astype(str).str.extract(r"([+-]\d\d:?\d\d|Z)\s*$")[0]
+            log.warning(
+                "%s: '%s' mixes UTC offsets (%s): converted to UTC",
+                _source(channel),
                 name,
-                pattern or "mixed formats",
-                parsed.min(),
-                parsed.max(),
+                ", ".join(map(str, offsets.dropna().unique()[:3])),
             )
-            return parsed
+        if dayfirst != config.dayfirst and not year_first:
+            differ = found[True][0].ne(found[False][0]) if len(found) > 1 else parsed.notna()
+            example = differ.idxmax()
+            log.warning(
+                "%s: '%s' read with dayfirst=%s (e.g. %s → %s): %s; set dayfirst or "
+                "date_format to say so",
+                _source(channel),
+                name,
+                str(dayfirst).lower(),
+                values[example],
+                parsed[example].date(),
+                f"the dates read so are on the freq={config.freq} grid"
+                if len(found) > 1
+                else "only that reading fits every date",
+            )
+        pattern = fmt or _guess_format(first, dayfirst)
+        log.info(
+            "%s: dates in '%s' read as %s, %s to %s",
+            _source(channel),
+            name,
+            pattern or "mixed formats",
+            parsed.min(),
+            parsed.max(),
+        )
+        return parsed
     coerced = _to_datetime(values, config, config.dayfirst, errors="coerce", utc=True)
     text = values.astype(str).str.strip()
     failing = values[coerced.isna() & values.notna() & text.ne("")]
     example = failing.iloc[0] if len(failing) else values.dropna().iloc[0]
     if fmt:
         raise DataError(
-            f"Channel '{channel}': {len(failing) or 'some'} value(s) of '{name}' do not match "
+            f"{_source(channel)}: {len(failing) or 'some'} value(s) of '{name}' do not match "
             f"date_format={fmt!r}, e.g. {example!r}: fix date_format (strftime codes such as "
             "%Y-%m-%d, %d/%m/%Y, %Y-%m-%d %H:%M:%S) or the dates."
         )
     raise DataError(
-        f"Channel '{channel}': {len(failing) or 'some'} value(s) of '{name}' cannot be read as "
+        f"{_source(channel)}: {len(failing) or 'some'} value(s) of '{name}' cannot be read as "
         f"dates, e.g. {example!r}: set date_format to their strftime pattern (e.g. "
         "date_format=%d.%m.%Y for 31.01.2023), and dayfirst=true for day-first dates."
     )
@@ -442,7 +494,7 @@ class TimeAxis:
         frequency the data follows when it is not `freq`)."""
         offset = _offset(self.freq)
         origin = pd.Timestamp(self.origin, tz=dates.dt.tz)
-        start, end = min(origin, dates.min()), dates.max()
+        start, end = min(origin, dates.min()), max(origin, dates.max())
         steps = (end - start) / pd.Timedelta(offset) if isinstance(offset, Tick) else 0
         if steps > _MAX_GRID + 10 * len(dates):
             positions = np.full(len(dates), -1)  # far finer than the data: no grid to build
@@ -460,7 +512,7 @@ class TimeAxis:
                 else "fix freq or the dates"
             )
             raise DataError(
-                f"Channel '{channel}': {int(off_grid.sum())} date(s) are not on the "
+                f"{_source(channel)}: {int(off_grid.sum())} date(s) are not on the "
                 f"freq={self.freq!r} grid (e.g. {example}); {hint}."
             )
         return positions - grid.get_loc(origin)
@@ -473,6 +525,8 @@ def time_axis_for(frame: pd.DataFrame, config: DataConfig, channel: str) -> Time
     dates = parse_dates(frame[config.date_column], config, channel)
     freq = normalize_freq(config.freq or "")
     _offset(freq)
+    if freq != config.freq:
+        log.info("freq=%r is pandas' old name of %r: using %r", config.freq, freq, freq)
     return TimeAxis(freq=freq, origin=dates.min().tz_localize(None).isoformat())
 
 
@@ -503,7 +557,7 @@ def prepare_frame(
         assert time_axis is not None
         if config.time_idx in frame.columns and config.time_idx != config.date_column:
             raise DataError(
-                f"Channel '{channel}' already has a column '{config.time_idx}' and date_column "
+                f"{_source(channel)} already has a column '{config.time_idx}' and date_column "
                 f"is set: drop one, or name another time_idx column."
             )
         frame[config.time_idx] = time_axis.to_time_idx(
@@ -520,8 +574,8 @@ def prepare_frame(
         frame[column] = as_labels(frame[column])
     if numeric_labels:
         log.info(
-            "Channel '%s': categorical column(s) %s hold numbers: used as labels (1 and 1.0 → '1')",
-            channel,
+            "%s: categorical column(s) %s hold numbers: used as labels (1 and 1.0 → '1')",
+            _source(channel),
             ", ".join(numeric_labels),
         )
     for column in _unique([config.target, *config.reals, config.weight]):
@@ -564,7 +618,7 @@ def _require_columns(frame: pd.DataFrame, columns: list[str], channel: str, what
         ]
         hint = f"; names differ in case or spaces: {', '.join(near)}" if near else ""
         raise DataError(
-            f"Channel '{channel}' lacks {len(missing)} column(s) required by {what}: "
+            f"{_source(channel)} lacks {len(missing)} column(s) required by {what}: "
             f"{', '.join(missing)} (it has: {', '.join(map(str, frame.columns[:30]))}){hint}."
         )
 
@@ -587,7 +641,7 @@ def _check_dtypes(frame: pd.DataFrame, config: DataConfig, channel: str) -> None
         elif isinstance(example, str) and _is_number(example):
             hint = ": numbers stored as text, store them as numbers"
         raise DataError(
-            f"Channel '{channel}': column(s) {', '.join(non_numeric)} must be numeric "
+            f"{_source(channel)}: column(s) {', '.join(non_numeric)} must be numeric "
             f"(target, time index, weight and reals), e.g. {non_numeric[0]}={example!r}{hint}."
         )
 
@@ -603,7 +657,7 @@ def _whole_numbers(values: pd.Series, channel: str) -> pd.Series:
     fractional = ~(np.isfinite(numbers) & (numbers % 1 == 0))
     if fractional.any():
         raise DataError(
-            f"Channel '{channel}': time index '{values.name}' must hold whole numbers "
+            f"{_source(channel)}: time index '{values.name}' must hold whole numbers "
             f"({int(fractional.sum())} do not, e.g. {numbers[fractional][0]:g}); or give dates "
             "with date_column and freq."
         )
@@ -616,6 +670,12 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _source(channel: str) -> str:
+    """How messages name where rows come from: `Channel 'train'`, or a description such as
+    'The prediction data' as it is."""
+    return channel if channel[:1].isupper() else f"Channel '{channel}'"
 
 
 def _unique(items: list[str | None]) -> list[str]:
@@ -669,7 +729,7 @@ def _check_target_range(
             *(name for name, (_, out) in _TARGET_DOMAINS.items() if not out(target).any()),
         ]
         raise DataError(
-            f"Channel '{channel}': target '{config.target}' ranges from {target.min():g} to "
+            f"{_source(channel)}: target '{config.target}' ranges from {target.min():g} to "
             f"{target.max():g}, but target_transformation={transformation} needs values {needs} "
             f"({int(bad.sum())} are not, e.g. at {_series_examples(frame, bad, keys)}); "
             f"transformations that fit this data: {', '.join(fits)}."
@@ -705,7 +765,7 @@ def _check_statics(frame: pd.DataFrame, config: DataConfig, channel: str) -> Non
             listed.append(f"{column} ({int(mask.sum())} series, e.g. {ids}: {values})")
     if listed:
         raise DataError(
-            f"Channel '{channel}': static column(s) change within a series: {'; '.join(listed)}; "
+            f"{_source(channel)}: static column(s) change within a series: {'; '.join(listed)}; "
             "make each series' value constant, or list them as time_varying_known_reals / "
             "time_varying_known_categoricals."
         )
@@ -725,13 +785,13 @@ def _check_steps(ordered: pd.DataFrame, steps: pd.Series, config: DataConfig, ch
             or (to_offset(normalize_freq(config.freq or "")) * common).freqstr
         )
         raise DataError(
-            f"Channel '{channel}': consecutive dates in '{date}' are always a multiple of "
+            f"{_source(channel)}: consecutive dates in '{date}' are always a multiple of "
             f"{common} steps of freq={config.freq!r} apart: freq is finer than the data, which "
             f"looks like freq={looks!r}; set freq={looks}."
         )
     first = ordered.loc[steps.notna()].iloc[0]
     raise DataError(
-        f"Channel '{channel}': every step of '{time}' is a multiple of {common} (e.g. "
+        f"{_source(channel)}: every step of '{time}' is a multiple of {common} (e.g. "
         f"{int(first[time] - steps.dropna().iloc[0])} is followed by {int(first[time])}): number "
         f"the steps consecutively (divide {time} by {common}), or give dates with date_column "
         "and freq."
@@ -748,14 +808,14 @@ def validate_frame(
     empty_keys = frame[keys].isna().any(axis=1)
     if empty_keys.any():
         raise DataError(
-            f"Channel '{channel}': {int(empty_keys.sum())} row(s) have an empty group id or "
+            f"{_source(channel)}: {int(empty_keys.sum())} row(s) have an empty group id or "
             f"time ({', '.join(keys)})."
         )
     target = frame[config.target].to_numpy(dtype=float, na_value=np.nan)
     bad_target = ~np.isfinite(target)
     if bad_target.any():
         raise DataError(
-            f"Channel '{channel}': target '{config.target}' has {int(bad_target.sum())} missing "
+            f"{_source(channel)}: target '{config.target}' has {int(bad_target.sum())} missing "
             f"or infinite value(s), e.g. at {_series_examples(frame, bad_target, keys)}."
         )
     _check_target_range(frame, target, config, channel, keys)
@@ -765,26 +825,35 @@ def validate_frame(
             c: int((~np.isfinite(frame[c].to_numpy(dtype=float, na_value=np.nan))).sum())
             for c in reals
         },
-        f"Channel '{channel}': missing or infinite values in real column(s)",
+        f"{_source(channel)}: missing or infinite values in real column(s)",
         "fill or drop them.",
+    )
+    _reject_counts(
+        {
+            c: int((np.abs(frame[c].to_numpy(dtype=float)) > _FLOAT32_MAX).sum())
+            for c in [config.target, *reals]
+        },
+        f"{_source(channel)}: values beyond float32's range (±{_FLOAT32_MAX:.1e}), which the "
+        "model computes in, in column(s)",
+        "rescale them (e.g. to thousands).",
     )
     if config.weight:
         negative = frame[config.weight].to_numpy(dtype=float) < 0
         if negative.any():
             raise DataError(
-                f"Channel '{channel}': weight '{config.weight}' has {int(negative.sum())} "
+                f"{_source(channel)}: weight '{config.weight}' has {int(negative.sum())} "
                 f"negative value(s), e.g. at {_series_examples(frame, negative, keys)}; sample "
                 "weights must be ≥ 0."
             )
     _reject_counts(
         {c: int(frame[c].isna().sum()) for c in config.categoricals},
-        f"Channel '{channel}': missing values in categorical column(s)",
+        f"{_source(channel)}: missing values in categorical column(s)",
         "fill them (e.g. with '-' or 'unknown').",
     )
     duplicated = frame.duplicated(subset=keys, keep=False)
     if duplicated.any():
         raise DataError(
-            f"Channel '{channel}': {int(duplicated.sum())} rows share a (group, time) key, e.g. "
+            f"{_source(channel)}: {int(duplicated.sum())} rows share a (group, time) key, e.g. "
             f"{_series_examples(frame, duplicated, keys)}; each series needs one row per step."
         )
     _check_statics(frame, config, channel)
@@ -800,7 +869,7 @@ def validate_frame(
             first = ordered.loc[gaps].iloc[0]
             where = ", ".join(f"{g}={first[g]}" for g in groups)
             raise DataError(
-                f"Channel '{channel}': {n_series} series have gaps in '{time}', e.g. {where}: "
+                f"{_source(channel)}: {n_series} series have gaps in '{time}', e.g. {where}: "
                 f"{time} {int(first[time] - steps[gaps].iloc[0])} is followed by "
                 f"{int(first[time])}; fill the missing steps or set allow_missing_timesteps=true."
             )
@@ -810,7 +879,7 @@ def validate_frame(
         n_short = ordered.loc[short, groups].drop_duplicates().shape[0]
         n_total = ordered[groups].drop_duplicates().shape[0]
         message = (
-            f"Channel '{channel}': {n_short} of {n_total} series are shorter than the "
+            f"{_source(channel)}: {n_short} of {n_total} series are shorter than the "
             f"{min_length} steps one window needs (min_encoder_length + prediction lengths), "
             f"shortest {int(span.min())}, e.g. {_series_examples(ordered, short, groups)}"
         )
@@ -874,7 +943,9 @@ def check_validation_horizon(
     short = both[both["end_validation"] - both["end_train"] < horizon]
     if short.empty:
         return
-    first = short.iloc[0]
+    first = short.iloc[0].map(
+        lambda v: v.date() if isinstance(v, pd.Timestamp) and v == v.normalize() else v
+    )
     ends = "date" if config.date_column else "end"
     raise DataError(
         f"Channel 'validation': {len(short)} of {len(both)} series end fewer than "

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from pandas.tseries.frequencies import to_offset
 
 from .artifacts import TrainedModel, load_trained_model
 from .config import DataConfig
@@ -42,7 +43,7 @@ from .errors import DataError, JobError
 from .evaluate import forecast, to_frame
 
 log = logging.getLogger(__name__)
-CHANNEL = "the prediction data"
+CHANNEL = "The prediction data"  # how messages name it
 _EXAMPLES = 3
 
 
@@ -74,7 +75,7 @@ def _future_rows(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
     early = unknown & (frame[time] <= known_end)
     if early.any():
         raise DataError(
-            f"{CHANNEL.capitalize()}: {int(early.sum())} row(s) have an empty target "
+            f"{CHANNEL}: {int(early.sum())} row(s) have an empty target "
             f"'{target}' before the last known one of their series (e.g. at "
             f"{_examples(frame.loc[early, [*groups, time]])}): only the rows to forecast, at "
             "the end of each series, may leave it empty."
@@ -92,9 +93,13 @@ def _future_rows(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
         (future > horizon, f"more rows to forecast than max_prediction_length={horizon}"),
     ):
         if wrong.any():
-            shown = series[wrong].assign(rows=future[wrong])
+            shown = (
+                series[wrong]
+                if problem.startswith("no")
+                else series[wrong].assign(rows=future[wrong])
+            )
             raise DataError(
-                f"{CHANNEL.capitalize()}: {int(wrong.sum())} series have {problem} (e.g. "
+                f"{CHANNEL}: {int(wrong.sum())} series have {problem} (e.g. "
                 f"{_examples(shown)}): give each series its history, then {horizon} rows with "
                 "the known covariates filled in and the target empty (or no such rows, to "
                 "forecast its last steps from complete data)."
@@ -124,8 +129,10 @@ def _future_rows(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
 
 
 def _dates(time_idx: pd.Series, axis: TimeAxis) -> pd.Series:
-    grid = pd.date_range(axis.origin, periods=int(time_idx.max()) + 1, freq=axis.freq)
-    return pd.Series(grid[time_idx.to_numpy()], index=time_idx.index)
+    first = min(int(time_idx.min()), 0)  # data before the training data's first date: < 0
+    start = pd.Timestamp(axis.origin) + first * to_offset(axis.freq)
+    grid = pd.date_range(start, periods=int(time_idx.max()) - first + 1, freq=axis.freq)
+    return pd.Series(grid[time_idx.to_numpy() - first], index=time_idx.index)
 
 
 def predict_frame(
@@ -144,7 +151,7 @@ def predict_frame(
         config.resolved_min_encoder_length + config.max_prediction_length,
     )
     refuse_unscaled_series(
-        trained.dataset_parameters, prepared, config, CHANNEL.capitalize(), "the training data"
+        trained.dataset_parameters, prepared, config, CHANNEL, "the training data"
     )
     dataset = build_prediction_dataset(trained.dataset_parameters, prepared, config)
     result = forecast(trained.model, dataset, batch_size=batch_size, device=device)
@@ -218,6 +225,9 @@ def _check_args(args: argparse.Namespace) -> None:
         )
     if output.exists() and not args.overwrite:
         raise UsageError(f"{output} exists; pass --overwrite to replace it.")
+    folder = next(p for p in output.parents if p.exists())
+    if not folder.is_dir():
+        raise UsageError(f"--output {output}: {folder} is a file, not a folder.")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=output.parent):
