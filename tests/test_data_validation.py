@@ -741,3 +741,37 @@ def test_new_series_in_validation_with_per_series_scaling(
         "target_normalizer=group scales each series by its own training history",
         "add their history to the train channel, or set target_normalizer=encoder",
     )
+
+
+def test_values_beyond_float32(sm_job: SageMakerDir, tiny_panel: pd.DataFrame) -> None:
+    tiny_panel.loc[[3, 4], "price"] = 1e39
+    assert_rejected(
+        run_with(sm_job, tiny_panel),
+        "Channel 'train': values beyond float32's range (±3.4e+38), which the model computes "
+        "in, in column(s): price (2); rescale them",
+    )
+
+
+def test_per_window_scaling_needs_two_steps_of_history(
+    sm_job: SageMakerDir, tiny_panel: pd.DataFrame
+) -> None:
+    result = run_with(sm_job, tiny_panel, target_normalizer="encoder", min_encoder_length="1")
+    assert_rejected(
+        result,
+        "target_normalizer=encoder scales each window by its history: it needs "
+        "min_encoder_length >= 2 (it is 1).",
+    )
+
+
+def test_validation_channel_before_the_training_data(
+    sm_job: SageMakerDir, tiny_panel: pd.DataFrame
+) -> None:
+    """Validation holding the first weeks of each series, train the later ones."""
+    early = tiny_panel["week"] < tiny_panel["week"].min() + pd.Timedelta(weeks=12)
+    sm_job.write_data(tiny_panel[~early])
+    sm_job.write_data(tiny_panel[early], channel="validation")
+    assert_rejected(
+        sm_job.run(HP),
+        "Channel 'validation': 30 of 30 series end fewer than max_prediction_length=4 steps",
+        "train ends at 2023-02-20, validation at 2022-03-21",
+    )

@@ -39,6 +39,8 @@ from tft_sagemaker.dataset import (
     internal_names,
     user_names,
 )
+from tft_sagemaker.evaluate import forecast
+from tft_sagemaker.model import build_model
 from tft_sagemaker.paths import JobPaths
 from tft_sagemaker.presets import PRESET_VALUES
 
@@ -258,6 +260,14 @@ def test_other_csv_delimiters_and_a_byte_order_mark(tmp_path: Path) -> None:
     assert frame["sales"].tolist() == [1.5]
 
 
+def test_semicolons_and_decimal_commas(tmp_path: Path, small_panel: pd.DataFrame) -> None:
+    """A CSV as spreadsheets write it where the decimal mark is a comma."""
+    path = tmp_path / "data.csv"
+    small_panel.to_csv(path, index=False, sep=";", decimal=",")
+    frame = read_files([path], "channel 'train'")
+    assert frame["price"].tolist() == small_panel["price"].tolist()
+
+
 def test_undeclared_channel_folder_is_reported(
     sm_job: SageMakerDir, small_panel: pd.DataFrame, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -307,7 +317,11 @@ def test_new_series_in_validation_with_per_window_scaling(
     config = synthetic(target_normalizer="encoder")
     data = load_job_data(JobPaths.from_env({"SAGEMAKER_BASE_DIR": str(sm_job.base)}), config)
     training = build_training_dataset(data.train, config)
-    assert len(build_validation_dataset(training, data.validation, config)) == 10
+    validation = build_validation_dataset(training, data.validation, config)
+    # The final evaluation names each window's series (x_to_index raised KeyError here).
+    model = build_model(training, build_config({}, {"preset": "synthetic"}, PRESET_VALUES).model)
+    index = forecast(model, validation).index
+    assert sorted(index["store"].unique()) == ["store_002"] and len(index) == 10
 
 
 # --------------------------------------------------------------------------------------------

@@ -432,6 +432,7 @@ def test_predict_rejects_something_that_is_not_a_model(
 ) -> None:
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
+    pd.DataFrame({"x": [1.0]}).to_parquet(tmp_path / "x.parquet")
     argv = ["--data", str(tmp_path / "x.parquet"), "--output", str(tmp_path / "o.parquet")]
     assert predict.main(["--model", str(tmp_path / "model"), *argv]) == 2
     assert "missing model.ckpt, dataset_parameters.pt" in capsys.readouterr().err
