@@ -167,7 +167,7 @@ def read_files(files: list[Path], label: str, root: Path | None = None) -> pd.Da
     if not frames:
         raise DataError(f"{label.capitalize()} has no rows ({len(files)} file(s)).")
     if empty:
-        names = ", ".join(p.name for p in empty[:_EXAMPLES]) + (", ..." if len(empty) > 3 else "")
+        names = ", ".join(p.name for p in empty[:_EXAMPLES]) + (", ..." * (len(empty) > _EXAMPLES))
         log.warning("%s: skipping %d file(s) without rows: %s", label, len(empty), names)
     (first_path, first), others = frames[0], frames[1:]
     columns = set(first.columns)
@@ -291,16 +291,13 @@ def _offset(freq: str) -> pd.DateOffset:
 
 def inferred_freq(dates: pd.Series, ids: pd.DataFrame | None) -> str | None:
     """The frequency the dates follow (pandas' infer_freq on the longest series), if any."""
-    frame = pd.DataFrame({"_date": dates.to_numpy()})
-    keys = []
+    frame = pd.DataFrame({"_date": dates.to_numpy(), "_series": 0})
     if ids is not None and len(ids.columns):
-        keys = [f"_id{i}" for i in range(len(ids.columns))]
-        frame[keys] = ids.to_numpy()
+        frame["_series"] = ids.groupby(list(ids.columns), observed=True, sort=False).ngroup()
+    by_series = frame.groupby("_series")["_date"]
     found: list[str] = []
-    series = frame.groupby(keys, sort=False)["_date"] if keys else [(None, frame["_date"])]
-    longest = sorted(series, key=lambda item: -len(item[1]))[:5]
-    for _, values in longest:
-        index = pd.DatetimeIndex(values.drop_duplicates().sort_values())
+    for series in by_series.size().nlargest(5).index:
+        index = pd.DatetimeIndex(by_series.get_group(series).drop_duplicates().sort_values())
         freq = pd.infer_freq(index) if len(index) >= 3 else None
         if freq:
             found.append(freq)
@@ -536,7 +533,7 @@ def time_axis_for(frame: pd.DataFrame, config: DataConfig, channel: str) -> Time
 def with_parsed_dates(frame: pd.DataFrame, config: DataConfig, channel: str) -> pd.DataFrame:
     """`frame` with its date column parsed (unchanged without one)."""
     date = config.date_column
-    if not date or date not in frame.columns or pd.api.types.is_datetime64_any_dtype(frame[date]):
+    if not date or date not in frame.columns:
         return frame
     return frame.assign(**{date: parse_dates(frame[date], config, channel)})
 
@@ -574,7 +571,7 @@ def prepare_frame(
         frame[column] = as_labels(frame[column])
     if numeric_labels:
         log.info(
-            "%s: categorical column(s) %s hold numbers: used as labels (1 and 1.0 → '1')",
+            "%s: id and categorical column(s) %s hold numbers: used as labels (1 and 1.0 → '1')",
             _source(channel),
             ", ".join(numeric_labels),
         )
