@@ -380,6 +380,7 @@ def test_time_idx_column_and_date_column_together(
         ({"hidden_size": "10", "attention_head_size": "3"}, ["must be divisible"]),
         ({"accelerator": "gpu"}, ["accelerator=gpu but this host has no GPU"]),
         ({"config_file": "nope.yaml"}, ["config_file='nope.yaml' was not found", "train"]),
+        ({"group_ids": "store,sales"}, ["The target 'sales' is listed in group_ids"]),
     ],
 )
 def test_bad_hyperparameters(

@@ -52,7 +52,7 @@ def synthetic(**values: object) -> DataConfig:
 
 
 def dates_config(**values: object) -> DataConfig:
-    return DataConfig(date_column="day", freq="D", **values)  # type: ignore[arg-type]
+    return DataConfig(date_column="day", **{"freq": "D", **values})  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,6 +65,9 @@ def dates_config(**values: object) -> DataConfig:
         ([20230102.0, 20230103.0], {}, ["2023-01-02", "2023-01-03"]),
         ([202301, 202302], {}, ["2023-01-01", "2023-02-01"]),
         ([1990, 1991], {}, ["1990-01-01", "1991-01-01"]),
+        ([1990, 1991], {"freq": "Y"}, ["1990-12-31", "1991-12-31"]),
+        ([202301, 202302], {"freq": "ME"}, ["2023-01-31", "2023-02-28"]),
+        ([20230101, 20230102], {"freq": "ME"}, ["2023-01-01", "2023-01-02"]),
         (["31.01.2023", "01.02.2023"], {"date_format": "%d.%m.%Y"}, ["2023-01-31", "2023-02-01"]),
         (["01/02/2023", "02/02/2023"], {"dayfirst": True}, ["2023-02-01", "2023-02-02"]),
         (["01/02/2023", "02/02/2023"], {}, ["2023-01-02", "2023-02-02"]),
@@ -82,6 +85,9 @@ def dates_config(**values: object) -> DataConfig:
         "yyyymmdd-float",
         "yyyymm",
         "years",
+        "years-at-year-end",
+        "yyyymm-at-month-end",
+        "yyyymmdd-as-they-are",
         "date_format",
         "dayfirst",
         "monthfirst",

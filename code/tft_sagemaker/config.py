@@ -517,6 +517,11 @@ def _check_consistency(config: JobConfig) -> None:
         )
     if not data.group_ids:
         raise ConfigError("No group_ids: name the column(s) that identify each series.")
+    if data.target in data.group_ids:
+        raise ConfigError(
+            f"The target '{data.target}' is listed in group_ids: name the column(s) that "
+            "identify each series instead."
+        )
     if data.date_column and not data.freq:
         raise ConfigError(
             f"date_column={data.date_column!r} needs freq (a pandas frequency such as 'D' or 'MS')."

@@ -347,6 +347,8 @@ def _dates_from_numbers(values: pd.Series, config: DataConfig, channel: str) -> 
             if digits != {length} or (numbers[known] < 0).any():
                 continue
             parsed = pd.to_datetime(text, format=pattern, errors="coerce")
+            if pattern != "%Y%m%d":  # a year or a month: a period, not a day
+                parsed = _on_period_anchor(parsed, config)
             if parsed[known].notna().all():
                 log.info(
                     "%s: '%s' holds integers, read as %s (%s → %s)",
@@ -364,6 +366,18 @@ def _dates_from_numbers(values: pd.Series, config: DataConfig, channel: str) -> 
         f"(YYYYMMDD), 202301 (YYYYMM) or 2023 (years); for an integer time index set "
         f"time_idx={config.date_column} and leave date_column and freq unset."
     )
+
+
+def _on_period_anchor(dates: pd.Series, config: DataConfig) -> pd.Series:
+    """Years and months read as integers start their period; a monthly, quarterly or yearly
+    `freq` anchored elsewhere (freq=YE: 31 December) places them on its anchor."""
+    try:
+        offset = to_offset(normalize_freq(config.freq or ""))
+    except ValueError:
+        return dates  # reported with the time axis
+    if offset is None or not re.match(r"B?[MQY]|SM", offset.rule_code):
+        return dates
+    return dates + offset * 0  # rolls forward onto the offset; no change if already on it
 
 
 def _to_datetime(values: pd.Series, config: DataConfig, dayfirst: bool, **kwargs: Any) -> Any:

@@ -5,11 +5,14 @@
 `--model` is the job's model directory or SageMaker's model.tar.gz. `--data` is a file or a
 folder of parquet/CSV files with each series' history followed by the `max_prediction_length`
 steps to forecast: known covariates filled in, the target (and past-only columns) left empty.
-Given complete data instead, it forecasts the last steps of each series and adds the actuals,
-which is how the job's validation metrics are reproduced.
+A series without such steps is skipped with a warning. Given complete data instead, it
+forecasts the last steps of each series and adds the actuals, which is how the job's
+validation metrics are reproduced.
 
-Output: one row per (series, forecast step) with the group ids, the time index (and date),
-`horizon`, `prediction` (the median), one column per quantile (`q0.1`, ...) and `actual`.
+Output (parquet, or CSV for a name ending in .csv): one row per (series, forecast step) with
+the group ids as given, the time index (and date), `horizon`, `prediction` (the median), one
+column per quantile (`q0.1`, ...) and `actual`. Every bad argument, file or row is one line
+`error: ...` on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -164,13 +167,11 @@ def predict_frame(
     out = out.merge(actuals.rename(columns={config.target: "actual"}), on=keys, how="left")
     for column, values in given.items():
         out[column] = out[column].map(dict(zip(as_labels(values).astype(str), values, strict=True)))
+    columns = [*keys, *(c for c in out.columns if c not in keys)]  # ids, time, forecasts
     if trained.time_axis is not None and config.date_column:
-        out.insert(
-            len(config.group_ids) + 1,
-            config.date_column,
-            _dates(out[config.time_idx], trained.time_axis),
-        )
-    return out
+        out[config.date_column] = _dates(out[config.time_idx], trained.time_axis)
+        columns.insert(len(keys), config.date_column)
+    return out[columns]
 
 
 def _read(path: Path) -> pd.DataFrame:
