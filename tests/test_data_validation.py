@@ -776,3 +776,13 @@ def test_validation_channel_before_the_training_data(
         "Channel 'validation': 30 of 30 series end fewer than max_prediction_length=4 steps",
         "train ends at 2023-02-20, validation at 2022-03-21",
     )
+
+
+def test_yearly_dates_with_a_daily_freq(sm_job: SageMakerDir, tiny_panel: pd.DataFrame) -> None:
+    """Years as integers (1990, 1991, ...) with freq=D."""
+    tiny_panel["week"] = 1990 + (tiny_panel["week"] - tiny_panel["week"].min()).dt.days // 7
+    assert_rejected(
+        run_with(sm_job, tiny_panel, freq="D"),
+        "30 series have gaps in 'time_idx', e.g. store=store_000, product=product_00: time_idx "
+        "0 is followed by 365; the dates look like freq='YS-JAN', not 'D': set freq=YS-JAN.",
+    )

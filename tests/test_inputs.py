@@ -20,7 +20,7 @@ from conftest import TINY, SageMakerDir
 
 from tft_sagemaker import predict
 from tft_sagemaker.artifacts import load_trained_model
-from tft_sagemaker.config import DataConfig, build_config
+from tft_sagemaker.config import DataConfig, build_config, parse_cli
 from tft_sagemaker.data import (
     as_labels,
     load_job_data,
@@ -103,6 +103,13 @@ def test_dates_users_give(values: object, settings: dict, expected: list[str]) -
 
 def _parse(values: pd.Series, **settings: object) -> pd.Series:
     return parse_dates(values, dates_config(**settings), "train")
+
+
+def test_one_letter_keys_as_the_toolkit_passes_them() -> None:
+    mapping = pytest.importorskip("sagemaker_training.mapping")
+    argv = mapping.to_cmd_args({"d": 1, "preset": "synthetic"})
+    assert argv[:2] == ["-d", "1"]
+    assert parse_cli(argv) == {"d": "1", "preset": "synthetic"}
 
 
 def test_integer_dates_say_how_they_were_read(caplog: pytest.LogCaptureFixture) -> None:

@@ -782,6 +782,16 @@ def _check_statics(frame: pd.DataFrame, config: DataConfig, channel: str) -> Non
         )
 
 
+def _data_freq(frame: pd.DataFrame, config: DataConfig) -> str | None:
+    """The frequency the dates follow when it is not `freq` (None: the same, or no dates)."""
+    if not config.date_column or config.date_column not in frame.columns:
+        return None
+    looks = inferred_freq(frame[config.date_column], frame[config.group_ids])
+    if looks is None or to_offset(looks) == to_offset(normalize_freq(config.freq or "")):
+        return None
+    return looks
+
+
 def _check_steps(ordered: pd.DataFrame, steps: pd.Series, config: DataConfig, channel: str) -> None:
     """Steps between rows that are all multiples of n > 1: the time axis is finer than the data
     (daily dates with freq='h'), which would read as gaps everywhere."""
@@ -879,10 +889,16 @@ def validate_frame(
             n_series = ordered.loc[gaps, groups].drop_duplicates().shape[0]
             first = ordered.loc[gaps].iloc[0]
             where = ", ".join(f"{g}={first[g]}" for g in groups)
+            looks = _data_freq(ordered, config)
+            fix = (
+                f"the dates look like freq={looks!r}, not {config.freq!r}: set freq={looks}"
+                if looks
+                else "fill the missing steps or set allow_missing_timesteps=true"
+            )
             raise DataError(
                 f"{_source(channel)}: {n_series} series have gaps in '{time}', e.g. {where}: "
                 f"{time} {int(first[time] - steps[gaps].iloc[0])} is followed by "
-                f"{int(first[time])}; fill the missing steps or set allow_missing_timesteps=true."
+                f"{int(first[time])}; {fix}."
             )
     span = by_series.transform("max") - by_series.transform("min") + 1
     short = span < min_length
