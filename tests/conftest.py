@@ -352,14 +352,27 @@ def _write_errors_doc(rows: dict[str, list[tuple[str, str]]], order: list[str]) 
     ERRORS_DOC.write_text("\n".join(lines))
 
 
+def _complete_files(config: pytest.Config) -> set[str]:
+    """Test files this session collected whole (not only the tests named `file::test`)."""
+    root = config.rootpath
+    partial = {
+        str(Path(arg.split("::")[0]).resolve().relative_to(root))
+        for arg in config.args
+        if "::" in arg
+    }
+    return {test.split("::")[0] for test in _cases} - partial
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     committed = _read_errors_doc()
-    files = {test.split("::")[0] for test in _cases}
-    # Rows of tests that exist, and did not pass without recording anything.
+    complete = _complete_files(session.config)
+    # Rows stay unless their test passed without recording, or is gone from a file collected
+    # whole; recorded rows replace them.
     current = {
         test: rows
         for test, rows in committed.items()
-        if test.split("::")[0] not in files or (test in _cases and test not in _passed)
+        if (test in _cases and test not in _passed)
+        or (test not in _cases and test.split("::")[0] not in complete)
     }
     current |= _recorded
     if os.environ.get("TFT_ERRORS_DOC") == "write":
