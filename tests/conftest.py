@@ -382,7 +382,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if stale and exitstatus == pytest.ExitCode.OK:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
-            reporter.ensure_newline()
+            reporter.write("\n")
             reporter.write_line(
                 f"docs/errors.md is out of date for {len(stale)} test(s), e.g. {stale[0]}: "
                 "run `make docs-errors` and commit it.",
