@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
+from typing import Any
 
 import pandas as pd
 import torch
@@ -30,6 +31,7 @@ _EXAMPLES = 3
 # Columns pytorch-forecasting adds to the data itself (the target's scales are added below).
 _LIBRARY_COLUMNS = {"relative_time_idx", "encoder_length", "__time_idx__", "__weight__"}
 _LIBRARY_PREFIXES = ("__group_id__", "__target__")
+_MODULE_DICT = torch.nn.ModuleDict()  # its attributes (pop, keys, type, ...) cannot be keys
 
 
 def _variables(config: DataConfig) -> list[str]:
@@ -44,7 +46,7 @@ def _clashes(name: str, target: str) -> bool:
     return (
         not name
         or "." in name
-        or hasattr(torch.nn.ModuleDict(), name)
+        or hasattr(_MODULE_DICT, name)
         or name in _LIBRARY_COLUMNS
         or name.startswith(_LIBRARY_PREFIXES)
         or name in (f"{target}_center", f"{target}_scale")
@@ -76,8 +78,9 @@ def user_names(config: DataConfig) -> dict[str, str]:
     """Internal name → user name, for the variables whose name changed, and for the target's
     scales the library adds (`<target>_center`, `<target>_scale`): to label what the model
     reports (variable importances, encoder and decoder variables)."""
-    back = {internal: name for name, internal in internal_names(config).items() if internal != name}
-    target = internal_names(config)[config.target]
+    names = internal_names(config)
+    back = {internal: name for name, internal in names.items() if internal != name}
+    target = names[config.target]
     if target != config.target:
         back |= {f"{target}_{s}": f"{config.target}_{s}" for s in ("center", "scale")}
     return back
@@ -170,7 +173,9 @@ def build_training_dataset(frame: pd.DataFrame, config: DataConfig) -> TimeSerie
     )
 
 
-def unscaled_series(parameters: dict, frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
+def unscaled_series(
+    parameters: dict[str, Any], frame: pd.DataFrame, config: DataConfig
+) -> pd.DataFrame:
     """The series of `frame` (one row of ids each) that the fitted target normalizer has no
     scale for: series it was not fitted on, when it scales per series (`group`). The library
     would scale them by the median of the training series without a word."""
@@ -191,7 +196,7 @@ def unscaled_series(parameters: dict, frame: pd.DataFrame, config: DataConfig) -
 
 
 def refuse_unscaled_series(
-    parameters: dict, frame: pd.DataFrame, config: DataConfig, where: str, fitted_on: str
+    parameters: dict[str, Any], frame: pd.DataFrame, config: DataConfig, where: str, fitted_on: str
 ) -> None:
     """A DataError naming the series of `frame` without a fitted target scale."""
     new = unscaled_series(parameters, frame, config)
@@ -222,7 +227,7 @@ def build_validation_dataset(
 
 
 def build_prediction_dataset(
-    parameters: dict, frame: pd.DataFrame, config: DataConfig
+    parameters: dict[str, Any], frame: pd.DataFrame, config: DataConfig
 ) -> TimeSeriesDataSet:
     """Windows forecasting the last `max_prediction_length` steps of each series in `frame`,
     with the encoders and scales of a trained model (`parameters`)."""
