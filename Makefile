@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STALLION_PARQUET ?= $(realpath ../shared/data/stallion.parquet)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup train test lint e2e bench-accuracy bench clean
+.PHONY: help setup train test lint docs-errors e2e bench-accuracy bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ test: setup ## lint and run the test suite
 	$(BIN)/ruff check code tests local_test bench examples
 	$(BIN)/ruff format --check code tests local_test bench examples
 	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python -m pytest
+
+docs-errors: setup ## rewrite docs/errors.md (each bad input and its message) from the tests
+	TFT_ERRORS_DOC=write $(BIN)/python -m pytest -q tests/test_data_validation.py tests/test_predict_errors.py
 
 e2e: setup ## the container end to end: engine, images, compose, registry (root, Debian)
 	bash local_test/e2e.sh

@@ -202,7 +202,7 @@ def worker_scaling(n_series: int) -> dict[str, Any]:
     axis = time_axis_for(frame, config, "train")
     prepared = validate_frame(prepare_frame(frame, config, "train", axis), config, "train", 30)
     training = build_training_dataset(split_holdout(prepared, config), config)
-    validation = build_validation_dataset(training, prepared)
+    validation = build_validation_dataset(training, prepared, config)
     WindowBatcher(training, device=torch.device("cpu"))
     seconds = time.perf_counter() - started
     return {

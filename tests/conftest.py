@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -252,3 +253,139 @@ def stallion_path() -> Path:
     if not path.is_file():
         pytest.skip(f"STALLION_PARQUET={value} does not exist")
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# The bad-input table, docs/errors.md: every case a rejection helper accepted, with the first
+# line the user sees. A run checks the rows of the tests it ran against the committed table
+# and fails when they differ; TFT_ERRORS_DOC=write (make docs-errors) rewrites them instead.
+# --------------------------------------------------------------------------------------------
+ERRORS_DOC = ROOT / "docs" / "errors.md"
+ERRORS_DOC_SECTIONS = {
+    "job": "Training job: the first line of `output/failure` (exit code 2, `model/` left empty)",
+    "predict": "`python -m tft_sagemaker.predict`: the line on stderr (exit code 2)",
+}
+_ERRORS_HEADER = """\
+# Bad input and what it says
+
+Every row is a test: the input it gives and the first line of the error it asserts, as the
+user sees it (temporary paths shown as `/opt/ml` or `<tmp>`). Generated from the tests by
+`make docs-errors`; `make test` fails when a row no longer matches its test.
+"""
+_recorded: dict[str, list[tuple[str, str]]] = {}  # test id → (section, message), in order
+_cases: dict[str, str] = {}  # test id → the input, from its docstring or name, for every test
+_passed: set[str] = set()
+_basetemp: list[Path] = []
+
+
+def record_error(section: str, message: str) -> None:
+    """Record the current test's error message as a row of the table (once it passed its
+    assertions)."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    for base in _basetemp:
+        message = re.sub(re.escape(str(base)) + r"/[^/\s]+/opt_ml", "/opt/ml", message)
+        message = re.sub(re.escape(str(base)) + r"/[^/\s]+", "<tmp>", message)
+    _recorded.setdefault(test, []).append((section, message))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _errors_doc_paths(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _basetemp.append(tmp_path_factory.getbasetemp().resolve())
+
+
+def _case(item: pytest.Item) -> str:
+    function = getattr(item, "function", None)
+    doc = ((function.__doc__ if function else None) or "").strip().split("\n\n")[0]
+    name = item.originalname.removeprefix("test_").replace("_", " ")  # type: ignore[attr-defined]
+    case = " ".join(doc.split()) if doc else name
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return case
+    # The parameters that make the case, not those that say what to expect.
+    params = {k: v for k, v in callspec.params.items() if k not in ("words", "expected")}
+    shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or callspec.id
+    return f"{case}: {shown}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    _cases.update({item.nodeid: _case(item) for item in items if hasattr(item, "originalname")})
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.passed:
+        _passed.add(report.nodeid)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _read_errors_doc() -> dict[str, list[tuple[str, str]]]:
+    """test id → its rows, from the committed table."""
+    rows: dict[str, list[tuple[str, str]]] = {}
+    section = ""
+    if not ERRORS_DOC.is_file():
+        return rows
+    titles = {title: key for key, title in ERRORS_DOC_SECTIONS.items()}
+    for line in ERRORS_DOC.read_text().splitlines():
+        if line.startswith("## "):
+            section = titles.get(line[3:], line[3:])
+        match = re.fullmatch(r"\| (.*) \| (.*) \| `(.+)` \|", line)
+        if match:
+            message = match[2].replace("\\|", "|")
+            rows.setdefault(match[3], []).append((section, message))
+    return rows
+
+
+def _write_errors_doc(rows: dict[str, list[tuple[str, str]]], order: list[str]) -> None:
+    position = {test: i for i, test in enumerate(order)}
+    lines = [_ERRORS_HEADER]
+    for key, title in ERRORS_DOC_SECTIONS.items():
+        lines += [f"## {title}", "", "| input | message | test |", "| --- | --- | --- |"]
+        for test in sorted(rows, key=lambda t: (t.split("::")[0], position.get(t, 0), t)):
+            for section, message in rows[test]:
+                if section == key:
+                    case = _cases.get(test, test.split("::")[-1])
+                    lines.append(f"| {_cell(case)} | {_cell(message)} | `{test}` |")
+        lines.append("")
+    ERRORS_DOC.write_text("\n".join(lines))
+
+
+def _complete_files(config: pytest.Config) -> set[str]:
+    """Test files this session collected whole (not only the tests named `file::test`)."""
+    root = config.rootpath
+    partial = {
+        str(Path(arg.split("::")[0]).resolve().relative_to(root))
+        for arg in config.args
+        if "::" in arg
+    }
+    return {test.split("::")[0] for test in _cases} - partial
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    committed = _read_errors_doc()
+    complete = _complete_files(session.config)
+    # Rows stay unless their test passed without recording, or is gone from a file collected
+    # whole; recorded rows replace them.
+    current = {
+        test: rows
+        for test, rows in committed.items()
+        if (test in _cases and test not in _passed)
+        or (test not in _cases and test.split("::")[0] not in complete)
+    }
+    current |= _recorded
+    if os.environ.get("TFT_ERRORS_DOC") == "write":
+        _write_errors_doc(current, list(_cases))
+        return
+    stale = sorted(t for t in set(current) | set(committed) if current.get(t) != committed.get(t))
+    if stale and exitstatus == pytest.ExitCode.OK:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write("\n")
+            reporter.write_line(
+                f"docs/errors.md is out of date for {len(stale)} test(s), e.g. {stale[0]}: "
+                "run `make docs-errors` and commit it.",
+                red=True,
+            )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

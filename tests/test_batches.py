@@ -104,7 +104,7 @@ def preset_datasets(path: str) -> tuple[TimeSeriesDataSet, TimeSeriesDataSet]:
     frame = prepare_frame(raw, config, "train", time_axis_for(raw, config, "train"))
     frame = validate_frame(frame, config, "train", min_series_length(config, holdout=True))
     training = build_training_dataset(split_holdout(frame, config), config)
-    return training, build_validation_dataset(training, frame)
+    return training, build_validation_dataset(training, frame, config)
 
 
 @pytest.fixture(scope="module", params=["tutorial", "preset"])

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SYNTHETIC_SHORT, TINY, JobRun, SageMakerDir
+from conftest import SYNTHETIC_SHORT, TINY, JobRun, SageMakerDir, record_error
 
 from tft_sagemaker.errors import FAILURE_LIMIT
 
@@ -34,6 +34,7 @@ def assert_rejected(result: JobRun, *words: str) -> str:
     assert result.failure.strip() == line, "a user error's failure file is its one-line cause"
     assert len(result.failure) <= FAILURE_LIMIT
     assert result.model_files == [], "a failed job left something in model/"
+    record_error("job", line)
     return line
 
 
@@ -160,14 +161,6 @@ def test_missing_column_in_the_validation_channel(
     assert_rejected(result, "Channel 'validation' lacks 1 column(s)", "discount_pct")
 
 
-def test_numeric_categorical(sm_job: SageMakerDir, tiny_panel: pd.DataFrame) -> None:
-    tiny_panel["month"] = tiny_panel["week"].dt.month  # int, not '1'..'12'
-    line = assert_rejected(
-        run_with(sm_job, tiny_panel), "Channel 'train': categorical column(s) month hold numbers"
-    )
-    assert "store them as strings" in line and "list them as reals" in line
-
-
 def test_non_numeric_real(sm_job: SageMakerDir, tiny_panel: pd.DataFrame) -> None:
     tiny_panel["price"] = tiny_panel["price"].map(lambda p: f"${p:.2f}")
     assert_rejected(
@@ -237,7 +230,13 @@ def test_missing_date(sm_job: SageMakerDir, tiny_panel: pd.DataFrame) -> None:
 def test_unparseable_dates(sm_job: SageMakerDir, tiny_panel: pd.DataFrame) -> None:
     tiny_panel["week"] = tiny_panel["week"].dt.strftime("%Y-%m-%d")
     tiny_panel.loc[5, "week"] = "next tuesday"
-    assert_rejected(run_with(sm_job, tiny_panel), "Channel 'train': column 'week' is not a date")
+    line = assert_rejected(
+        run_with(sm_job, tiny_panel),
+        "Channel 'train': 1 value(s) of 'week' cannot be read as dates, e.g. 'next tuesday'",
+        "set date_format to their strftime pattern (e.g. date_format=%d.%m.%Y",
+        "dayfirst=true",
+    )
+    assert "format=" not in line.replace("date_format=", "") and "utc=True" not in line
 
 
 def test_duplicate_rows(sm_job: SageMakerDir, tiny_panel: pd.DataFrame) -> None:
@@ -381,6 +380,7 @@ def test_time_idx_column_and_date_column_together(
         ({"hidden_size": "10", "attention_head_size": "3"}, ["must be divisible"]),
         ({"accelerator": "gpu"}, ["accelerator=gpu but this host has no GPU"]),
         ({"config_file": "nope.yaml"}, ["config_file='nope.yaml' was not found", "train"]),
+        ({"group_ids": "store,sales"}, ["The target 'sales' is listed in group_ids"]),
     ],
 )
 def test_bad_hyperparameters(
@@ -507,3 +507,282 @@ def test_toolkit_successful_run(sm_job: SageMakerDir, tiny_panel: pd.DataFrame) 
     assert saved["data"]["target_transformation"] is None
     assert saved["training"]["max_epochs"] == 1
     assert "[metrics] final_val_MAE=" in log
+
+
+# --------------------------------------------------------------------------------------------
+# Order of the checks, one-letter and empty hyperparameter keys
+# --------------------------------------------------------------------------------------------
+def test_empty_train_channel_is_reported_before_the_configuration(sm_job: SageMakerDir) -> None:
+    """An empty train channel, and no hyperparameters at all."""
+    sm_job.channel("train")
+    assert_rejected(sm_job.run({}), "Channel 'train' has no data files")
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["-d", "1"], ["Unknown hyperparameter 'd'", "Did you mean one of: date_column,"]),
+        (["-x", "1"], ["Unknown hyperparameter 'x'", "`python train.py --help` lists"]),
+        (["", "1"], ["A hyperparameter has an empty name (its value is '1')"]),
+    ],
+    ids=["one-letter-d", "one-letter-x", "empty-key"],
+)
+def test_keys_the_toolkit_passes_oddly(
+    sm_job: SageMakerDir, tiny_panel: pd.DataFrame, argv: list[str], words: list[str]
+) -> None:
+    """A one-letter key reaches the script as `-k value`, an empty one as ''."""
+    sm_job.write_data(tiny_panel)
+    assert_rejected(sm_job.run(argv=["--preset", "synthetic", *argv]), *words)
+
+
+# --------------------------------------------------------------------------------------------
+# Dates, frequencies and the time index
+# --------------------------------------------------------------------------------------------
+def test_integers_that_are_not_dates(sm_job: SageMakerDir, tiny_panel: pd.DataFrame) -> None:
+    """A date column of week numbers 0, 1, 2, ... (not YYYYMMDD, YYYYMM or years)."""
+    tiny_panel["week"] = (tiny_panel["week"] - tiny_panel["week"].min()).dt.days // 7
+    line = assert_rejected(
+        run_with(sm_job, tiny_panel),
+        "Channel 'train': column 'week' holds numbers that are not dates (e.g. 0)",
+        "20230131 (YYYYMMDD), 202301 (YYYYMM) or 2023 (years)",
+        "set time_idx=week and leave date_column and freq unset",
+    )
+    assert "1970" not in line
+
+
+def test_dates_that_do_not_match_date_format(
+    sm_job: SageMakerDir, tiny_panel: pd.DataFrame
+) -> None:
+    tiny_panel["week"] = tiny_panel["week"].dt.strftime("%Y-%m-%d")
+    result = run_with(sm_job, tiny_panel, date_format="%d.%m.%Y")
+    assert_rejected(
+        result,
+        f"Channel 'train': {len(tiny_panel)} value(s) of 'week' do not match "
+        "date_format='%d.%m.%Y', e.g. '2022-01-03'",
+        "fix date_format (strftime codes",
+    )
+
+
+@pytest.mark.parametrize("allow_missing", ["false", "true"])
+def test_freq_finer_than_the_data(
+    sm_job: SageMakerDir, tiny_panel: pd.DataFrame, allow_missing: str
+) -> None:
+    """Weekly dates with freq=D: every step would be a gap (allow_missing_timesteps or not)."""
+    result = run_with(sm_job, tiny_panel, freq="D", allow_missing_timesteps=allow_missing)
+    assert_rejected(
+        result,
+        "Channel 'train': consecutive dates in 'week' are always a multiple of 7 steps of "
+        "freq='D' apart",
+        "looks like freq='W-MON'; set freq=W-MON",
+    )
+
+
+def test_freq_far_finer_than_the_data(sm_job: SageMakerDir, tiny_panel: pd.DataFrame) -> None:
+    """Weekly dates with freq=s: a grid of 36 million seconds is not even built."""
+    result = run_with(sm_job, tiny_panel, freq="s")
+    assert_rejected(result, "are not on the freq='s' grid", "looks like freq='W-MON'")
+
+
+def test_wrong_freq_names_the_frequency_of_the_data(
+    sm_job: SageMakerDir, tiny_panel: pd.DataFrame
+) -> None:
+    result = run_with(sm_job, tiny_panel, freq="W-SUN")
+    assert_rejected(
+        result,
+        f"{len(tiny_panel)} date(s) are not on the freq='W-SUN' grid",
+        "the data looks like freq='W-MON': set freq=W-MON",
+    )
+
+
+def _integer_time_index(frame: pd.DataFrame) -> pd.DataFrame:
+    weeks = (frame["week"] - frame["week"].min()).dt.days // 7
+    return frame.drop(columns=["week"]).assign(t=weeks)
+
+
+INTEGER_TIME = {
+    "date_column": "none",
+    "freq": "none",
+    "time_idx": "t",
+    "time_varying_known_reals": "t,price,discount_pct",
+}
+
+
+def test_time_index_that_is_not_whole(sm_job: SageMakerDir, tiny_panel: pd.DataFrame) -> None:
+    frame = _integer_time_index(tiny_panel).astype({"t": float})
+    frame.loc[7, "t"] += 0.5
+    result = run_with(sm_job, frame, **INTEGER_TIME)
+    assert_rejected(
+        result, "Channel 'train': time index 't' must hold whole numbers (1 do not, e.g. 7.5)"
+    )
+
+
+def test_time_index_in_steps_of_seven(sm_job: SageMakerDir, tiny_panel: pd.DataFrame) -> None:
+    """Day numbers of weekly data as the time index: 0, 7, 14, ..."""
+    frame = _integer_time_index(tiny_panel)
+    frame["t"] *= 7
+    result = run_with(sm_job, frame, **INTEGER_TIME, allow_missing_timesteps="true")
+    assert_rejected(
+        result,
+        "Channel 'train': every step of 't' is a multiple of 7 (e.g. 0 is followed by 7)",
+        "divide t by 7",
+    )
+
+
+def test_time_index_of_dates(sm_job: SageMakerDir, tiny_panel: pd.DataFrame) -> None:
+    """Dates given as the time index, without date_column."""
+    frame = tiny_panel.rename(columns={"week": "t"})
+    assert_rejected(
+        run_with(sm_job, frame, **INTEGER_TIME),
+        "column(s) t must be numeric",
+        "'t' holds dates, set date_column=t and freq instead",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Values: statics, the target's range
+# --------------------------------------------------------------------------------------------
+def test_static_columns_that_change_within_a_series(
+    sm_job: SageMakerDir, tiny_panel: pd.DataFrame
+) -> None:
+    one = series_mask(tiny_panel, "store_001", "product_02")
+    tiny_panel.loc[one & tiny_panel["week"].gt("2022-06-01"), "store_size"] = 9.5
+    tiny_panel["category"] = tiny_panel["category"].astype(str)
+    other = series_mask(tiny_panel, "store_002", "product_00")
+    tiny_panel.loc[other & tiny_panel["week"].gt("2022-03-01"), "category"] = "toys"
+    line = assert_rejected(
+        run_with(sm_job, tiny_panel),
+        "Channel 'train': static column(s) change within a series:",
+        "category (1 series, e.g. store=store_002, product=product_00: ",
+        "store_size (1 series, e.g. store=store_001, product=product_02: ",
+        "or list them as time_varying_known_reals / time_varying_known_categoricals",
+    )
+    assert "and 9.5" in line and "and toys" in line
+
+
+@pytest.mark.parametrize(
+    ("transformation", "change", "words"),
+    [
+        ("log", {"first": 0.0}, ["needs values > 0 (1 are not", "fit this data: none, softplus"]),
+        ("softplus", {"first": -0.5}, ["ranges from -0.5 to", "needs values ≥ 0", "none, log1p."]),
+        ("log1p", {"first": -1.0}, ["needs values > -1", "transformations that fit: none."]),
+        ("logit", {}, ["needs values strictly between 0 and 1", "none, softplus, relu, log,"]),
+    ],
+)
+def test_target_out_of_the_transformations_range(
+    sm_job: SageMakerDir,
+    tiny_panel: pd.DataFrame,
+    transformation: str,
+    change: dict[str, float],
+    words: list[str],
+) -> None:
+    if "first" in change:
+        tiny_panel.loc[0, "sales"] = change["first"]
+    words = [w.replace("fit: none", "fit this data: none") for w in words]
+    result = run_with(sm_job, tiny_panel, target_transformation=transformation)
+    line = assert_rejected(
+        result,
+        "Channel 'train': target 'sales' ranges from",
+        f"but target_transformation={transformation} needs values",
+        *words,
+    )
+    if change:
+        assert "e.g. at store=store_000, product=product_00, time_idx=0" in line
+
+
+# --------------------------------------------------------------------------------------------
+# An explicit validation channel
+# --------------------------------------------------------------------------------------------
+def _horizon(frame: pd.DataFrame, steps: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(history, the last `steps` rows) of every series."""
+    ordered = frame.sort_values(["store", "product", "week"])
+    last = ordered.groupby(["store", "product"], observed=True).cumcount(ascending=False)
+    return ordered[last >= steps], ordered[last < steps]
+
+
+def test_validation_channel_repeating_the_training_data(
+    sm_job: SageMakerDir, tiny_panel: pd.DataFrame
+) -> None:
+    """The whole data in both channels: the validated weeks would be trained on."""
+    sm_job.write_data(tiny_panel)
+    sm_job.write_data(tiny_panel, channel="validation")
+    assert_rejected(
+        sm_job.run(HP),
+        "Channel 'validation': 30 of 30 series end fewer than max_prediction_length=4 steps "
+        "after their last row in 'train' (e.g. store=store_000, product=product_00: train ends "
+        "at 2023-02-20, validation at 2023-02-20)",
+        "leave each validated series' last 4 steps out of 'train'",
+    )
+
+
+def test_validation_channel_shorter_than_the_horizon(
+    sm_job: SageMakerDir, tiny_panel: pd.DataFrame
+) -> None:
+    """Train without its last 3 weeks, and those 3 in validation, for a horizon of 4."""
+    history, horizon = _horizon(tiny_panel, 3)
+    sm_job.write_data(history)
+    sm_job.write_data(horizon, channel="validation")
+    assert_rejected(
+        sm_job.run(HP),
+        "Channel 'validation': 30 of 30 series end fewer than max_prediction_length=4 steps",
+        "train ends at 2023-01-30, validation at 2023-02-20",
+    )
+
+
+def test_new_series_in_validation_with_per_series_scaling(
+    sm_job: SageMakerDir, tiny_panel: pd.DataFrame
+) -> None:
+    """Whole series in validation that train does not have, with target_normalizer=group."""
+    new = tiny_panel["store"].eq("store_002")
+    sm_job.write_data(tiny_panel[~new])
+    sm_job.write_data(tiny_panel[new], channel="validation")
+    assert_rejected(
+        sm_job.run({**HP, "target_normalizer": "group"}),
+        "Channel 'validation': 10 series are not in 'train' (e.g. store=store_002, "
+        "product=product_00; store=store_002, product=product_01;",
+        "target_normalizer=group scales each series by its own training history",
+        "add their history to the train channel, or set target_normalizer=encoder",
+    )
+
+
+def test_values_beyond_float32(sm_job: SageMakerDir, tiny_panel: pd.DataFrame) -> None:
+    tiny_panel.loc[[3, 4], "price"] = 1e39
+    assert_rejected(
+        run_with(sm_job, tiny_panel),
+        "Channel 'train': values beyond float32's range (±3.4e+38), which the model computes "
+        "in, in column(s): price (2); rescale them",
+    )
+
+
+def test_per_window_scaling_needs_two_steps_of_history(
+    sm_job: SageMakerDir, tiny_panel: pd.DataFrame
+) -> None:
+    result = run_with(sm_job, tiny_panel, target_normalizer="encoder", min_encoder_length="1")
+    assert_rejected(
+        result,
+        "target_normalizer=encoder scales each window by its history: it needs "
+        "min_encoder_length >= 2 (it is 1).",
+    )
+
+
+def test_validation_channel_before_the_training_data(
+    sm_job: SageMakerDir, tiny_panel: pd.DataFrame
+) -> None:
+    """Validation holding the first weeks of each series, train the later ones."""
+    early = tiny_panel["week"] < tiny_panel["week"].min() + pd.Timedelta(weeks=12)
+    sm_job.write_data(tiny_panel[~early])
+    sm_job.write_data(tiny_panel[early], channel="validation")
+    assert_rejected(
+        sm_job.run(HP),
+        "Channel 'validation': 30 of 30 series end fewer than max_prediction_length=4 steps",
+        "train ends at 2023-02-20, validation at 2022-03-21",
+    )
+
+
+def test_yearly_dates_with_a_daily_freq(sm_job: SageMakerDir, tiny_panel: pd.DataFrame) -> None:
+    """Years as integers (1990, 1991, ...) with freq=D."""
+    tiny_panel["week"] = 1990 + (tiny_panel["week"] - tiny_panel["week"].min()).dt.days // 7
+    assert_rejected(
+        run_with(sm_job, tiny_panel, freq="D"),
+        "30 series have gaps in 'time_idx', e.g. store=store_000, product=product_00: time_idx "
+        "0 is followed by 365; the dates look like freq='YS-JAN', not 'D': set freq=YS-JAN.",
+    )

@@ -419,9 +419,7 @@ def test_predict_refuses_to_overwrite(
     output = tmp_path / "out.parquet"
     output.write_bytes(b"an earlier forecast")
     argv = ["--model", str(trained.job.model_dir), "--data", str(trained.data_file)]
-    with pytest.raises(SystemExit) as info:
-        predict.main([*argv, "--output", str(output)])
-    assert info.value.code == 2
+    assert predict.main([*argv, "--output", str(output)]) == 2
     assert f"{output} exists; pass --overwrite to replace it" in capsys.readouterr().err
     assert output.read_bytes() == b"an earlier forecast"
 
@@ -434,6 +432,7 @@ def test_predict_rejects_something_that_is_not_a_model(
 ) -> None:
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
+    pd.DataFrame({"x": [1.0]}).to_parquet(tmp_path / "x.parquet")
     argv = ["--data", str(tmp_path / "x.parquet"), "--output", str(tmp_path / "o.parquet")]
     assert predict.main(["--model", str(tmp_path / "model"), *argv]) == 2
     assert "missing model.ckpt, dataset_parameters.pt" in capsys.readouterr().err

@@ -60,6 +60,15 @@ class DataConfig:
     )
     date_column: str | None = _opt(None, "Date column; time_idx is derived from it with freq.")
     freq: str | None = _opt(None, "Pandas frequency of date_column, e.g. 'D', 'W-MON', 'MS', 'h'.")
+    date_format: str | None = _opt(
+        None,
+        "strftime pattern of date_column when it holds text, e.g. '%d.%m.%Y' for 31.01.2023 or "
+        "'%Y-%m-%d %H:%M' (default: inferred from the first date).",
+    )
+    dayfirst: bool = _opt(
+        False,
+        "Read ambiguous text dates day first: 01/02/2023 is 1 February (without date_format).",
+    )
     target: str | None = _opt(None, "Target column to forecast.")
     group_ids: list[str] = _opt([], "Columns that identify one time series.")
     static_categoricals: list[str] = _opt([], "Categorical columns constant per series.")
@@ -263,15 +272,26 @@ FIELDS: dict[str, tuple[str, dataclasses.Field]] = {
 # Command line → raw mapping
 # --------------------------------------------------------------------------------------------
 def parse_cli(argv: Iterable[str]) -> dict[str, str]:
-    """`--key value` / `--key=value` pairs (as the SageMaker toolkit builds them) → raw strings."""
+    """`--key value` / `--key=value` pairs (as the SageMaker toolkit builds them) → raw strings.
+    The toolkit writes a one-letter key as `-k value` and an empty key as '' (its
+    `mapping.to_cmd_args`): both are read here, so that they are reported like any other key."""
     raw: dict[str, str] = {}
     args = list(argv)
     i = 0
     while i < len(args):
         token = args[i]
-        if not token.startswith("--") or token == "--":
+        if token.startswith("--") and token != "--":
+            name = token[2:]
+        elif token.startswith("-") and token[1:2].isalpha():
+            name = token[1:]
+        elif token == "" and i + 1 < len(args):
+            raise ConfigError(
+                f"A hyperparameter has an empty name (its value is {args[i + 1]!r}): name it "
+                "or remove it."
+            )
+        else:
             raise ConfigError(f"Unexpected argument {token!r}: hyperparameters are '--key value'.")
-        key, sep, value = token[2:].partition("=")
+        key, sep, value = name.partition("=")
         if not sep:
             if i + 1 >= len(args):
                 raise ConfigError(f"Hyperparameter --{key} has no value.")
@@ -432,9 +452,19 @@ def _check_known(values: Mapping[str, Any], source: str) -> None:
     for key in values:
         if key in FIELDS:
             continue
-        close = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.6)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"Unknown hyperparameter '{key}' (in {source}).{hint}")
+        raise ConfigError(f"Unknown hyperparameter '{key}' (in {source}). {_nearest(key)}")
+
+
+def _nearest(key: str) -> str:
+    """The valid name(s) closest to an unknown key, as a hint."""
+    close = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.6)
+    if close:
+        return f"Did you mean '{close[0]}'?"
+    # A short key (the toolkit passes one-letter keys as `-k`) is too short for a close match.
+    starting = sorted(name for name in FIELDS if name.startswith(key.lower()))[:4]
+    if starting:
+        return f"Did you mean one of: {', '.join(starting)}?"
+    return "`python train.py --help` lists the valid names."
 
 
 def _drop_foreign(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -487,6 +517,11 @@ def _check_consistency(config: JobConfig) -> None:
         )
     if not data.group_ids:
         raise ConfigError("No group_ids: name the column(s) that identify each series.")
+    if data.target in data.group_ids:
+        raise ConfigError(
+            f"The target '{data.target}' is listed in group_ids: name the column(s) that "
+            "identify each series instead."
+        )
     if data.date_column and not data.freq:
         raise ConfigError(
             f"date_column={data.date_column!r} needs freq (a pandas frequency such as 'D' or 'MS')."
@@ -497,6 +532,11 @@ def _check_consistency(config: JobConfig) -> None:
         raise ConfigError(
             f"min_encoder_length={data.min_encoder_length} exceeds "
             f"max_encoder_length={data.max_encoder_length}."
+        )
+    if data.target_normalizer == "encoder" and data.resolved_min_encoder_length < 2:
+        raise ConfigError(
+            "target_normalizer=encoder scales each window by its history: it needs "
+            f"min_encoder_length >= 2 (it is {data.resolved_min_encoder_length})."
         )
     if data.min_prediction_length > data.max_prediction_length:
         raise ConfigError(

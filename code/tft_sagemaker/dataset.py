@@ -2,16 +2,119 @@
 
 Every rank builds the same datasets from the same full frames: the categorical encoders and the
 target normalizer are fitted on the whole training frame, so embeddings match across ranks.
+
+Column names reach the library under internal names where the user's would clash with it: the
+TFT keys `nn.ModuleDict`s by variable name (a column `pop` or `keys` is an attribute of the
+dict, `a.b` is not a module name) and pytorch-forecasting derives columns of its own
+(`relative_time_idx`, `encoder_length`, `<target>_center`, `__group_id__<id>`, ...).
+`internal_names` is a pure function of the configuration, so the job and `predict` derive the
+same mapping from the saved configuration; `user_names` maps back, for anything shown.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import warnings
+from typing import Any
+
 import pandas as pd
+import torch
 from pytorch_forecasting import TimeSeriesDataSet
 from pytorch_forecasting.data import EncoderNormalizer, GroupNormalizer, NaNLabelEncoder
 from pytorch_forecasting.data.encoders import TorchNormalizer
 
 from .config import DataConfig
+from .errors import DataError
+
+_EXAMPLES = 3
+# Columns pytorch-forecasting adds to the data itself (the target's scales are added below).
+_LIBRARY_COLUMNS = {"relative_time_idx", "encoder_length", "__time_idx__", "__weight__"}
+_LIBRARY_PREFIXES = ("__group_id__", "__target__")
+_MODULE_DICT = torch.nn.ModuleDict()  # its attributes (pop, keys, type, ...) cannot be keys
+
+
+def _variables(config: DataConfig) -> list[str]:
+    """Every name the dataset sees: columns, and the names of variable groups."""
+    names = [config.target, config.time_idx, *config.group_ids, config.weight]
+    names += [*config.categoricals, *config.variable_groups, *config.reals]
+    return [n for n in dict.fromkeys(names) if n]
+
+
+def _clashes(name: str, target: str) -> bool:
+    """Whether the library cannot take `name` as it is (`target`: the internal target)."""
+    return (
+        not name
+        or "." in name
+        or hasattr(_MODULE_DICT, name)
+        or name in _LIBRARY_COLUMNS
+        or name.startswith(_LIBRARY_PREFIXES)
+        or name in (f"{target}_center", f"{target}_scale")
+        or re.fullmatch(r".+_lagged_by_\d+", name) is not None
+    )
+
+
+def internal_names(config: DataConfig) -> dict[str, str]:
+    """User name → the name pytorch-forecasting gets, for every variable (most unchanged)."""
+    names = _variables(config)
+    taken = set(names)
+    mapping: dict[str, str] = {}
+    target = ""
+    for name in names:  # the target first: the names derived from it depend on it
+        internal = name
+        if _clashes(name, target):
+            base = "v_" + re.sub(r"\W", "_", name)
+            internal, n = base, 1
+            while internal in taken or _clashes(internal, target):
+                n += 1
+                internal = f"{base}_{n}"
+            taken.add(internal)
+        mapping[name] = internal
+        target = target or internal
+    return mapping
+
+
+def user_names(config: DataConfig) -> dict[str, str]:
+    """Internal name → user name, for the variables whose name changed, and for the target's
+    scales the library adds (`<target>_center`, `<target>_scale`): to label what the model
+    reports (variable importances, encoder and decoder variables)."""
+    names = internal_names(config)
+    back = {internal: name for name, internal in names.items() if internal != name}
+    target = names[config.target]
+    if target != config.target:
+        back |= {f"{target}_{s}": f"{config.target}_{s}" for s in ("center", "scale")}
+    return back
+
+
+def internal_config(config: DataConfig) -> DataConfig:
+    """`config` with every variable under its internal name."""
+    names = internal_names(config)
+
+    def rename(values: list[str]) -> list[str]:
+        return [names[v] for v in values]
+
+    return dataclasses.replace(
+        config,
+        target=names[config.target],
+        time_idx=names[config.time_idx],
+        group_ids=rename(config.group_ids),
+        weight=names[config.weight] if config.weight else None,
+        static_categoricals=rename(config.static_categoricals),
+        static_reals=rename(config.static_reals),
+        time_varying_known_categoricals=rename(config.time_varying_known_categoricals),
+        time_varying_known_reals=rename(config.time_varying_known_reals),
+        time_varying_unknown_categoricals=rename(config.time_varying_unknown_categoricals),
+        time_varying_unknown_reals=rename(config.time_varying_unknown_reals),
+        variable_groups={names[g]: rename(m) for g, m in config.variable_groups.items()},
+    )
+
+
+def to_internal(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
+    """The columns the dataset uses, under their internal names (the others are left out: the
+    library refuses some names even in columns it does not use)."""
+    names = internal_names(config)
+    columns = [c for c in names if c in frame.columns]
+    return frame[columns].rename(columns=names)
 
 
 def _target_normalizer(config: DataConfig) -> TorchNormalizer | str:
@@ -43,32 +146,91 @@ def _categorical_encoders(config: DataConfig) -> dict[str, NaNLabelEncoder]:
 
 
 def build_training_dataset(frame: pd.DataFrame, config: DataConfig) -> TimeSeriesDataSet:
+    internal = internal_config(config)
     return TimeSeriesDataSet(
-        frame,
-        time_idx=config.time_idx,
-        target=config.target,
-        group_ids=config.group_ids,
-        weight=config.weight,
-        min_encoder_length=config.resolved_min_encoder_length,
-        max_encoder_length=config.max_encoder_length,
-        min_prediction_length=config.min_prediction_length,
-        max_prediction_length=config.max_prediction_length,
-        static_categoricals=config.static_categoricals,
-        static_reals=config.static_reals,
-        time_varying_known_categoricals=config.time_varying_known_categoricals,
-        time_varying_known_reals=config.time_varying_known_reals,
-        time_varying_unknown_categoricals=config.time_varying_unknown_categoricals,
-        time_varying_unknown_reals=config.time_varying_unknown_reals,
-        variable_groups=config.variable_groups,
-        target_normalizer=_target_normalizer(config),
-        categorical_encoders=_categorical_encoders(config),
-        add_relative_time_idx=config.add_relative_time_idx,
-        add_target_scales=config.add_target_scales,
-        add_encoder_length=config.add_encoder_length,
-        allow_missing_timesteps=config.allow_missing_timesteps,
+        to_internal(frame, config),
+        time_idx=internal.time_idx,
+        target=internal.target,
+        group_ids=internal.group_ids,
+        weight=internal.weight,
+        min_encoder_length=internal.resolved_min_encoder_length,
+        max_encoder_length=internal.max_encoder_length,
+        min_prediction_length=internal.min_prediction_length,
+        max_prediction_length=internal.max_prediction_length,
+        static_categoricals=internal.static_categoricals,
+        static_reals=internal.static_reals,
+        time_varying_known_categoricals=internal.time_varying_known_categoricals,
+        time_varying_known_reals=internal.time_varying_known_reals,
+        time_varying_unknown_categoricals=internal.time_varying_unknown_categoricals,
+        time_varying_unknown_reals=internal.time_varying_unknown_reals,
+        variable_groups=internal.variable_groups,
+        target_normalizer=_target_normalizer(internal),
+        categorical_encoders=_categorical_encoders(internal),
+        add_relative_time_idx=internal.add_relative_time_idx,
+        add_target_scales=internal.add_target_scales,
+        add_encoder_length=internal.add_encoder_length,
+        allow_missing_timesteps=internal.allow_missing_timesteps,
     )
 
 
-def build_validation_dataset(training: TimeSeriesDataSet, frame: pd.DataFrame) -> TimeSeriesDataSet:
+def unscaled_series(
+    parameters: dict[str, Any], frame: pd.DataFrame, config: DataConfig
+) -> pd.DataFrame:
+    """The series of `frame` (one row of ids each) that the fitted target normalizer has no
+    scale for: series it was not fitted on, when it scales per series (`group`). The library
+    would scale them by the median of the training series without a word."""
+    normalizer = parameters["target_normalizer"]
+    series = frame[config.group_ids].drop_duplicates()
+    if not isinstance(normalizer, GroupNormalizer) or not normalizer.groups:
+        return series.iloc[:0]
+    names = internal_names(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Found N unknown classes which were set to NaN"
+        codes = [
+            parameters["categorical_encoders"][names[g]].transform(series[g])
+            for g in config.group_ids
+        ]
+    known = normalizer.norm_.index
+    known = known if isinstance(known, pd.MultiIndex) else pd.MultiIndex.from_arrays([known])
+    return series[~pd.MultiIndex.from_arrays(codes).isin(known)]
+
+
+def refuse_unscaled_series(
+    parameters: dict[str, Any], frame: pd.DataFrame, config: DataConfig, where: str, fitted_on: str
+) -> None:
+    """A DataError naming the series of `frame` without a fitted target scale."""
+    new = unscaled_series(parameters, frame, config)
+    if new.empty:
+        return
+    examples = "; ".join(
+        ", ".join(f"{g}={v}" for g, v in row.items())
+        for row in new.head(_EXAMPLES).to_dict(orient="records")
+    )
+    raise DataError(
+        f"{where}: {len(new)} series are not in {fitted_on} (e.g. {examples}), and "
+        "target_normalizer=group scales each series by its own training history: add their "
+        "history to the train channel, or set target_normalizer=encoder (scales each window by "
+        "its own history)."
+    )
+
+
+def build_validation_dataset(
+    training: TimeSeriesDataSet, frame: pd.DataFrame, config: DataConfig
+) -> TimeSeriesDataSet:
     """The last `max_prediction_length` steps of each series in `frame`, one window each."""
-    return TimeSeriesDataSet.from_dataset(training, frame, predict=True, stop_randomization=True)
+    refuse_unscaled_series(
+        training.get_parameters(), frame, config, "Channel 'validation'", "'train'"
+    )
+    return TimeSeriesDataSet.from_dataset(
+        training, to_internal(frame, config), predict=True, stop_randomization=True
+    )
+
+
+def build_prediction_dataset(
+    parameters: dict[str, Any], frame: pd.DataFrame, config: DataConfig
+) -> TimeSeriesDataSet:
+    """Windows forecasting the last `max_prediction_length` steps of each series in `frame`,
+    with the encoders and scales of a trained model (`parameters`)."""
+    return TimeSeriesDataSet.from_parameters(
+        parameters, to_internal(frame, config), predict=True, stop_randomization=True
+    )

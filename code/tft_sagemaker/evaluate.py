@@ -50,6 +50,21 @@ def _batches(
         yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in x.items()}, target
 
 
+def _series_index(dataset: TimeSeriesDataSet, x: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """Each window's series ids and first forecast step: `dataset.x_to_index`, decoding ids
+    through the encoders' own value → code tables. Series the training data did not hold (a
+    validation channel's new series) get codes past those `x_to_index` decodes: the library's
+    NaNLabelEncoder, refitted with add_nan, numbers them one too high for its
+    `inverse_transform` ("KeyError: New unknown values detected")."""
+    index = {dataset.time_idx: x["decoder_time_idx"][:, 0].cpu().numpy()}
+    groups = x["groups"].cpu().numpy()
+    for i, name in enumerate(dataset.group_ids):
+        classes = dataset.get_transformer(name, group_id=True).classes_
+        ids = {code: value for value, code in classes.items()}
+        index[name] = [ids[code] for code in groups[:, i]]
+    return pd.DataFrame(index)
+
+
 @torch.no_grad()
 def forecast(
     model: TemporalFusionTransformer,
@@ -67,7 +82,7 @@ def forecast(
         naive.append(baseline(x)["prediction"].float().cpu())
         actuals.append(target.float().cpu())
         lengths.append(x["decoder_lengths"].cpu())
-        index.append(dataset.x_to_index({k: v.cpu() for k, v in x.items()}))
+        index.append(_series_index(dataset, x))
     horizon = max(q.shape[1] for q in quantiles)
 
     def pad(parts: list[torch.Tensor]) -> torch.Tensor:

@@ -31,7 +31,7 @@ from .config import JobConfig, build_config, describe_hyperparameters, parse_cli
 from .console import setup_logging
 from .data import (
     JobData,
-    channel_dir,
+    channel_data_files,
     describe_frame,
     find_config_file,
     load_config_file,
@@ -52,8 +52,8 @@ log = logging.getLogger("tft_sagemaker")
 
 
 def load_config(argv: Sequence[str], paths: JobPaths) -> JobConfig:
-    # The train channel may hold the configuration file: without it, say that first.
-    channel_dir(paths, "train", required=True)
+    # The train channel may hold the configuration file: without it or data, say that first.
+    channel_data_files(paths, "train", required=True)
     hyperparameters = parse_cli(argv)
     config_file = find_config_file(paths, hyperparameters.get("config_file"))
     file_values = load_config_file(config_file) if config_file else {}
@@ -179,7 +179,7 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
     log.info("training data: %s", describe_frame(data.train, config.data))
     pl.seed_everything(config.training.seed, workers=True, verbose=False)
     training = build_training_dataset(data.train, config.data)
-    validation = build_validation_dataset(training, data.validation)
+    validation = build_validation_dataset(training, data.validation, config.data)
     log.info("windows: %d training, %d validation", len(training), len(validation))
 
     model = build_model(training, config.model, config.training.fused_variable_selection)

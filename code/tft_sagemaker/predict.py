@@ -5,55 +5,137 @@
 `--model` is the job's model directory or SageMaker's model.tar.gz. `--data` is a file or a
 folder of parquet/CSV files with each series' history followed by the `max_prediction_length`
 steps to forecast: known covariates filled in, the target (and past-only columns) left empty.
-Given complete data instead, it forecasts the last steps of each series and adds the actuals,
-which is how the job's validation metrics are reproduced.
+A series without such steps is skipped with a warning. Given complete data instead, it
+forecasts the last steps of each series and adds the actuals, which is how the job's
+validation metrics are reproduced.
 
-Output: one row per (series, forecast step) with the group ids, the time index (and date),
-`horizon`, `prediction` (the median), one column per quantile (`q0.1`, ...) and `actual`.
+Output (parquet, or CSV for a name ending in .csv): one row per (series, forecast step) with
+the group ids as given, the time index (and date), `horizon`, `prediction` (the median), one
+column per quantile (`q0.1`, ...) and `actual`. Every bad argument, file or row is one line
+`error: ...` on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import pickle
 import sys
+import tarfile
+import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from pytorch_forecasting import TimeSeriesDataSet
+from pandas.tseries.frequencies import to_offset
 
 from .artifacts import TrainedModel, load_trained_model
 from .config import DataConfig
 from .console import setup_logging
-from .data import TimeAxis, channel_files, prepare_frame, read_files, validate_frame
+from .data import TimeAxis, as_labels, channel_files, prepare_frame, read_files, validate_frame
+from .dataset import (
+    build_prediction_dataset,
+    internal_names,
+    refuse_unscaled_series,
+    user_names,
+)
 from .errors import DataError, JobError
 from .evaluate import forecast, to_frame
 
+log = logging.getLogger(__name__)
+CHANNEL = "The prediction data"  # how messages name it
+_EXAMPLES = 3
 
-def _fill_future(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
-    """Zero the target and past-only reals on the rows to forecast (they are not model inputs
-    there); an empty target anywhere else is an error."""
-    unknown = frame[config.target].isna()
+
+def _examples(series: pd.DataFrame) -> str:
+    return "; ".join(
+        ", ".join(f"{k}={v}" for k, v in row.items())
+        for row in series.head(_EXAMPLES).to_dict(orient="records")
+    )
+
+
+def _future_rows(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
+    """The rows to forecast, where the target is empty: each series' last
+    `max_prediction_length` rows. A series without any is skipped (with a warning): its
+    forecast would be of its past. The target and past-only columns, which the model does not
+    read there, are filled with the series' last values."""
+    target, time, groups, horizon = (
+        config.target,
+        config.time_idx,
+        config.group_ids,
+        config.max_prediction_length,
+    )
+    unknown = frame[target].isna()
     if not unknown.any():
-        return frame
-    last = frame.groupby(config.group_ids, observed=True)[config.time_idx].transform("max")
-    future = frame[config.time_idx] > last - config.max_prediction_length
-    if (unknown & ~future).any():
+        return frame  # complete data: its last steps are forecast, next to their actuals
+    frame = frame.sort_values([*groups, time], kind="stable")
+    unknown = unknown.loc[frame.index]
+    ids = [frame[g] for g in groups]
+    known_end = frame[time].where(~unknown).groupby(ids, observed=True).transform("max")
+    early = unknown & (frame[time] <= known_end)
+    if early.any():
         raise DataError(
-            f"{int((unknown & ~future).sum())} row(s) have an empty target '{config.target}' "
-            f"outside the last {config.max_prediction_length} steps of their series."
+            f"{CHANNEL}: {int(early.sum())} row(s) have an empty target "
+            f"'{target}' before the last known one of their series (e.g. at "
+            f"{_examples(frame.loc[early, [*groups, time]])}): only the rows to forecast, at "
+            "the end of each series, may leave it empty."
         )
-    frame = frame.copy()
-    past_only = [c for c in config.time_varying_unknown_reals if c in frame.columns]
-    frame.loc[unknown, list(dict.fromkeys([config.target, *past_only]))] = 0.0
-    return frame
+    counts = unknown.groupby(ids, observed=True).agg(["sum", "size"])
+    series = counts.index.to_frame(index=False)
+    future = counts["sum"].to_numpy()
+    history = future == counts["size"].to_numpy()
+    for wrong, problem in (
+        (history, "no row with a known target (each series needs its history)"),
+        (
+            (future > 0) & (future < horizon),
+            f"fewer rows to forecast than max_prediction_length={horizon}",
+        ),
+        (future > horizon, f"more rows to forecast than max_prediction_length={horizon}"),
+    ):
+        if wrong.any():
+            shown = (
+                series[wrong]
+                if problem.startswith("no")
+                else series[wrong].assign(rows=future[wrong])
+            )
+            raise DataError(
+                f"{CHANNEL}: {int(wrong.sum())} series have {problem} (e.g. "
+                f"{_examples(shown)}): give each series its history, then {horizon} rows with "
+                "the known covariates filled in and the target empty (or no such rows, to "
+                "forecast its last steps from complete data)."
+            )
+    skipped = future == 0
+    if skipped.any():
+        log.warning(
+            "%s: %d of %d series have no rows to forecast (no empty target after their "
+            "history), e.g. %s: skipped",
+            CHANNEL,
+            int(skipped.sum()),
+            len(series),
+            _examples(series[skipped]),
+        )
+        keep = pd.MultiIndex.from_frame(series[~skipped].astype(str))
+        frame = frame[pd.MultiIndex.from_frame(frame[groups].astype(str)).isin(keep)]
+    unknown_categoricals = [
+        c
+        for name in config.time_varying_unknown_categoricals
+        for c in config.variable_groups.get(name, [name])
+    ]
+    past_only = list(
+        dict.fromkeys([target, *config.time_varying_unknown_reals, *unknown_categoricals])
+    )
+    filled = frame.groupby([frame[g] for g in groups], observed=True)[past_only].ffill()
+    return frame.assign(**{c: filled[c] for c in past_only})
 
 
 def _dates(time_idx: pd.Series, axis: TimeAxis) -> pd.Series:
-    grid = pd.date_range(axis.origin, periods=int(time_idx.max()) + 1, freq=axis.freq)
-    return pd.Series(grid[time_idx.to_numpy()], index=time_idx.index)
+    first = min(int(time_idx.min()), 0)  # data before the training data's first date: < 0
+    start = pd.Timestamp(axis.origin) + first * to_offset(axis.freq)
+    grid = pd.date_range(start, periods=int(time_idx.max()) - first + 1, freq=axis.freq)
+    return pd.Series(grid[time_idx.to_numpy() - first], index=time_idx.index)
 
 
 def predict_frame(
@@ -61,68 +143,158 @@ def predict_frame(
 ) -> pd.DataFrame:
     """Forecasts for the last `max_prediction_length` steps of every series in `frame`."""
     config = trained.config.data
-    prepared = prepare_frame(frame, config, "the prediction data", trained.time_axis)
+    # The ids as given (1, not the label '1' the model knows): the forecasts keep them.
+    given = {g: frame[g].drop_duplicates() for g in config.group_ids if g in frame.columns}
+    prepared = prepare_frame(frame, config, CHANNEL, trained.time_axis)
     actuals = prepared[[*config.group_ids, config.time_idx, config.target]]
     prepared = validate_frame(
-        _fill_future(prepared, config),
+        _future_rows(prepared, config),
         config,
-        "the prediction data",
-        config.resolved_min_encoder_length + 1,
+        CHANNEL,
+        config.resolved_min_encoder_length + config.max_prediction_length,
     )
-    dataset = TimeSeriesDataSet.from_parameters(
-        trained.dataset_parameters, prepared, predict=True, stop_randomization=True
+    refuse_unscaled_series(
+        trained.dataset_parameters, prepared, config, CHANNEL, "the training data"
     )
+    dataset = build_prediction_dataset(trained.dataset_parameters, prepared, config)
     result = forecast(trained.model, dataset, batch_size=batch_size, device=device)
-    out = to_frame(result, trained.config.model.quantiles, config.time_idx)
+    internal_time_idx = internal_names(config)[config.time_idx]
+    out = to_frame(result, trained.config.model.quantiles, internal_time_idx)
+    out = out.rename(columns=user_names(config))
     keys = [*config.group_ids, config.time_idx]
-    for column in config.group_ids:  # decoded ids come back as plain values
-        out[column] = out[column].astype(str)
-        actuals = actuals.assign(**{column: actuals[column].astype(str)})
+    actuals = actuals.astype({g: str for g in config.group_ids})
+    out = out.astype({g: str for g in config.group_ids})
     out = out.merge(actuals.rename(columns={config.target: "actual"}), on=keys, how="left")
+    for column, values in given.items():
+        out[column] = out[column].map(dict(zip(as_labels(values).astype(str), values, strict=True)))
+    columns = [*keys, *(c for c in out.columns if c not in keys)]  # ids, time, forecasts
     if trained.time_axis is not None and config.date_column:
-        out.insert(
-            len(config.group_ids) + 1,
-            config.date_column,
-            _dates(out[config.time_idx], trained.time_axis),
-        )
-    return out
+        out[config.date_column] = _dates(out[config.time_idx], trained.time_axis)
+        columns.insert(len(keys), config.date_column)
+    return out[columns]
 
 
 def _read(path: Path) -> pd.DataFrame:
     if path.is_dir():
         files = channel_files(path)
         if not files:
-            raise DataError(f"{path} holds no parquet or CSV files.")
-        return read_files(files, str(path))
-    if not path.is_file():
-        raise DataError(f"{path} does not exist.")
+            raise DataError(f"--data {path} holds no parquet or CSV files.")
+        return read_files(files, str(path), root=path)
     return read_files([path], str(path))
+
+
+class UsageError(JobError):
+    """A bad command line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see --help)")
+
+
+def _check_device(name: str) -> None:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"--device {name!r} is not a device: use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"--device {name}: this machine has no CUDA GPU; use --device cpu.")
+        if device.index is not None and device.index >= count:
+            raise UsageError(
+                f"--device {name}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}."
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS is not available here; use --device cpu.")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name}: only cpu, cuda[:N] and mps are supported.")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Everything about the command line that can be checked before the model is loaded."""
+    for option, path in (("--model", args.model), ("--data", args.data)):
+        if not path.exists():
+            raise UsageError(f"{option} {path} does not exist.")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be a positive integer, got {args.batch_size}.")
+    _check_device(args.device)
+    output: Path = args.output
+    if output.is_dir():
+        raise UsageError(
+            f"--output {output} is a directory: name a file, e.g. {output}/fc.parquet."
+        )
+    if output.exists() and not args.overwrite:
+        raise UsageError(f"{output} exists; pass --overwrite to replace it.")
+    folder = next(p for p in output.parents if p.exists())
+    if not folder.is_dir():
+        raise UsageError(f"--output {output}: {folder} is a file, not a folder.")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output.parent):
+            pass
+    except OSError as err:
+        raise UsageError(
+            f"--output {output}: cannot write in {output.parent} ({err.strerror or err})."
+        ) from None
+
+
+def _load(path: Path) -> TrainedModel:
+    try:
+        return load_trained_model(path)
+    except JobError:
+        raise
+    except (
+        OSError,
+        EOFError,
+        tarfile.TarError,
+        zlib.error,
+        pickle.UnpicklingError,
+        RuntimeError,
+        ValueError,
+        KeyError,
+        TypeError,
+    ) as err:  # a truncated archive, a corrupt checkpoint or configuration
+        reason = " ".join(str(err).split())[:200]
+        raise JobError(
+            f"--model {path} cannot be read ({type(err).__name__}: {reason}): give a complete "
+            "model.tar.gz or model directory written by a training job of this project."
+        ) from None
+
+
+def _write(forecasts: pd.DataFrame, output: Path) -> None:
+    """Atomically: a partial file never takes the output's name."""
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        if output.suffix.lower() == ".csv":
+            forecasts.to_csv(partial, index=False)
+        else:
+            forecasts.to_parquet(partial, index=False)
+        os.replace(partial, output)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise JobError(f"Cannot write {output}: {err.strerror or err}.") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
-    parser = argparse.ArgumentParser(
-        prog="python -m tft_sagemaker.predict", description=__doc__.split("\n\n")[0]
-    )
+    parser = _Parser(prog="python -m tft_sagemaker.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="model dir or model.tar.gz")
     parser.add_argument("--data", type=Path, required=True, help="parquet/CSV file or folder")
-    parser.add_argument("--output", type=Path, required=True, help="forecasts (.parquet)")
+    parser.add_argument("--output", type=Path, required=True, help="forecasts (.parquet, or .csv)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
-    if args.output.exists() and not args.overwrite:
-        parser.error(f"{args.output} exists; pass --overwrite to replace it")
     try:
-        trained = load_trained_model(args.model)
-        forecasts = predict_frame(trained, _read(args.data), args.batch_size, args.device)
+        args = parser.parse_args(argv)
+        _check_args(args)
+        frame = _read(args.data)
+        trained = _load(args.model)
+        forecasts = predict_frame(trained, frame, args.batch_size, args.device)
+        _write(forecasts, args.output)
     except JobError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.output.with_name(f".{args.output.name}.partial")
-    forecasts.to_parquet(partial, index=False)
-    os.replace(partial, args.output)
     series = forecasts[trained.config.data.group_ids].drop_duplicates().shape[0]
     print(f"wrote {len(forecasts)} forecasts for {series} series to {args.output}")
     if forecasts["actual"].notna().any():
