@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STALLION_PARQUET ?= $(realpath ../shared/data/stallion.parquet)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup train test lint docs-errors e2e bench-accuracy bench clean
+.PHONY: help setup train test lint docs-errors e2e bench-accuracy bench-quality bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -39,6 +39,10 @@ e2e: setup ## the container end to end: engine, images, compose, registry (root,
 
 bench-accuracy: setup ## Stallion validation MAE over 5 seeds -> bench/results/stallion_accuracy.json
 	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/accuracy.py
+
+bench-quality: setup ## default recipe vs baselines on 3 public panels, 3 seeds -> bench/results/quality.json
+	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/python bench/quality.py
 
 bench: setup ## throughput, time to MAE and data scaling -> bench/results/throughput.json
 	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/throughput.py

@@ -214,8 +214,8 @@ def test_int_encodings(raw: Any, expected: int) -> None:
     ],
 )
 def test_int_rejects(raw: Any, reason: str) -> None:
-    message = config_error({**BASE, "max_epochs": raw})
-    assert message.startswith(f"Hyperparameter max_epochs={raw!r} is invalid")
+    message = config_error({**BASE, "keep_checkpoints": raw})
+    assert message.startswith(f"Hyperparameter keep_checkpoints={raw!r} is invalid")
     assert reason in message
 
 
@@ -470,6 +470,7 @@ def test_checked_fields_are_the_expected_ones() -> None:
             "min_encoder_length",
             "max_prediction_length",
             "min_prediction_length",
+            "season_length",
             "hidden_size",
             "attention_head_size",
             "hidden_continuous_size",
@@ -477,6 +478,7 @@ def test_checked_fields_are_the_expected_ones() -> None:
             "dropout",
             "weight_decay",
             "reduce_on_plateau_patience",
+            "ema_decay",
             "max_epochs",
             "batch_size",
             "val_batch_size",
@@ -487,13 +489,14 @@ def test_checked_fields_are_the_expected_ones() -> None:
             "devices",
             "num_workers",
             "keep_checkpoints",
+            "baseline_max_series",
             "master_port",
             "collective_timeout_s",
             "host_wait_timeout_s",
         ]
     )
     assert _checked_fields("max") == ["dropout", "ema_decay", "learning_rate", "master_port"]
-    assert _checked_fields("exclusive_min") == ["ema_decay", "learning_rate", "limit_train_batches"]
+    assert _checked_fields("exclusive_min") == ["learning_rate", "limit_train_batches"]
     assert _checked_fields("choices") == [
         "accelerator",
         "backend",
@@ -665,7 +668,10 @@ def test_defaults() -> None:
     )
     assert config == defaults
     assert config.data.resolved_min_encoder_length == 12
-    assert config.training.max_epochs == 30
+    # Left to the default recipe, which chooses them from the data (recipe.py).
+    assert config.data.target_normalizer == "auto"
+    assert config.training.max_epochs is None
+    assert config.model.learning_rate is None
     # Mutable defaults are not shared between configurations.
     config.model.quantiles.append(0.99)
     assert build().model.quantiles == [0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98]
@@ -680,16 +686,19 @@ PRESETS = {"small": {"target": "y", "group_ids": ["g"], "max_epochs": 10, "dropo
 @pytest.mark.parametrize(
     ("hyperparameters", "file_values", "max_epochs", "dropout"),
     [
-        ({**BASE}, {}, 30, 0.1),  # defaults
+        ({**BASE}, {}, None, None),  # defaults: the recipe's to choose
         ({"preset": "small"}, {}, 10, 0.3),  # preset over defaults
         ({"preset": "small"}, {"max_epochs": 5}, 5, 0.3),  # file over preset
         ({"preset": "small", "max_epochs": "3"}, {"max_epochs": 5}, 3, 0.3),  # CLI over file
         ({"max_epochs": "3"}, {"preset": "small", "max_epochs": 5, "dropout": 0.2}, 3, 0.2),
-        ({**BASE}, {"dropout": 0.2}, 30, 0.2),  # file over defaults
+        ({**BASE}, {"dropout": 0.2}, None, 0.2),  # file over defaults
     ],
 )
 def test_precedence(
-    hyperparameters: dict[str, Any], file_values: dict[str, Any], max_epochs: int, dropout: float
+    hyperparameters: dict[str, Any],
+    file_values: dict[str, Any],
+    max_epochs: int | None,
+    dropout: float | None,
 ) -> None:
     config = build_config(hyperparameters, file_values, PRESETS)
     assert config.training.max_epochs == max_epochs

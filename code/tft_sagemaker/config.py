@@ -39,6 +39,9 @@ def _opt(default: Any, help: str, **checks: Any) -> Any:
     return field(default=default, metadata={"help": help, **checks})
 
 
+_AUTO = " Default: chosen from the data (recipe.py)."
+
+
 class CountOrFraction(float):
     """Type tag: an int counts batches, a float in (0, 1] is a fraction (Lightning's limits)."""
 
@@ -92,9 +95,10 @@ class DataConfig:
     max_prediction_length: int = _opt(6, "Forecast horizon.", min=1)
     min_prediction_length: int = _opt(1, "Shortest horizon of a training window.", min=1)
     target_normalizer: str = _opt(
-        "group",
-        "Target scaling: 'group' (per series), 'encoder' (per window), 'standard', 'auto', 'none'.",
-        choices=("group", "encoder", "standard", "auto", "none"),
+        "auto",
+        "Target scaling: 'group' (per series), 'encoder' (per window), 'standard', 'none', or "
+        "'auto': chosen from the data (encoder when series drift from their level, else group).",
+        choices=("auto", "group", "encoder", "standard", "none"),
     )
     target_transformation: str | None = _opt(
         None,
@@ -109,6 +113,12 @@ class DataConfig:
     )
     drop_short_series: bool = _opt(
         False, "Drop series too short for one window instead of failing."
+    )
+    season_length: int | None = _opt(
+        None,
+        "Steps per season for the seasonal baselines (0: none). Default: from freq (12 for "
+        "months, 4 quarters, 52 weeks, 7 days, 5 business days, 24 hours), none without it.",
+        min=0,
     )
 
     @property
@@ -148,25 +158,31 @@ class DataConfig:
 class ModelConfig:
     """The Temporal Fusion Transformer and its optimisation."""
 
-    hidden_size: int = _opt(16, "Width of the network.", min=1)
+    hidden_size: int | None = _opt(None, "Width of the network." + _AUTO, min=1)
     attention_head_size: int = _opt(2, "Attention heads.", min=1)
-    hidden_continuous_size: int = _opt(8, "Width of the real-variable embeddings.", min=1)
+    hidden_continuous_size: int | None = _opt(
+        None, "Width of the real-variable embeddings." + _AUTO, min=1
+    )
     lstm_layers: int = _opt(1, "LSTM layers in encoder and decoder.", min=1)
-    dropout: float = _opt(0.1, "Dropout rate.", min=0.0, max=0.9)
+    dropout: float | None = _opt(None, "Dropout rate." + _AUTO, min=0.0, max=0.9)
     quantiles: list[float] = _opt(
         [0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98], "Quantiles of the QuantileLoss (need 0.5)."
     )
-    learning_rate: float = _opt(0.03, "Initial learning rate.", exclusive_min=0.0, max=10.0)
+    learning_rate: float | None = _opt(
+        None, "Initial learning rate." + _AUTO, exclusive_min=0.0, max=10.0
+    )
     optimizer: str = _opt("adam", "Optimizer: adam, adamw, sgd.", choices=("adam", "adamw", "sgd"))
     weight_decay: float = _opt(0.0, "Weight decay.", min=0.0)
-    reduce_on_plateau_patience: int = _opt(
-        4, "Epochs without val_loss improvement before the learning rate is reduced.", min=1
+    reduce_on_plateau_patience: int | None = _opt(
+        None,
+        "Epochs without val_loss improvement before the learning rate is halved." + _AUTO,
+        min=1,
     )
     ema_decay: float | None = _opt(
         None,
-        "Exponential moving average of the weights, per step (e.g. 0.99); validation, "
-        "checkpoints and the model use the average. Default off.",
-        exclusive_min=0.0,
+        "Exponential moving average of the weights, per step (e.g. 0.99; 0 turns it off); "
+        "validation, checkpoints and the model use the average." + _AUTO,
+        min=0.0,
         max=0.9999,
     )
 
@@ -175,19 +191,20 @@ class ModelConfig:
 class TrainingConfig:
     """The Lightning Trainer and the input pipeline."""
 
-    max_epochs: int = _opt(30, "Maximum number of epochs.", min=1)
+    max_epochs: int | None = _opt(None, "Maximum number of epochs." + _AUTO, min=1)
     limit_train_batches: CountOrFraction | None = _opt(
         None,
-        "Batches per epoch and device: an integer count, or a fraction in (0, 1]; default all.",
+        "Batches per epoch and device: an integer count, or a fraction in (0, 1] (1.0: all)."
+        + _AUTO,
         exclusive_min=0.0,
     )
-    batch_size: int = _opt(128, "Training windows per batch and device.", min=1)
+    batch_size: int | None = _opt(None, "Training windows per batch and device." + _AUTO, min=1)
     val_batch_size: int | None = _opt(
         None, "Validation batch size (default 8 x batch_size).", min=1
     )
     gradient_clip_val: float = _opt(0.1, "Gradient norm clipping (0 disables).", min=0.0)
-    early_stopping_patience: int = _opt(
-        10, "Epochs without val_loss improvement before stopping (0 disables).", min=0
+    early_stopping_patience: int | None = _opt(
+        None, "Epochs without val_loss improvement before stopping (0 disables)." + _AUTO, min=0
     )
     early_stopping_min_delta: float = _opt(1e-4, "Smallest val_loss change that counts.", min=0.0)
     seed: int = _opt(42, "Random seed (weights, shuffling, dropout).", min=0)
@@ -219,6 +236,17 @@ class TrainingConfig:
     )
     keep_checkpoints: int = _opt(2, "Epoch checkpoints kept besides the best one.", min=1)
     resume: bool = _opt(True, "Resume from the newest checkpoint in checkpoint_dir, if any.")
+    baseline_max_series: int = _opt(
+        500,
+        "Validation windows the classical baselines (ETS, Theta) are fitted on, one fit per "
+        "series: a fixed sample of them on larger panels (0: naive baselines only).",
+        min=0,
+    )
+    require_beating_baseline: bool = _opt(
+        False,
+        "Fail the job, and write no model, when the TFT's validation MAE does not beat every "
+        "baseline's on the same windows.",
+    )
 
 
 @dataclass
@@ -574,7 +602,7 @@ def _check_consistency(config: JobConfig) -> None:
         )
     if any(not 0.0 < q < 1.0 for q in model.quantiles):
         raise ConfigError(f"quantiles={model.quantiles} must lie strictly between 0 and 1.")
-    if model.hidden_size % model.attention_head_size:
+    if model.hidden_size is not None and model.hidden_size % model.attention_head_size:
         raise ConfigError(
             f"hidden_size={model.hidden_size} must be divisible by "
             f"attention_head_size={model.attention_head_size}."

@@ -117,7 +117,7 @@ def to_internal(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
     return frame[columns].rename(columns=names)
 
 
-def _target_normalizer(config: DataConfig) -> TorchNormalizer | str:
+def _target_normalizer(config: DataConfig) -> TorchNormalizer:
     transformation = config.target_transformation
     match config.target_normalizer:
         case "group":
@@ -128,8 +128,11 @@ def _target_normalizer(config: DataConfig) -> TorchNormalizer | str:
             return TorchNormalizer(method="standard", transformation=transformation)
         case "none":
             return TorchNormalizer(method="identity", transformation=transformation)
-        case _:
-            return "auto"
+        case _:  # "auto"
+            raise ValueError(
+                f"target_normalizer={config.target_normalizer!r}: recipe.resolve_data chooses "
+                "it before the dataset is built"
+            )
 
 
 def _categorical_encoders(config: DataConfig) -> dict[str, NaNLabelEncoder]:

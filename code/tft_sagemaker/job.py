@@ -8,6 +8,7 @@ validated before any training starts, and the model directory is written only at
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -25,7 +27,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pytorch_forecasting import TimeSeriesDataSet
 
 from . import stops
-from .artifacts import write_model_artifacts
+from .artifacts import METRICS_FILE, write_model_artifacts
+from .baselines import against_baselines, describe
 from .checkpoints import find_resume_checkpoint, fingerprint
 from .config import JobConfig, build_config, describe_hyperparameters, parse_cli
 from .console import setup_logging
@@ -46,6 +49,7 @@ from .metrics import format_metric_line
 from .model import TemporalFusionTransformerDDP, build_model, scaled_learning_rate
 from .paths import JobPaths
 from .presets import PRESET_VALUES
+from .recipe import resolve_data, resolve_training
 from .trainer import build_trainer
 
 log = logging.getLogger("tft_sagemaker")
@@ -68,7 +72,8 @@ def plan_for(config: JobConfig, paths: JobPaths) -> LaunchPlan:
         os.environ,
         read_resource_config(paths.input_config_dir),
         gpus_per_host=gpus,
-        cpus_per_host=os.cpu_count() or 1,
+        # The toolkit's count (the bench sets it to share a machine), else the host's.
+        cpus_per_host=int(os.environ.get("SM_NUM_CPUS") or os.cpu_count() or 1),
         accelerator=config.training.accelerator,
         devices=config.training.devices,
         backend=config.distributed.backend,
@@ -177,10 +182,15 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
     paths.check_writable()
     data = load_job_data(paths, config.data)
     log.info("training data: %s", describe_frame(data.train, config.data))
+    data_config, choices = resolve_data(config.data, data.train)
+    config = dataclasses.replace(config, data=data_config)
     pl.seed_everything(config.training.seed, workers=True, verbose=False)
     training = build_training_dataset(data.train, config.data)
     validation = build_validation_dataset(training, data.validation, config.data)
     log.info("windows: %d training, %d validation", len(training), len(validation))
+    config, training_choices = resolve_training(config, len(training))
+    for choice in choices + training_choices:
+        log.info("recipe: %s", choice)
 
     model = build_model(training, config.model, config.training.fused_variable_selection)
     trainer = build_trainer(config, plan, paths, fingerprint(config))
@@ -225,9 +235,9 @@ def fit(job: Job, resume: Path | None = None) -> None:
         )
 
 
-def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, float]:
-    """Global rank 0: the best checkpoint and the Baseline on the validation windows, in one
-    process; then the model directory."""
+def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, Any]:
+    """Global rank 0: the best checkpoint and the baselines on the validation windows, in one
+    process; then the model directory, unless require_beating_baseline holds it back."""
     stops.reached("evaluation")
     best = Path(job.trainer.checkpoint_callback.best_model_path)
     log.info("evaluating %s on %d validation windows", best.name, len(job.validation))
@@ -237,13 +247,36 @@ def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, float]:
         best, map_location="cpu", weights_only=False
     )
     device = job.trainer.strategy.root_device
-    results = score(forecast(best_model, job.validation, device=device), job.config.model.quantiles)
+    predicted = forecast(best_model, job.validation, device=device)
+    results = score(predicted, job.config.model.quantiles)
+    baselines_started = time.monotonic()
+    comparison = against_baselines(
+        predicted,
+        job.data.validation,
+        job.config.data,
+        job.config.model.quantiles,
+        job.config.training.baseline_max_series,
+        job.config.training.seed,
+    )
+    results |= comparison.metrics | {"baselines_s": round(time.monotonic() - baselines_started, 2)}
+    (log.info if comparison.beats_baselines else log.warning)("%s", describe(comparison))
     results |= {
         "best_epoch": checkpoint["epoch"],
         "epochs_trained": job.trainer.current_epoch,
         "world_size": job.plan.world_size,
         **timings,
     }
+    final = {
+        f"final_{k}" if k.startswith("val_") else k: v
+        for k, v in results.items()
+        if "val_" in k or k in ("baseline_margin", "beats_baselines")
+    }
+    print(format_metric_line(final), flush=True)
+    if job.config.training.require_beating_baseline and not comparison.beats_baselines:
+        # A pipeline that must not ship this model finds none; the figures stay in output/.
+        job.paths.output_data_dir.mkdir(parents=True, exist_ok=True)
+        (job.paths.output_data_dir / METRICS_FILE).write_text(json.dumps(results, indent=2))
+        return results
     write_model_artifacts(
         job.paths.model_dir,
         checkpoint,
@@ -252,18 +285,15 @@ def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, float]:
         job.data.time_axis,
         results,
     )
-    final = {
-        f"final_{k}" if k.startswith("val_") else k: v for k, v in results.items() if "val_" in k
-    }
-    print(format_metric_line(final), flush=True)
     log.info("model written to %s", job.paths.model_dir)
     return results
 
 
-def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, float]:
+def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, Any]:
     started = time.monotonic()
     stops.reached("data preparation")
     job = build_job(config, plan, paths)
+    config = job.config  # with the recipe's choices
     resume = (
         find_resume_checkpoint(paths.checkpoint_dir, fingerprint(config))
         if config.training.resume
@@ -273,7 +303,7 @@ def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, float
     fit(job, resume)
     if (signum := stops.received()) is not None:
         raise stops.Stopped(signum)  # after Lightning's last look: every epoch is checkpointed
-    results: dict[str, float] = {}
+    results: dict[str, Any] = {}
     if job.trainer.is_global_zero:
         results = evaluate_and_save(
             job,
@@ -285,6 +315,12 @@ def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, float
     if plan.distributed and dist.is_initialized():
         with _peer_failures(plan, config.distributed.collective_timeout_s):
             dist.barrier()  # every host finishes together (SageMaker local mode needs it)
+    if results and not results["beats_baselines"] and config.training.require_beating_baseline:
+        raise JobError(
+            f"require_beating_baseline: the TFT's validation MAE ({results['val_MAE']:.6g}) is "
+            f"{results['baseline_margin']:.1%} above the {results['best_baseline']} baseline's "
+            "on the same windows; no model was written (figures in output/data/metrics.json)."
+        )
     return results
 
 

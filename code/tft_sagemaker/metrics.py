@@ -5,7 +5,7 @@ job log. Progress bars cannot be parsed, so rank 0 prints one plain line per epo
 
     [metrics] epoch=3 train_loss=41.2 val_loss=38.9 val_MAE=270.1 ... elapsed_s=12.4
 
-and, after the final evaluation, one line with the `final_*` and `baseline_*` figures.
+and, after the final evaluation, one line with the `final_*` figures and the baselines'.
 `METRIC_DEFINITIONS` is the single source of truth for the estimator's `metric_definitions`.
 """
 
@@ -27,13 +27,22 @@ EPOCH_METRICS = (
     "lr",
     "elapsed_s",
 )
-# Printed once, after training, from the evaluation of the best model on the validation windows.
+# Printed once, after training, from the evaluation of the best model and of the baselines
+# (baselines.py) on the validation windows; baseline_margin < 0 and beats_baselines=1 when the
+# model beats them all.
 FINAL_METRICS = (
     "final_val_MAE",
     "final_val_SMAPE",
     "final_val_RMSE",
     "final_val_quantile_loss",
+    "final_val_MASE",
     "baseline_val_MAE",
+    "baseline_val_MASE",
+    "seasonal_naive_val_MAE",
+    "ets_val_MAE",
+    "theta_val_MAE",
+    "baseline_margin",
+    "beats_baselines",
 )
 
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"

@@ -3,6 +3,8 @@
 A preset is nothing but default hyperparameter values plus, where the raw data needs derived
 columns, a `prepare` function. Anything a preset sets can be overridden by a configuration file
 or a hyperparameter, and any other dataset works without a preset by configuration alone.
+A preset fixes every hyperparameter the default recipe would otherwise choose from the data
+(recipe.AUTOMATIC), so its results do not move with the recipe.
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ STALLION = Preset(
         "batch_size": 256,
         "ema_decay": 0.99,
         "max_epochs": 30,
+        "limit_train_batches": 1.0,
         "early_stopping_patience": 6,
     },
 )
@@ -147,7 +150,11 @@ SYNTHETIC = Preset(
         "target_transformation": "softplus",
         "hidden_size": 16,
         "attention_head_size": 2,
+        "hidden_continuous_size": 8,
+        "dropout": 0.1,
         "learning_rate": 0.03,
+        "reduce_on_plateau_patience": 4,
+        "ema_decay": 0.0,
         "batch_size": 128,
         "max_epochs": 10,
         "limit_train_batches": 60,

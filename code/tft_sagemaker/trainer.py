@@ -353,7 +353,7 @@ def build_trainer(
         ),
         LearningRateMonitor(logging_interval="epoch"),
     ]
-    if config.model.ema_decay is not None:
+    if config.model.ema_decay:  # 0: off
         callbacks.append(ExponentialMovingAverage(config.model.ema_decay))
     if training.early_stopping_patience > 0:
         callbacks.append(

@@ -1,0 +1,281 @@
+"""Baselines on the job's own validation windows: what the TFT must beat to be worth shipping.
+
+- `naive`: the last observed value (pytorch-forecasting's `Baseline`, from `evaluate.forecast`);
+- `seasonal_naive`: the value one season earlier, where a season follows from the frequency;
+- `ets`: Holt-Winters exponential smoothing with a damped additive trend, and an additive
+  season where the history covers two seasons of at most 24 steps (statsmodels);
+- `theta`: the Theta method (statsmodels' ThetaModel, deseasonalised when a season is found).
+
+Every method forecasts the windows the TFT forecast, from each series' history before the
+window, and is scored on the same points (MAE as pytorch-forecasting computes it, and MASE).
+The classical models are fitted per series, so their cost is bounded twice: each fit sees at
+most the last `CLASSICAL_HISTORY` steps (or 10 seasons), and at most `max_series` windows are
+fitted (a fixed random sample of them on larger panels; the TFT is then compared with them on
+that sample). A fit that fails or forecasts a non-finite value falls back to the naive forecast.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pandas.tseries.frequencies import to_offset
+from threadpoolctl import threadpool_limits
+
+from .config import DataConfig
+from .evaluate import Forecast
+
+CLASSICAL_HISTORY = 120  # steps a classical model is fitted on, at least 10 seasons
+_MAX_ETS_SEASON = 24  # longer seasons: too many initial states to estimate per series
+# Steps per season of a pandas frequency's base unit (a multiple such as 2MS divides it).
+_SEASONS = {"MS": 12, "ME": 12, "M": 12, "QS": 4, "QE": 4, "Q": 4, "W": 52, "D": 7, "B": 5, "h": 24}
+
+
+def season_length(freq: str | None) -> int | None:
+    """Steps per season implied by a pandas frequency (12 for months, 4 for quarters, 52 for
+    weeks, 7 for days, 5 for business days, 24 for hours); None for years, finer units, or
+    no frequency (an integer time index)."""
+    if not freq:
+        return None
+    try:
+        offset = to_offset(freq)
+    except ValueError:
+        return None
+    base = offset.name.split("-")[0]  # W-MON → W, QS-JAN → QS
+    steps = _SEASONS.get(base)
+    if steps is None or steps % offset.n:
+        return None
+    return steps // offset.n if steps // offset.n > 1 else None
+
+
+# --------------------------------------------------------------------------------------------
+# Forecasts from each window's history
+# --------------------------------------------------------------------------------------------
+def window_histories(
+    frame: pd.DataFrame,
+    index: pd.DataFrame,
+    group_ids: Sequence[str],
+    time_idx: str,
+    target: str,
+) -> list[np.ndarray]:
+    """The target before each window's first forecast step (`index` as `x_to_index` gives it),
+    on the full time grid: gaps are filled forward, as pytorch-forecasting fills them."""
+    by_series = {
+        tuple(str(k) for k in (key if isinstance(key, tuple) else (key,))): rows
+        for key, rows in frame.groupby(list(group_ids), observed=True, sort=False)[
+            [time_idx, target]
+        ]
+    }
+    histories = []
+    for row in index.itertuples(index=False):
+        values = row._asdict()
+        rows = by_series[tuple(str(values[g]) for g in group_ids)]
+        before = rows[rows[time_idx] < values[time_idx]].set_index(time_idx)[target]
+        grid = np.arange(before.index.min(), values[time_idx])
+        histories.append(before.reindex(grid).ffill().to_numpy(dtype=float))
+    return histories
+
+
+def seasonal_naive(histories: Sequence[np.ndarray], horizon: int, season: int) -> np.ndarray:
+    """(windows, horizon): the last season repeated; NaN where the history is shorter."""
+    out = np.full((len(histories), horizon), np.nan)
+    for i, history in enumerate(histories):
+        if len(history) >= season:
+            out[i] = np.resize(history[-season:], horizon)
+    return out
+
+
+def _ets(history: np.ndarray, horizon: int, season: int | None) -> np.ndarray:
+    from statsmodels.tsa.holtwinters import ExponentialSmoothing
+
+    seasonal = (
+        season if season and season <= _MAX_ETS_SEASON and len(history) >= 2 * season + 2 else None
+    )
+    model = ExponentialSmoothing(
+        history,
+        trend="add",
+        damped_trend=True,
+        seasonal="add" if seasonal else None,
+        seasonal_periods=seasonal,
+        initialization_method="estimated",
+    )
+    return np.asarray(model.fit().forecast(horizon), dtype=float)
+
+
+def _theta(history: np.ndarray, horizon: int, season: int | None) -> np.ndarray:
+    from statsmodels.tsa.forecasting.theta import ThetaModel
+
+    seasonal = bool(season) and len(history) >= 2 * season
+    model = ThetaModel(history, period=season if seasonal else 1, deseasonalize=seasonal)
+    return np.asarray(model.fit().forecast(horizon), dtype=float)
+
+
+CLASSICAL_MODELS: dict[str, Callable[[np.ndarray, int, int | None], np.ndarray]] = {
+    "ets": _ets,
+    "theta": _theta,
+}
+
+
+def classical_forecast(
+    name: str, histories: Sequence[np.ndarray], horizon: int, season: int | None
+) -> tuple[np.ndarray, int]:
+    """(windows, horizon) forecasts of a classical model, and how many fits fell back to the
+    last value (too short a history, a failed fit, a non-finite forecast)."""
+    fit = CLASSICAL_MODELS[name]
+    limit = max(CLASSICAL_HISTORY, 10 * (season or 0))
+    out = np.empty((len(histories), horizon))
+    fallbacks = 0
+    # One BLAS thread: the optimiser's tiny problems run several times slower with more.
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence chatter, per series
+        for i, history in enumerate(histories):
+            forecast = None
+            recent = history[-limit:]
+            if len(recent) and np.ptp(recent) == 0:
+                # Both models forecast a constant series as the constant (statsmodels' Theta
+                # fits a spurious drift to one).
+                forecast = np.full(horizon, recent[-1])
+            elif len(recent) >= 4:
+                try:
+                    forecast = fit(recent, horizon, season)
+                except (ValueError, np.linalg.LinAlgError):
+                    forecast = None
+            if forecast is None or not np.isfinite(forecast).all():
+                forecast = np.full(horizon, history[-1])
+                fallbacks += 1
+            out[i] = forecast
+    return out, fallbacks
+
+
+# --------------------------------------------------------------------------------------------
+# Scores
+# --------------------------------------------------------------------------------------------
+def mase_scales(histories: Sequence[np.ndarray], season: int | None) -> np.ndarray:
+    """Per window, the in-sample MAE of the seasonal naive forecast (naive where the history is
+    shorter than two seasons): MASE's denominator. NaN where it is 0 or undefined."""
+    scales = np.full(len(histories), np.nan)
+    for i, history in enumerate(histories):
+        lag = season if season and len(history) >= 2 * season else 1
+        if len(history) > lag:
+            scale = np.abs(history[lag:] - history[:-lag]).mean()
+            scales[i] = scale if scale > 0 else np.nan
+    return scales
+
+
+def scores(
+    forecast: np.ndarray, actuals: np.ndarray, lengths: np.ndarray, scales: np.ndarray
+) -> dict[str, float]:
+    """MAE over every forecast point (pytorch-forecasting's MAE over packed sequences) and
+    MASE (each window's MAE over its scale, averaged over windows with a scale)."""
+    mask = np.arange(actuals.shape[1])[None, :] < lengths[:, None]
+    errors = np.where(mask, np.abs(forecast - actuals), 0.0)
+    per_window = errors.sum(axis=1) / lengths
+    scaled = per_window / scales
+    return {
+        "MAE": float(errors.sum() / mask.sum()),
+        "MASE": float(np.nanmean(scaled)) if np.isfinite(scaled).any() else float("nan"),
+    }
+
+
+@dataclass
+class Comparison:
+    """The TFT and each baseline scored on the windows that baseline forecast."""
+
+    metrics: dict[str, float | int | str | bool]
+    beats_baselines: bool
+    best_baseline: str
+    margin: float  # TFT MAE / best baseline's MAE - 1 on its windows (< 0: the TFT is better)
+
+
+def compare(
+    tft: np.ndarray,
+    naive: np.ndarray,
+    actuals: np.ndarray,
+    lengths: np.ndarray,
+    histories: Sequence[np.ndarray],
+    season: int | None,
+    max_series: int,
+    seed: int = 0,
+) -> Comparison:
+    """Score the TFT's point forecast against every baseline that applies to these windows."""
+    horizon = actuals.shape[1]
+    scales = mase_scales(histories, season)
+    everything = np.arange(len(histories))
+    candidates: dict[str, tuple[np.ndarray, np.ndarray]] = {"naive": (naive, everything)}
+    if season:
+        seasonal = seasonal_naive(histories, horizon, season)
+        covered = np.flatnonzero(np.isfinite(seasonal).all(axis=1))
+        if len(covered):
+            candidates["seasonal_naive"] = (seasonal[covered], covered)
+    metrics: dict[str, float | int | str | bool] = {}
+    if max_series > 0:
+        sample = everything
+        if len(everything) > max_series:
+            rng = np.random.default_rng(seed)
+            sample = np.sort(rng.choice(everything, size=max_series, replace=False))
+        for name in CLASSICAL_MODELS:
+            forecast, fallbacks = classical_forecast(
+                name, [histories[i] for i in sample], horizon, season
+            )
+            candidates[name] = (forecast, sample)
+            metrics[f"{name}_fallbacks"] = fallbacks
+        metrics["classical_windows"] = len(sample)
+
+    tft_scores = scores(tft, actuals, lengths, scales)
+    metrics["val_MASE"] = tft_scores["MASE"]
+    ratios: dict[str, float] = {}
+    for name, (forecast, rows) in candidates.items():
+        own = scores(forecast, actuals[rows], lengths[rows], scales[rows])
+        prefix = "baseline_" if name == "naive" else f"{name}_"
+        if name != "naive":  # the naive Baseline's MAE is evaluate.score's baseline_val_MAE
+            metrics[f"{prefix}val_MAE"] = own["MAE"]
+        metrics[f"{prefix}val_MASE"] = own["MASE"]
+        tft_on_rows = scores(tft[rows], actuals[rows], lengths[rows], scales[rows])["MAE"]
+        ratios[name] = tft_on_rows / own["MAE"] if own["MAE"] > 0 else float("inf")
+    best = max(ratios, key=lambda n: ratios[n])  # the baseline the TFT fares worst against
+    margin = ratios[best] - 1.0
+    beats = margin < 0
+    metrics |= {"best_baseline": best, "baseline_margin": margin, "beats_baselines": beats}
+    return Comparison(metrics, beats, best, margin)
+
+
+def describe(comparison: Comparison) -> str:
+    """One line for the log: how the TFT compares with its strongest baseline."""
+    percent = abs(comparison.margin) * 100
+    if comparison.beats_baselines:
+        return (
+            f"the TFT beats every baseline: {percent:.1f}% lower MAE than the best one, "
+            f"{comparison.best_baseline}"
+        )
+    return (
+        f"the TFT does not beat the {comparison.best_baseline} baseline: its validation MAE is "
+        f"{percent:.1f}% higher on the same windows. A simpler model forecasts this data better; "
+        "train longer, or check the schema and the recipe."
+    )
+
+
+def against_baselines(
+    result: Forecast,
+    frame: pd.DataFrame,
+    data: DataConfig,
+    quantiles: Sequence[float],
+    max_series: int,
+    seed: int,
+) -> Comparison:
+    """`compare` for the job's forecast of its validation windows (`frame`: the data the
+    validation dataset was built from, so that every window's history is in it)."""
+    histories = window_histories(frame, result.index, data.group_ids, data.time_idx, data.target)
+    season = season_length(data.freq) if data.season_length is None else data.season_length
+    return compare(
+        tft=result.quantiles[..., list(quantiles).index(0.5)].numpy(),
+        naive=result.baseline.numpy(),
+        actuals=result.actuals.numpy(),
+        lengths=result.lengths.numpy(),
+        histories=histories,
+        season=season or None,
+        max_series=max_series,
+        seed=seed,
+    )

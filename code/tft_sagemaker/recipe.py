@@ -1,0 +1,252 @@
+"""The default recipe: what a careful practitioner would choose for a new panel, from the data.
+
+A hyperparameter left unset (or "auto") is chosen here from statistics of the training
+data; a value given by a preset, the configuration file or a hyperparameter is kept as it is
+(presets set every one of them). Every rule is a pure function of those statistics that returns
+the value and the reason, which the job logs:
+
+- target scaling: per window (`encoder`) when series drift away from their overall level, so
+  that the model forecasts relative to the recent past; else per series (`group`);
+- batch size, epoch length and a training budget in steps from the number of training windows
+  (about `PASSES` passes over them, within `MIN_STEPS`..`MAX_STEPS`), epochs short enough to
+  validate often; early stopping keeps the best epoch's weights (the job evaluates and ships the
+  best checkpoint);
+- model width and dropout from the number of windows;
+- a learning rate scaled from the one tuned on Stallion (0.007 at batch 256, the square-root
+  rule for Adam), halved on plateaus, with a moving average of the weights over about an epoch,
+  which makes the validated weights far less noisy from one epoch to the next.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from .config import DataConfig, JobConfig
+
+DRIFT_THRESHOLD = 0.5  # recent level this many series standard deviations from the overall mean
+MIN_BATCH, MAX_BATCH = 32, 256
+BATCHES_PER_PASS = 100  # a batch about this many times smaller than the training windows
+MAX_EPOCH_STEPS = 100  # validate at least this often
+PASSES, MIN_STEPS, MAX_STEPS = 6, 300, 500
+PATIENCE_STEPS = 300  # early stopping waits at least this many steps (and 6 epochs)
+SMALL_DATA_WINDOWS, LARGE_DATA_WINDOWS = 5_000, 100_000
+REFERENCE_LEARNING_RATE, REFERENCE_BATCH = 0.007, 256  # the stallion preset's, tuned there
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One automatic choice: hyperparameter, value and why."""
+
+    name: str
+    value: Any
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.value}: {self.reason}"
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics of the data
+# --------------------------------------------------------------------------------------------
+def level_drift(
+    frame: pd.DataFrame, group_ids: Sequence[str], time_idx: str, target: str, recent: int
+) -> float:
+    """Median over series of |mean of the last `recent` values - series mean| / series std:
+    about 0 for stationary series, about 1.7 for a straight trend, large after level shifts."""
+    keys = list(group_ids)
+    ordered = frame.sort_values(time_idx, kind="stable")
+    overall = ordered.groupby(keys, observed=True)[target].agg(["mean", "std"])
+    tail = ordered.groupby(keys, observed=True).tail(recent)
+    recent_mean = tail.groupby(keys, observed=True)[target].mean()
+    drift = (
+        (recent_mean - overall["mean"]).abs() / overall["std"].where(overall["std"] > 0)
+    ).dropna()
+    return float(drift.median()) if len(drift) else 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# Rules: pure functions of the statistics
+# --------------------------------------------------------------------------------------------
+def choose_target_normalizer(drift: float) -> Choice:
+    if drift > DRIFT_THRESHOLD:
+        return Choice(
+            "target_normalizer",
+            "encoder",
+            f"series drift from their overall level (median recent shift {drift:.2f} standard "
+            f"deviations > {DRIFT_THRESHOLD}): scaled per window, relative to the recent past",
+        )
+    return Choice(
+        "target_normalizer",
+        "group",
+        f"series keep their level (median recent shift {drift:.2f} standard deviations "
+        f"<= {DRIFT_THRESHOLD}): scaled per series",
+    )
+
+
+def _power_of_two_floor(value: float) -> int:
+    return 2 ** max(0, math.floor(math.log2(max(value, 1.0))))
+
+
+def choose_batch_size(windows: int) -> Choice:
+    size = min(MAX_BATCH, max(MIN_BATCH, _power_of_two_floor(windows / BATCHES_PER_PASS)))
+    return Choice(
+        "batch_size",
+        size,
+        f"{windows:,} training windows: about {BATCHES_PER_PASS} batches per pass, "
+        f"a power of two within {MIN_BATCH}-{MAX_BATCH}",
+    )
+
+
+def steps_per_pass(windows: int, batch_size: int) -> int:
+    return max(1, math.ceil(windows / batch_size))
+
+
+def choose_epoch_length(windows: int, batch_size: int) -> Choice:
+    steps = steps_per_pass(windows, batch_size)
+    if steps <= MAX_EPOCH_STEPS:
+        return Choice("limit_train_batches", 1.0, f"every batch ({steps}) in each epoch")
+    return Choice(
+        "limit_train_batches",
+        MAX_EPOCH_STEPS,
+        f"{MAX_EPOCH_STEPS} of {steps} batches per epoch, to validate (and keep the best "
+        "weights) often",
+    )
+
+
+def epoch_steps(windows: int, batch_size: int, limit: float) -> int:
+    """Batches in one epoch under Lightning's reading of limit_train_batches."""
+    steps = steps_per_pass(windows, batch_size)
+    return max(1, int(steps * limit)) if isinstance(limit, float) else min(steps, int(limit))
+
+
+def choose_max_epochs(windows: int, batch_size: int, epoch: int) -> Choice:
+    passes = steps_per_pass(windows, batch_size) * PASSES
+    budget = min(MAX_STEPS, max(MIN_STEPS, passes))
+    epochs = max(1, math.ceil(budget / epoch))
+    return Choice(
+        "max_epochs",
+        epochs,
+        f"a budget of {budget} steps ({PASSES} passes over the windows = {passes} steps, "
+        f"within {MIN_STEPS}-{MAX_STEPS}) in epochs of {epoch} batches",
+    )
+
+
+def choose_early_stopping_patience(epoch: int) -> Choice:
+    patience = max(6, math.ceil(PATIENCE_STEPS / epoch))
+    return Choice(
+        "early_stopping_patience",
+        patience,
+        f"at least 6 epochs and {PATIENCE_STEPS} steps without improvement; the best epoch's "
+        "weights are the model",
+    )
+
+
+def choose_reduce_on_plateau_patience(early_stopping_patience: int) -> Choice:
+    patience = max(1, early_stopping_patience // 3)
+    return Choice(
+        "reduce_on_plateau_patience",
+        patience,
+        "the learning rate halves a third of the way to early stopping",
+    )
+
+
+def choose_ema_decay(epoch: int) -> Choice:
+    steps = min(max(epoch, 10), MAX_EPOCH_STEPS)
+    return Choice(
+        "ema_decay",
+        round(1.0 - 1.0 / steps, 4),
+        f"the validated weights are an average over about {steps} steps (an epoch)",
+    )
+
+
+def choose_learning_rate(batch_size: int) -> Choice:
+    rate = round(REFERENCE_LEARNING_RATE * math.sqrt(batch_size / REFERENCE_BATCH), 5)
+    return Choice(
+        "learning_rate",
+        rate,
+        f"{REFERENCE_LEARNING_RATE} at batch {REFERENCE_BATCH} (tuned on Stallion), scaled by "
+        f"the square root of batch {batch_size}/{REFERENCE_BATCH}",
+    )
+
+
+def choose_hidden_size(windows: int, attention_heads: int) -> Choice:
+    size = 16 if windows < SMALL_DATA_WINDOWS else 32
+    size = math.ceil(size / attention_heads) * attention_heads  # heads divide the width
+    return Choice(
+        "hidden_size",
+        size,
+        f"{windows:,} training windows (width 16 below {SMALL_DATA_WINDOWS:,}, else 32)",
+    )
+
+
+def choose_hidden_continuous_size(hidden_size: int) -> Choice:
+    return Choice("hidden_continuous_size", max(1, hidden_size // 2), "half the width")
+
+
+def choose_dropout(windows: int) -> Choice:
+    rate = 0.2 if windows < LARGE_DATA_WINDOWS else 0.1
+    return Choice(
+        "dropout", rate, f"{windows:,} training windows (0.1 from {LARGE_DATA_WINDOWS:,} up)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Applying the rules to a configuration
+# --------------------------------------------------------------------------------------------
+def _fill(section: Any, choice: Choice, made: list[Choice]) -> Any:
+    """`section` with `choice` applied when the hyperparameter is unset; records it."""
+    if getattr(section, choice.name) is not None:
+        return section
+    made.append(choice)
+    return dataclasses.replace(section, **{choice.name: choice.value})
+
+
+def resolve_data(config: DataConfig, frame: pd.DataFrame) -> tuple[DataConfig, list[Choice]]:
+    """The dataset's automatic choices (before the TimeSeriesDataSet is built)."""
+    if config.target_normalizer != "auto":
+        return config, []
+    drift = level_drift(
+        frame, config.group_ids, config.time_idx, config.target, config.max_encoder_length
+    )
+    choice = choose_target_normalizer(drift)
+    return dataclasses.replace(config, target_normalizer=choice.value), [choice]
+
+
+def resolve_training(config: JobConfig, windows: int) -> tuple[JobConfig, list[Choice]]:
+    """The model's and the training's automatic choices, from the number of training windows."""
+    made: list[Choice] = []
+    model, training = config.model, config.training
+    training = _fill(training, choose_batch_size(windows), made)
+    training = _fill(training, choose_epoch_length(windows, training.batch_size), made)
+    epoch = epoch_steps(windows, training.batch_size, training.limit_train_batches)
+    training = _fill(training, choose_max_epochs(windows, training.batch_size, epoch), made)
+    training = _fill(training, choose_early_stopping_patience(epoch), made)
+    model = _fill(model, choose_reduce_on_plateau_patience(training.early_stopping_patience), made)
+    model = _fill(model, choose_ema_decay(epoch), made)
+    model = _fill(model, choose_learning_rate(training.batch_size), made)
+    model = _fill(model, choose_hidden_size(windows, model.attention_head_size), made)
+    model = _fill(model, choose_hidden_continuous_size(model.hidden_size), made)
+    model = _fill(model, choose_dropout(windows), made)
+    return dataclasses.replace(config, model=model, training=training), made
+
+
+# Every hyperparameter the recipe may choose: presets set all of them (tests check it).
+AUTOMATIC = (
+    "target_normalizer",
+    "batch_size",
+    "limit_train_batches",
+    "max_epochs",
+    "early_stopping_patience",
+    "reduce_on_plateau_patience",
+    "ema_decay",
+    "learning_rate",
+    "hidden_size",
+    "hidden_continuous_size",
+    "dropout",
+)

@@ -1,0 +1,77 @@
+"""A job whose TFT does not beat its baselines says so, and fails when it must not ship.
+
+The panel repeats a weekly pattern with a little noise, so the seasonal naive forecast is all
+but perfect: a TFT given a budget of two batches cannot come near it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TINY, SageMakerDir
+from test_training_job import metric_values, run_capturing
+
+SCHEMA = {
+    "target": "units",
+    "group_ids": "shop",
+    "date_column": "day",
+    "freq": "D",
+    "time_varying_unknown_reals": "units",
+    "max_encoder_length": "14",
+    "max_prediction_length": "7",
+}
+SHOPS = 8
+
+
+def weekly_panel(days: int = 63) -> pd.DataFrame:
+    week = np.array([5.0, 6.0, 7.0, 6.0, 9.0, 14.0, 12.0])
+    dates = pd.date_range("2024-01-01", periods=days, freq="D")
+    noise = np.random.default_rng(0).normal(0.0, 0.01, (SHOPS, days))
+    return pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "shop": f"shop-{i}",
+                    "day": dates,
+                    "units": (i + 1) * np.resize(week, days) + noise[i],
+                }
+            )
+            for i in range(SHOPS)
+        ],
+        ignore_index=True,
+    )
+
+
+@pytest.mark.slow
+def test_a_model_worse_than_a_baseline_is_reported(sm_job: SageMakerDir) -> None:
+    sm_job.write_data(weekly_panel())
+    result, stdout = run_capturing(sm_job, {**SCHEMA, **TINY})
+    assert result.code == 0, result.failure
+    metrics = json.loads((sm_job.model_dir / "metrics.json").read_text())
+    assert metrics["seasonal_naive_val_MAE"] < 0.05
+    assert metrics["beats_baselines"] is False
+    # Seasonal naive and ETS (which fits the season) are both all but perfect.
+    best = metrics["best_baseline"]
+    assert best in ("seasonal_naive", "ets")
+    assert metrics["baseline_margin"] > 1.0  # more than twice the best baseline's MAE
+    assert metrics["classical_windows"] == metrics["validation_windows"] == SHOPS
+    warnings = [line for line in stdout.splitlines() if " WARNING " in line]
+    assert any(f"does not beat the {best} baseline" in line for line in warnings)
+    values = metric_values(stdout)
+    assert values["beats_baselines"] == [0.0]
+    assert values["baseline_margin"] == [pytest.approx(metrics["baseline_margin"], rel=1e-5)]
+    assert values["final_val_MASE"] == [pytest.approx(metrics["val_MASE"], rel=1e-5)]
+
+
+@pytest.mark.slow
+def test_require_beating_baseline_fails_and_writes_no_model(sm_job: SageMakerDir) -> None:
+    sm_job.write_data(weekly_panel())
+    result = sm_job.run({**SCHEMA, **TINY, "require_beating_baseline": "true"})
+    assert result.code == 2
+    assert result.failure_line.startswith("require_beating_baseline: the TFT's validation MAE")
+    assert "baseline's on the same windows; no model was written" in result.failure_line
+    assert result.model_files == []  # nothing a pipeline could ship
+    metrics = json.loads((sm_job.output_dir / "data" / "metrics.json").read_text())
+    assert metrics["beats_baselines"] is False and metrics["val_MAE"] > 0

@@ -1,0 +1,172 @@
+"""The default recipe: every automatic choice is a pure function of statistics of the data, set
+values win over it, and presets fix everything it would choose."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tft_sagemaker import recipe
+from tft_sagemaker.config import build_config
+from tft_sagemaker.presets import PRESET_VALUES
+
+BASE = {"target": "y", "group_ids": "series"}
+
+
+def panel(values: dict[str, np.ndarray]) -> pd.DataFrame:
+    return pd.concat(
+        [
+            pd.DataFrame({"series": name, "time_idx": np.arange(len(y)), "y": y})
+            for name, y in values.items()
+        ],
+        ignore_index=True,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+def test_level_drift_of_a_straight_trend_and_a_stationary_series() -> None:
+    n, recent = 120, 12
+    trend = panel({"a": np.arange(n, dtype=float), "b": 5.0 * np.arange(n)})
+    # |mean of the last 12 - mean| / std of 0..119: (113.5 - 59.5) / 34.785
+    expected = (np.arange(n - recent, n).mean() - np.arange(n).mean()) / np.arange(n).std(ddof=1)
+    assert recipe.level_drift(trend, ["series"], "time_idx", "y", recent) == pytest.approx(expected)
+    assert expected == pytest.approx(1.552, abs=1e-3)
+
+    seasonal = np.tile([1.0, 3.0, 2.0, 4.0], n // 4)  # the last 12 hold 3 whole seasons
+    flat = panel({"a": seasonal, "b": seasonal + 10})
+    assert recipe.level_drift(flat, ["series"], "time_idx", "y", recent) == pytest.approx(0.0)
+
+
+def test_level_drift_reads_each_series_in_time_order_and_skips_constant_ones() -> None:
+    frame = panel({"a": np.arange(20, dtype=float), "b": np.full(20, 3.0)})
+    shuffled = frame.sample(frac=1.0, random_state=0)
+    ordered = recipe.level_drift(frame, ["series"], "time_idx", "y", 5)
+    assert recipe.level_drift(shuffled, ["series"], "time_idx", "y", 5) == pytest.approx(ordered)
+    # The constant series has no spread: the median is the trending series' drift alone.
+    alone = recipe.level_drift(frame[frame["series"].eq("a")], ["series"], "time_idx", "y", 5)
+    assert ordered == pytest.approx(alone)
+
+
+# --------------------------------------------------------------------------------------------
+# Rules
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("drift", "expected"), [(0.0, "group"), (0.5, "group"), (0.51, "encoder"), (1.7, "encoder")]
+)
+def test_target_normalizer(drift: float, expected: str) -> None:
+    choice = recipe.choose_target_normalizer(drift)
+    assert choice.value == expected
+    assert f"{drift:.2f}" in choice.reason
+
+
+@pytest.mark.parametrize(
+    ("windows", "expected"),
+    [(10, 32), (3_199, 32), (6_400, 64), (12_799, 64), (12_800, 128), (25_600, 256), (10**7, 256)],
+)
+def test_batch_size(windows: int, expected: int) -> None:
+    assert recipe.choose_batch_size(windows).value == expected
+
+
+@pytest.mark.parametrize(
+    ("windows", "batch", "limit", "epoch"),
+    [(3_200, 32, 1.0, 100), (3_201, 32, 100, 100), (50_000, 256, 100, 100), (640, 32, 1.0, 20)],
+)
+def test_epoch_length(windows: int, batch: int, limit: float, epoch: int) -> None:
+    chosen = recipe.choose_epoch_length(windows, batch).value
+    assert chosen == limit and type(chosen) is type(limit)  # 1.0: every batch; 100: a count
+    assert recipe.epoch_steps(windows, batch, chosen) == epoch
+
+
+@pytest.mark.parametrize(
+    ("windows", "batch", "epoch", "epochs"),
+    [
+        (640, 32, 20, 15),  # 6 passes = 120 steps: raised to the 300-step floor
+        (6_400, 64, 100, 5),  # 6 passes = 600 steps: capped at 500
+        (3_200, 32, 100, 5),  # 6 passes = 600 steps: capped at 500
+        (4_000, 64, 63, 6),  # 6 passes = 378 steps in epochs of 63
+        (1_000, 32, 32, 10),  # 6 passes = 192 steps: 300 in epochs of 32
+    ],
+)
+def test_max_epochs_spend_the_step_budget(
+    windows: int, batch: int, epoch: int, epochs: int
+) -> None:
+    assert recipe.choose_max_epochs(windows, batch, epoch).value == epochs
+
+
+@pytest.mark.parametrize(
+    ("epoch", "patience", "plateau"), [(100, 6, 2), (20, 15, 5), (1, 300, 100)]
+)
+def test_patience(epoch: int, patience: int, plateau: int) -> None:
+    assert recipe.choose_early_stopping_patience(epoch).value == patience
+    assert recipe.choose_reduce_on_plateau_patience(patience).value == plateau
+
+
+@pytest.mark.parametrize(
+    ("epoch", "decay"), [(1, 0.9), (10, 0.9), (50, 0.98), (100, 0.99), (500, 0.99)]
+)
+def test_ema_decay_averages_about_an_epoch(epoch: int, decay: float) -> None:
+    assert recipe.choose_ema_decay(epoch).value == pytest.approx(decay)
+
+
+@pytest.mark.parametrize(("batch", "rate"), [(256, 0.007), (64, 0.0035), (32, 0.002475)])
+def test_learning_rate_scales_with_the_square_root_of_the_batch(batch: int, rate: float) -> None:
+    assert recipe.choose_learning_rate(batch).value == pytest.approx(rate, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("windows", "heads", "hidden", "dropout"),
+    [(4_999, 2, 16, 0.2), (5_000, 2, 32, 0.2), (5_000, 3, 33, 0.2), (100_000, 4, 32, 0.1)],
+)
+def test_model_size(windows: int, heads: int, hidden: int, dropout: float) -> None:
+    assert recipe.choose_hidden_size(windows, heads).value == hidden
+    assert recipe.choose_hidden_continuous_size(hidden).value == hidden // 2
+    assert recipe.choose_dropout(windows).value == dropout
+
+
+# --------------------------------------------------------------------------------------------
+# Applying them
+# --------------------------------------------------------------------------------------------
+def test_resolve_fills_what_is_unset_and_keeps_what_is_set() -> None:
+    config = build_config({**BASE, "batch_size": "64", "dropout": "0.3", "ema_decay": "0"})
+    resolved, choices = recipe.resolve_training(config, windows=50_000)
+    chosen = {c.name: c.value for c in choices}
+    assert set(chosen) == set(recipe.AUTOMATIC) - {
+        "target_normalizer",
+        "batch_size",
+        "dropout",
+        "ema_decay",
+    }
+    assert (resolved.training.batch_size, resolved.model.dropout, resolved.model.ema_decay) == (
+        64,
+        0.3,
+        0.0,
+    )
+    # Rules downstream of a set value follow it: batches of 64 → 782 per pass, epochs of 100.
+    assert resolved.training.limit_train_batches == 100
+    assert resolved.model.learning_rate == pytest.approx(0.0035)
+    assert resolved.model.hidden_size == 32
+    flat = resolved.flat()
+    assert all(flat[name] is not None for name in recipe.AUTOMATIC)
+    assert all(str(c).startswith(f"{c.name}={c.value}: ") for c in choices)
+
+
+def test_resolve_data_chooses_the_normalizer_only_when_auto() -> None:
+    trend = panel({"a": np.arange(60.0), "b": np.arange(60.0) * 2})
+    config = build_config(BASE)
+    resolved, choices = recipe.resolve_data(config.data, trend)
+    assert resolved.target_normalizer == "encoder" and [c.name for c in choices] == [
+        "target_normalizer"
+    ]
+    fixed = build_config({**BASE, "target_normalizer": "group"}).data
+    assert recipe.resolve_data(fixed, trend) == (fixed, [])
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_VALUES))
+def test_presets_fix_everything_the_recipe_chooses(name: str) -> None:
+    config = build_config({"preset": name}, {}, PRESET_VALUES)
+    resolved, choices = recipe.resolve_training(config, windows=12_345)
+    assert choices == [] and resolved == config
+    assert recipe.resolve_data(config.data, pd.DataFrame())[1] == []
