@@ -386,28 +386,39 @@ class JobData:
     train: pd.DataFrame  # rows the model is fitted on
     validation: pd.DataFrame  # series whose last max_prediction_length steps are validated
     time_axis: TimeAxis | None
+    dropped: pd.DataFrame | None = None  # series left out (drop_short_series): ids, reason
+
+
+def _dropped_series(
+    before: pd.DataFrame, after: pd.DataFrame, config: DataConfig, reason: str
+) -> pd.DataFrame:
+    """The series of `before` that validation left out of `after`, each with `reason`."""
+    series = before[config.group_ids].drop_duplicates()
+    kept = after[config.group_ids].drop_duplicates().assign(_kept=True)
+    gone = series.merge(kept, on=config.group_ids, how="left")["_kept"].isna().to_numpy()
+    return series[gone].assign(reason=reason).reset_index(drop=True)
 
 
 def load_job_data(paths: JobPaths, config: DataConfig) -> JobData:
     """Read, prepare and validate the channels; hold out a validation horizon if needed."""
     raw_train = read_channel(paths, "train", required=True)
     time_axis = time_axis_for(raw_train, config, "train")
-    train = prepare_frame(raw_train, config, "train", time_axis)
+    prepared = prepare_frame(raw_train, config, "train", time_axis)
     raw_validation = read_channel(paths, "validation", required=False)
-    if raw_validation is None:
-        train = validate_frame(train, config, "train", min_series_length(config, holdout=True))
-        return JobData(split_holdout(train, config), train, time_axis)
-    train = validate_frame(train, config, "train", min_series_length(config, holdout=False))
+    holdout = raw_validation is None
+    length = min_series_length(config, holdout=holdout)
+    train = validate_frame(prepared, config, "train", length)
+    dropped = [_dropped_series(prepared, train, config, f"train: shorter than {length} steps")]
+    if holdout:
+        return JobData(split_holdout(train, config), train, time_axis, pd.concat(dropped))
     validation = prepare_frame(raw_validation, config, "validation", time_axis)
     validation = validate_frame(validation, config, "validation", min_length=1)
     merged = merge_validation(train, validation, config)
-    merged = validate_frame(
-        merged,
-        config,
-        "validation (with its history from train)",
-        config.resolved_min_encoder_length + config.min_prediction_length,
-    )
-    return JobData(train, merged, time_axis)
+    length = config.resolved_min_encoder_length + config.min_prediction_length
+    checked = validate_frame(merged, config, "validation (with its history from train)", length)
+    reason = f"validation: history and horizon shorter than {length} steps"
+    dropped.append(_dropped_series(merged, checked, config, reason))
+    return JobData(train, checked, time_axis, pd.concat(dropped, ignore_index=True))
 
 
 def describe_frame(frame: pd.DataFrame, config: DataConfig) -> Mapping[str, int]:

@@ -7,7 +7,7 @@ command both go through `forecast()` here, in a single process.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,12 +50,17 @@ def _batches(
         yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in x.items()}, target
 
 
+# Sees each batch's input and the model's raw output (interpret.py sums the interpretation).
+BatchObserver = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], None]
+
+
 @torch.no_grad()
 def forecast(
     model: TemporalFusionTransformer,
     dataset: TimeSeriesDataSet,
     batch_size: int = 1024,
     device: torch.device | str = "cpu",
+    observe: BatchObserver | None = None,
 ) -> Forecast:
     device = torch.device(device)
     model = model.to(device).eval()
@@ -63,6 +68,8 @@ def forecast(
     index, quantiles, naive, actuals, lengths = [], [], [], [], []
     for x, target in _batches(dataset, batch_size, device):
         out = model(x)
+        if observe is not None:
+            observe(x, out)
         quantiles.append(model.to_quantiles(out).float().cpu())
         naive.append(baseline(x)["prediction"].float().cpu())
         actuals.append(target.float().cpu())
@@ -114,6 +121,14 @@ def score(result: Forecast, quantiles: list[float]) -> dict[str, float]:
     metrics["validation_windows"] = len(result.index)
     metrics["validation_points"] = int(result.lengths.sum())
     return metrics
+
+
+def window_errors(result: Forecast, quantiles: list[float]) -> np.ndarray:
+    """Each window's MAE of the median over its forecast steps."""
+    median = result.quantiles[..., quantiles.index(0.5)]
+    steps = torch.arange(median.shape[1])[None, :] < result.lengths[:, None]
+    errors = ((median - result.actuals).abs() * steps).sum(1) / result.lengths
+    return errors.numpy()
 
 
 def to_frame(result: Forecast, quantiles: list[float], time_idx: str) -> pd.DataFrame:

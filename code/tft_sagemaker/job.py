@@ -8,6 +8,7 @@ validated before any training starts, and the model directory is written only at
 from __future__ import annotations
 
 import ctypes
+import io
 import json
 import logging
 import os
@@ -19,9 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from PIL import Image
 from pytorch_forecasting import TimeSeriesDataSet
 
 from .artifacts import write_model_artifacts
@@ -35,19 +39,33 @@ from .data import (
     find_config_file,
     load_config_file,
     load_job_data,
+    read_channel,
 )
 from .dataset import build_training_dataset, build_validation_dataset
 from .errors import JobError, write_failure
 from .evaluate import forecast, score
+from .interpret import InterpretationSum, largest_series
 from .launch import LaunchPlan, plan_launch, read_resource_config, wait_for_hosts
 from .loaders import LoaderSettings, make_loader
 from .metrics import format_metric_line
 from .model import TemporalFusionTransformerDDP, build_model, scaled_learning_rate
 from .paths import JobPaths
+from .predict import PredictionInput, forecast_table, prepare_prediction
 from .presets import PRESET_VALUES
-from .trainer import build_trainer
+from .report import (
+    FIGURES_DIR,
+    REPORT_FILE,
+    check_report_series,
+    data_summary,
+    plotted_series,
+    write_report,
+)
+from .trainer import MetricLines, build_trainer
 
 log = logging.getLogger("tft_sagemaker")
+
+FORECAST_CHANNEL = "forecast"
+FORECAST_FILE = "forecast.parquet"
 
 
 def load_config(argv: Sequence[str], paths: JobPaths) -> JobConfig:
@@ -161,6 +179,7 @@ class Job:
     model: TemporalFusionTransformerDDP
     trainer: pl.Trainer
     loaders: LoaderSettings
+    forecast_input: PredictionInput | None  # the `forecast` channel, checked
 
 
 def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
@@ -179,6 +198,17 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
     training = build_training_dataset(data.train, config.data)
     validation = build_validation_dataset(training, data.validation)
     log.info("windows: %d training, %d validation", len(training), len(validation))
+    if config.report.report:
+        check_report_series(data.validation, config)
+    # Checked before training, so that a bad channel costs no training time.
+    raw_forecast = read_channel(paths, FORECAST_CHANNEL, required=False)
+    forecast_input = (
+        None
+        if raw_forecast is None
+        else prepare_prediction(
+            raw_forecast, training.get_parameters(), config.data, data.time_axis, FORECAST_CHANNEL
+        )
+    )
 
     model = build_model(training, config.model, config.training.fused_variable_selection)
     trainer = build_trainer(config, plan, paths, fingerprint(config))
@@ -208,7 +238,9 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
         device=trainer.strategy.root_device,
         threads_per_process=plan.threads_per_process,
     )
-    return Job(config, plan, paths, data, training, validation, model, trainer, loaders)
+    return Job(
+        config, plan, paths, data, training, validation, model, trainer, loaders, forecast_input
+    )
 
 
 def fit(job: Job, resume: Path | None = None) -> None:
@@ -225,7 +257,9 @@ def fit(job: Job, resume: Path | None = None) -> None:
 
 def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, float]:
     """Global rank 0: the best checkpoint and the Baseline on the validation windows, in one
-    process; then the model directory."""
+    process, interpreted in the same pass (unless report=false); then the model directory,
+    the `forecast` channel's forecasts, the report and the final TensorBoard entries."""
+    config = job.config
     best = Path(job.trainer.checkpoint_callback.best_model_path)
     log.info("evaluating %s on %d validation windows", best.name, len(job.validation))
     # Checkpoints pickle the loss and dataset parameters: this job wrote this one (trusted).
@@ -234,27 +268,104 @@ def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, float]:
         best, map_location="cpu", weights_only=False
     )
     device = job.trainer.strategy.root_device
-    results = score(forecast(best_model, job.validation, device=device), job.config.model.quantiles)
+    interpretation = (
+        InterpretationSum(
+            best_model,
+            job.validation,
+            largest_series(job.data.validation, config.data),
+            config.data.target,
+        )
+        if config.report.report
+        else None
+    )
+    result = forecast(best_model, job.validation, device=device, observe=interpretation)
+    results = score(result, config.model.quantiles)
     results |= {
         "best_epoch": checkpoint["epoch"],
         "epochs_trained": job.trainer.current_epoch,
         "world_size": job.plan.world_size,
         **timings,
     }
+    history = next(c for c in job.trainer.callbacks if isinstance(c, MetricLines)).history
+    report_data = {"history": history, "data": data_summary(job.data, config.data)}
+    if interpretation is not None:
+        started = time.monotonic()
+        report_data |= {
+            "interpretation": interpretation.result(),
+            "series": plotted_series(result, job.data.validation, config),
+        }
+        interpretation.seconds += time.monotonic() - started
     write_model_artifacts(
         job.paths.model_dir,
         checkpoint,
         job.training.get_parameters(),
-        job.config,
+        config,
         job.data.time_axis,
         results,
+        report_data,
     )
     final = {
         f"final_{k}" if k.startswith("val_") else k: v for k, v in results.items() if "val_" in k
     }
     print(format_metric_line(final), flush=True)
     log.info("model written to %s", job.paths.model_dir)
+    if job.forecast_input is not None:
+        _write_forecasts(job, best_model, device)
+    figures = _write_report(job, interpretation.seconds) if interpretation is not None else {}
+    _log_to_tensorboard(job.trainer, results["val_MAE"], figures)
     return results
+
+
+def _write_forecasts(job: Job, model: TemporalFusionTransformerDDP, device: torch.device) -> None:
+    """The best model's forecasts for the `forecast` channel, as the predict command's."""
+    assert job.forecast_input is not None
+    table = forecast_table(
+        model,
+        job.forecast_input,
+        job.config.data,
+        job.config.model.quantiles,
+        job.data.time_axis,
+        device=device,
+    )
+    path = job.paths.output_data_dir / FORECAST_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    table.to_parquet(partial, index=False)
+    os.replace(partial, path)
+    series = table[job.config.data.group_ids].drop_duplicates().shape[0]
+    log.info("forecast channel: %d forecasts for %d series in %s", len(table), series, path)
+
+
+def _write_report(job: Job, interpretation_s: float) -> dict[str, bytes]:
+    """report.html, its figures and interpretation.json in output/data. The model directory is
+    already written: a figure that cannot be drawn is logged, and does not fail the job."""
+    started = time.monotonic()
+    output = job.paths.output_data_dir
+    try:
+        figures = write_report(job.paths.model_dir, output / REPORT_FILE, output / FIGURES_DIR)
+    except Exception:
+        log.exception("the report could not be written (the model is saved)")
+        return {}
+    log.info(
+        "report: %s; interpretation %.2f s, figures and page %.2f s (report=false skips both)",
+        output / REPORT_FILE,
+        interpretation_s,
+        time.monotonic() - started,
+    )
+    return figures
+
+
+def _log_to_tensorboard(trainer: pl.Trainer, val_mae: float, figures: dict[str, bytes]) -> None:
+    """The final validation MAE as `hp_metric` (the HParams view's column, where Lightning
+    put a -1 placeholder when training started), and the report's figures as images."""
+    if not isinstance(trainer.logger, TensorBoardLogger):
+        return
+    writer = trainer.logger.experiment  # reopens the event file Lightning closed after fit
+    writer.add_scalar("hp_metric", val_mae, trainer.global_step)
+    for name, png in figures.items():
+        image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        writer.add_image(f"report/{name}", image, trainer.global_step, dataformats="HWC")
+    writer.close()
 
 
 def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, float]:

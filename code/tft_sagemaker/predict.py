@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from pytorch_forecasting import TimeSeriesDataSet
+from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
 
 from .artifacts import TrainedModel, load_trained_model
 from .config import DataConfig
@@ -56,36 +58,80 @@ def _dates(time_idx: pd.Series, axis: TimeAxis) -> pd.Series:
     return pd.Series(grid[time_idx.to_numpy()], index=time_idx.index)
 
 
-def predict_frame(
-    trained: TrainedModel, frame: pd.DataFrame, batch_size: int = 1024, device: str = "cpu"
-) -> pd.DataFrame:
-    """Forecasts for the last `max_prediction_length` steps of every series in `frame`."""
-    config = trained.config.data
-    prepared = prepare_frame(frame, config, "the prediction data", trained.time_axis)
+@dataclass
+class PredictionInput:
+    """New data ready for the model: its windows, and the actual targets it holds."""
+
+    dataset: TimeSeriesDataSet
+    actuals: pd.DataFrame
+
+
+def prepare_prediction(
+    frame: pd.DataFrame,
+    dataset_parameters: dict[str, Any],
+    config: DataConfig,
+    time_axis: TimeAxis | None,
+    label: str = "the prediction data",
+) -> PredictionInput:
+    """Windows for the last `max_prediction_length` steps of every series in `frame`, checked
+    (the job prepares its `forecast` channel with this before training)."""
+    prepared = prepare_frame(frame, config, label, time_axis)
     actuals = prepared[[*config.group_ids, config.time_idx, config.target]]
     prepared = validate_frame(
         _fill_future(prepared, config),
         config,
-        "the prediction data",
+        label,
         config.resolved_min_encoder_length + 1,
     )
     dataset = TimeSeriesDataSet.from_parameters(
-        trained.dataset_parameters, prepared, predict=True, stop_randomization=True
+        dataset_parameters, prepared, predict=True, stop_randomization=True
     )
-    result = forecast(trained.model, dataset, batch_size=batch_size, device=device)
-    out = to_frame(result, trained.config.model.quantiles, config.time_idx)
+    return PredictionInput(dataset, actuals)
+
+
+def forecast_table(
+    model: TemporalFusionTransformer,
+    data: PredictionInput,
+    config: DataConfig,
+    quantiles: list[float],
+    time_axis: TimeAxis | None,
+    batch_size: int = 1024,
+    device: torch.device | str = "cpu",
+) -> pd.DataFrame:
+    """The forecasts of `model` for prepared data: what `predict` and the job's `forecast`
+    channel write."""
+    result = forecast(model, data.dataset, batch_size=batch_size, device=device)
+    out = to_frame(result, quantiles, config.time_idx)
     keys = [*config.group_ids, config.time_idx]
+    actuals = data.actuals
     for column in config.group_ids:  # decoded ids come back as plain values
         out[column] = out[column].astype(str)
         actuals = actuals.assign(**{column: actuals[column].astype(str)})
     out = out.merge(actuals.rename(columns={config.target: "actual"}), on=keys, how="left")
-    if trained.time_axis is not None and config.date_column:
+    if time_axis is not None and config.date_column:
         out.insert(
             len(config.group_ids) + 1,
             config.date_column,
-            _dates(out[config.time_idx], trained.time_axis),
+            _dates(out[config.time_idx], time_axis),
         )
     return out
+
+
+def predict_frame(
+    trained: TrainedModel, frame: pd.DataFrame, batch_size: int = 1024, device: str = "cpu"
+) -> pd.DataFrame:
+    """Forecasts for the last `max_prediction_length` steps of every series in `frame`."""
+    config = trained.config
+    data = prepare_prediction(frame, trained.dataset_parameters, config.data, trained.time_axis)
+    return forecast_table(
+        trained.model,
+        data,
+        config.data,
+        config.model.quantiles,
+        trained.time_axis,
+        batch_size,
+        device,
+    )
 
 
 def _read(path: Path) -> pd.DataFrame:

@@ -50,10 +50,31 @@ MONITOR = "val_loss"
 
 
 class MetricLines(Callback):
-    """Prints `[metrics] epoch=... train_loss=... val_loss=... val_MAE=...` after each epoch."""
+    """Prints `[metrics] epoch=... train_loss=... val_loss=... val_MAE=...` after each epoch,
+    and keeps those values in `history` for the report's training curve. The history is
+    checkpointed with the callback, so a resumed job reports the epochs before it too; as the
+    epoch's checkpoints are saved when validation ends, the validation values are recorded
+    then, and the epoch's entry is completed when it ends."""
 
     def __init__(self) -> None:
         self.started = time.monotonic()
+        self.history: list[dict[str, float]] = []
+
+    def _record(self, values: dict[str, float | None]) -> None:
+        entry = {k: v for k, v in values.items() if v is not None}
+        if self.history and self.history[-1]["epoch"] == entry["epoch"]:
+            self.history[-1] |= entry
+        else:
+            self.history.append(entry)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        names = ("val_loss", "val_MAE", "val_SMAPE", "val_RMSE")
+        self._record(
+            {"epoch": trainer.current_epoch} | {n: float(metrics[n]) for n in names if n in metrics}
+        )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -63,19 +84,24 @@ class MetricLines(Callback):
         def value(name: str) -> float | None:
             return float(metrics[name]) if name in metrics else None
 
-        line = format_metric_line(
-            {
-                "epoch": trainer.current_epoch,
-                "train_loss": value("train_loss_epoch"),
-                "val_loss": value("val_loss"),
-                "val_MAE": value("val_MAE"),
-                "val_SMAPE": value("val_SMAPE"),
-                "val_RMSE": value("val_RMSE"),
-                "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None,
-                "elapsed_s": time.monotonic() - self.started,
-            }
-        )
-        print(line, flush=True)
+        values = {
+            "epoch": trainer.current_epoch,
+            "train_loss": value("train_loss_epoch"),
+            "val_loss": value("val_loss"),
+            "val_MAE": value("val_MAE"),
+            "val_SMAPE": value("val_SMAPE"),
+            "val_RMSE": value("val_RMSE"),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None,
+            "elapsed_s": time.monotonic() - self.started,
+        }
+        self._record(values)
+        print(format_metric_line(values), flush=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
 
 
 class LoaderPosition(Callback):
