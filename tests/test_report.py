@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
+import subprocess
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -17,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY, SageMakerDir
+from conftest import ROOT, TINY, SageMakerDir
 from PIL import Image
 from test_training_job import HORIZON, future_rows, pack_model
 
@@ -287,6 +289,31 @@ def test_report_command_writes_the_same_page(reported: Reported, tmp_path: Path)
         output = tmp_path / f"{model.name}.html"
         assert report.main([str(model), "--output", str(output)]) == 0
         assert output.read_text() == page
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_the_page_in_a_browser(reported: Reported, tmp_path: Path) -> None:
+    """local_test/check_report.sh (what `make e2e` runs on a container's report) passes the
+    page, and fails a copy with one image cut short."""
+
+    def check(page: Path) -> subprocess.CompletedProcess[str]:
+        command = [str(ROOT / "local_test" / "check_report.sh"), str(page), str(tmp_path / "a.png")]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+
+    page = reported.data_dir / "report.html"
+    good = check(page)
+    assert good.returncode == 0, good.stderr
+    assert f"{len(FIGURES)} images decoded" in good.stdout
+    assert decode_png((tmp_path / "a.png").read_bytes()).width == 1280
+
+    text = page.read_text()
+    start = text.index("base64,") + len("base64,")
+    broken = tmp_path / "broken.html"
+    broken.write_text(text[:start] + "iVBORw0KGgo" + text[start + 400 :])
+    bad = check(broken)
+    assert bad.returncode == 1
+    assert "1 image(s) not decoded: ['training curve']" in bad.stderr
 
 
 # --------------------------------------------------------------------------------------------
