@@ -8,7 +8,6 @@ validated before any training starts, and the model directory is written only at
 from __future__ import annotations
 
 import ctypes
-import io
 import json
 import logging
 import os
@@ -20,12 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 import torch.distributed as dist
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from PIL import Image
 from pytorch_forecasting import TimeSeriesDataSet
 
 from .artifacts import write_model_artifacts
@@ -50,17 +46,10 @@ from .loaders import LoaderSettings, make_loader
 from .metrics import format_metric_line
 from .model import TemporalFusionTransformerDDP, build_model, scaled_learning_rate
 from .paths import JobPaths
-from .predict import PredictionInput, forecast_table, prepare_prediction
+from .predict import PredictionInput, forecast_table, prepare_prediction, write_forecasts
 from .presets import PRESET_VALUES
-from .report import (
-    FIGURES_DIR,
-    REPORT_FILE,
-    check_report_series,
-    data_summary,
-    plotted_series,
-    write_report,
-)
-from .trainer import MetricLines, build_trainer
+from .report import check_report_series, data_summary, plotted_series, write_job_report
+from .trainer import MetricLines, build_trainer, log_final_results
 
 log = logging.getLogger("tft_sagemaker")
 
@@ -288,13 +277,14 @@ def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, float]:
     }
     history = next(c for c in job.trainer.callbacks if isinstance(c, MetricLines)).history
     report_data = {"history": history, "data": data_summary(job.data, config.data)}
+    interpretation_s = 0.0  # the time interpreting and choosing the plotted series takes
     if interpretation is not None:
         started = time.monotonic()
         report_data |= {
             "interpretation": interpretation.result(),
             "series": plotted_series(result, job.data.validation, config),
         }
-        interpretation.seconds += time.monotonic() - started
+        interpretation_s = interpretation.seconds + time.monotonic() - started
     write_model_artifacts(
         job.paths.model_dir,
         checkpoint,
@@ -310,62 +300,22 @@ def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, float]:
     print(format_metric_line(final), flush=True)
     log.info("model written to %s", job.paths.model_dir)
     if job.forecast_input is not None:
-        _write_forecasts(job, best_model, device)
-    figures = _write_report(job, interpretation.seconds) if interpretation is not None else {}
-    _log_to_tensorboard(job.trainer, results["val_MAE"], figures)
+        forecasts = forecast_table(
+            best_model,
+            job.forecast_input,
+            config.data,
+            config.model.quantiles,
+            job.data.time_axis,
+            device=device,
+        )
+        write_forecasts(forecasts, job.paths.output_data_dir / FORECAST_FILE, config.data)
+    figures = (
+        write_job_report(job.paths.model_dir, job.paths.output_data_dir, interpretation_s)
+        if config.report.report
+        else {}
+    )
+    log_final_results(job.trainer, results["val_MAE"], figures)
     return results
-
-
-def _write_forecasts(job: Job, model: TemporalFusionTransformerDDP, device: torch.device) -> None:
-    """The best model's forecasts for the `forecast` channel, as the predict command's."""
-    assert job.forecast_input is not None
-    table = forecast_table(
-        model,
-        job.forecast_input,
-        job.config.data,
-        job.config.model.quantiles,
-        job.data.time_axis,
-        device=device,
-    )
-    path = job.paths.output_data_dir / FORECAST_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    table.to_parquet(partial, index=False)
-    os.replace(partial, path)
-    series = table[job.config.data.group_ids].drop_duplicates().shape[0]
-    log.info("forecast channel: %d forecasts for %d series in %s", len(table), series, path)
-
-
-def _write_report(job: Job, interpretation_s: float) -> dict[str, bytes]:
-    """report.html, its figures and interpretation.json in output/data. The model directory is
-    already written: a figure that cannot be drawn is logged, and does not fail the job."""
-    started = time.monotonic()
-    output = job.paths.output_data_dir
-    try:
-        figures = write_report(job.paths.model_dir, output / REPORT_FILE, output / FIGURES_DIR)
-    except Exception:
-        log.exception("the report could not be written (the model is saved)")
-        return {}
-    log.info(
-        "report: %s; interpretation %.2f s, figures and page %.2f s (report=false skips both)",
-        output / REPORT_FILE,
-        interpretation_s,
-        time.monotonic() - started,
-    )
-    return figures
-
-
-def _log_to_tensorboard(trainer: pl.Trainer, val_mae: float, figures: dict[str, bytes]) -> None:
-    """The final validation MAE as `hp_metric` (the HParams view's column, where Lightning
-    put a -1 placeholder when training started), and the report's figures as images."""
-    if not isinstance(trainer.logger, TensorBoardLogger):
-        return
-    writer = trainer.logger.experiment  # reopens the event file Lightning closed after fit
-    writer.add_scalar("hp_metric", val_mae, trainer.global_step)
-    for name, png in figures.items():
-        image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-        writer.add_image(f"report/{name}", image, trainer.global_step, dataformats="HWC")
-    writer.close()
 
 
 def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, float]:

@@ -86,7 +86,7 @@ def forecast(series: Mapping[str, Any], title: str) -> bytes:
     dated = series.get("dates", False)
 
     def axis(values: list[Any]) -> np.ndarray:
-        return pd.to_datetime(values).to_numpy() if dated else np.asarray(values)
+        return pd.to_datetime(values, format="ISO8601").to_numpy() if dated else np.asarray(values)
 
     x_past, x_future = axis(history["x"]), axis(horizon["x"])
     quantiles = {float(q): np.asarray(v, dtype=float) for q, v in horizon["quantiles"].items()}

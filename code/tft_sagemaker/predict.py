@@ -134,6 +134,16 @@ def predict_frame(
     )
 
 
+def write_forecasts(forecasts: pd.DataFrame, path: Path, config: DataConfig) -> None:
+    """Forecasts to parquet, whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    forecasts.to_parquet(partial, index=False)
+    os.replace(partial, path)
+    series = forecasts[config.group_ids].drop_duplicates().shape[0]
+    print(f"wrote {len(forecasts)} forecasts for {series} series to {path}", flush=True)
+
+
 def _read(path: Path) -> pd.DataFrame:
     if path.is_dir():
         files = channel_files(path)
@@ -165,12 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     except JobError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.output.with_name(f".{args.output.name}.partial")
-    forecasts.to_parquet(partial, index=False)
-    os.replace(partial, args.output)
-    series = forecasts[trained.config.data.group_ids].drop_duplicates().shape[0]
-    print(f"wrote {len(forecasts)} forecasts for {series} series to {args.output}")
+    write_forecasts(forecasts, args.output, trained.config.data)
     if forecasts["actual"].notna().any():
         known = forecasts.dropna(subset=["actual"])
         print(

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,9 +77,12 @@ def check_report_series(frame: pd.DataFrame, config: JobConfig) -> None:
 
 
 def _time_values(frame: pd.DataFrame, config: DataConfig) -> pd.Series:
-    if config.date_column:
-        return frame[config.date_column].dt.strftime("%Y-%m-%d %H:%M").str.removesuffix(" 00:00")
-    return frame[config.time_idx]
+    """Dates as ISO text (with the time of day unless every one is midnight), else time_idx."""
+    if not config.date_column:
+        return frame[config.time_idx]
+    dates = frame[config.date_column]
+    midnight = bool((dates == dates.dt.normalize()).all())
+    return dates.dt.strftime("%Y-%m-%d" if midnight else "%Y-%m-%dT%H:%M")
 
 
 def _describe(frame: pd.DataFrame, config: DataConfig) -> dict[str, Any]:
@@ -470,6 +474,25 @@ def write_report(model: str | os.PathLike[str], output: Path, figures_dir: Path 
     partial = output.with_name(f".{output.name}.partial")
     partial.write_text(render_html(run, drawn))
     os.replace(partial, output)
+    return drawn
+
+
+def write_job_report(model_dir: Path, output_dir: Path, interpretation_s: float) -> dict:
+    """The job's report.html, figures and interpretation.json in output/data, from the model
+    directory just written. A page that cannot be drawn is logged and does not fail the job:
+    the model is saved, and this module's command can draw the page again later."""
+    started = time.monotonic()
+    try:
+        drawn = write_report(model_dir, output_dir / REPORT_FILE, output_dir / FIGURES_DIR)
+    except Exception:
+        log.exception("report.html could not be written (the model is saved)")
+        return {}
+    log.info(
+        "report: %s; interpretation %.2f s, figures and page %.2f s (report=false skips both)",
+        output_dir / REPORT_FILE,
+        interpretation_s,
+        time.monotonic() - started,
+    )
     return drawn
 
 

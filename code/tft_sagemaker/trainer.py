@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from PIL import Image
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .checkpoints import STAMP
@@ -371,3 +373,17 @@ def build_trainer(
         log_every_n_steps=50,
         num_sanity_val_steps=1,
     )
+
+
+def log_final_results(trainer: pl.Trainer, val_mae: float, figures: dict[str, bytes]) -> None:
+    """After the final evaluation: its validation MAE as `hp_metric`, the HParams view's column
+    (Lightning wrote a -1 placeholder there when training started), so runs and tuning trials
+    compare in one table; and the report's figures (PNG) as images."""
+    if not isinstance(trainer.logger, TensorBoardLogger):
+        return
+    writer = trainer.logger.experiment  # reopens the event file that Lightning closed
+    writer.add_scalar("hp_metric", val_mae, trainer.global_step)
+    for name, png in figures.items():
+        image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        writer.add_image(f"report/{name}", image, trainer.global_step, dataformats="HWC")
+    writer.close()
