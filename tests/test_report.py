@@ -421,6 +421,31 @@ def test_mape_is_logged_only_without_zero_targets(small_panel: pd.DataFrame) -> 
     }
 
 
+def test_dropped_series_are_listed_with_their_reason(
+    sm_job: SageMakerDir, tiny_panel: pd.DataFrame
+) -> None:
+    from tft_sagemaker.config import build_config
+    from tft_sagemaker.data import load_job_data
+    from tft_sagemaker.paths import JobPaths
+    from tft_sagemaker.presets import PRESET_VALUES
+
+    first = tiny_panel["store"].eq("store_000") & tiny_panel["product"].eq("product_00")
+    short = tiny_panel[~first | (tiny_panel["week"] >= tiny_panel["week"].unique()[50])]
+    sm_job.write_data(short)  # store_000/product_00: 10 weeks, shorter than one window
+    config = build_config({"preset": "synthetic", "drop_short_series": "true"}, {}, PRESET_VALUES)
+    data = load_job_data(JobPaths.from_env({"SAGEMAKER_BASE_DIR": str(sm_job.base)}), config.data)
+    summary = report.data_summary(data, config.data)
+    # 13 (min encoder) + 1 (min prediction) + 8 (the held-out horizon) steps
+    dropped = {"series": "store_000/product_00", "reason": "train: shorter than 22 steps"}
+    assert (summary["dropped_count"], summary["dropped"]) == (1, [dropped])
+    assert summary["train"]["series"] == summary["validation"]["series"] == N_SERIES - 1
+
+    run = report.SavedRun(config.to_dict(), None, {}, {}, {"data": summary})
+    words = " ".join(parse_page(report.render_html(run, {})).text)
+    assert "Series dropped: 1." in words
+    assert "store_000/product_00 train: shorter than 22 steps" in words
+
+
 # --------------------------------------------------------------------------------------------
 # report=false, and what is refused before training
 # --------------------------------------------------------------------------------------------

@@ -27,21 +27,18 @@ GROUPS = ("static_variables", "encoder_variables", "decoder_variables")
 _SUMMED = (*GROUPS, "attention")
 
 
-def series_name(values: tuple[Any, ...] | list[Any]) -> str:
-    """A series as users name it (`report_series`): its group id values joined by '/'."""
-    return "/".join(str(v) for v in values)
+def series_names(frame: pd.DataFrame, group_ids: list[str]) -> pd.Series:
+    """Each row's series as users name it (`report_series`): its group ids joined by '/'."""
+    names = frame[group_ids[0]].astype(str)
+    for column in group_ids[1:]:
+        names = names + "/" + frame[column].astype(str)
+    return names
 
 
 def largest_series(frame: pd.DataFrame, config: DataConfig, n: int = LARGEST_SERIES) -> list[str]:
     """The `n` series with the largest total absolute target in `frame`."""
-    totals = (
-        frame[config.target]
-        .abs()
-        .groupby([frame[g].astype(str) for g in config.group_ids], observed=True, sort=False)
-        .sum()
-        .nlargest(n, keep="first")
-    )
-    return [series_name(key if isinstance(key, tuple) else (key,)) for key in totals.index]
+    totals = frame[config.target].abs().groupby(series_names(frame, config.group_ids)).sum()
+    return totals.nlargest(n, keep="first").index.tolist()
 
 
 def derived_variables(model: TemporalFusionTransformer, target: str) -> dict[str, str]:
@@ -77,7 +74,7 @@ def _attention(values: torch.Tensor) -> dict[str, list[float] | list[int]]:
 
 class InterpretationSum:
     """Sums `interpret_output(out, reduction="sum")` over batches, for all windows and for a
-    few named series (`focus`, names as `series_name` makes them)."""
+    few named series (`focus`, names as `series_names` makes them)."""
 
     def __init__(
         self,
@@ -91,8 +88,7 @@ class InterpretationSum:
         self.seconds = 0.0  # time spent here (the cost of interpreting)
         self.totals: dict[str, torch.Tensor] = {}
         # The encoded group ids of each focus series, to find its windows in a batch.
-        decoded = dataset.decoded_index[dataset.group_ids].astype(str)
-        names = [series_name(row) for row in decoded.itertuples(index=False)]
+        names = series_names(dataset.decoded_index, dataset.group_ids).tolist()
         codes = dataset.data["groups"][
             torch.as_tensor(dataset.index["index_start"].to_numpy(copy=True))
         ]

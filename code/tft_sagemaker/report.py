@@ -39,7 +39,7 @@ from .config import FIELDS, DataConfig, JobConfig
 from .data import JobData
 from .errors import DataError, JobError
 from .evaluate import Forecast, window_errors
-from .interpret import GROUPS, series_name
+from .interpret import GROUPS, series_names
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +52,14 @@ _LISTED = 50  # dropped series listed by name in the data summary
 # --------------------------------------------------------------------------------------------
 # Collected by the job (global rank 0), saved as report_data.json
 # --------------------------------------------------------------------------------------------
-def _names(frame: pd.DataFrame, group_ids: list[str]) -> pd.Series:
-    """Each row's series name (`interpret.series_name`)."""
-    columns = [frame[g].astype(str) for g in group_ids]
-    names = columns[0]
-    for column in columns[1:]:
-        names = names + "/" + column
-    return names
-
-
 def check_report_series(frame: pd.DataFrame, config: JobConfig) -> None:
     """Before training: every series named in `report_series` must be validated."""
     if not config.report.report_series:
         return
-    known = set(_names(frame, config.data.group_ids).unique())
+    known = set(series_names(frame, config.data.group_ids).unique())
     missing = [name for name in config.report.report_series if name not in known]
     if missing:
-        example = series_name(frame[config.data.group_ids].astype(str).iloc[0].tolist())
+        example = series_names(frame.head(1), config.data.group_ids).iloc[0]
         raise DataError(
             f"report_series names {len(missing)} series that are not in the validation data: "
             f"{', '.join(missing[:5])}; name each by its {'/'.join(config.data.group_ids)} "
@@ -109,7 +100,7 @@ def data_summary(data: JobData, config: DataConfig) -> dict[str, Any]:
         "dropped": [
             {"series": name, "reason": reason}
             for name, reason in zip(
-                _names(dropped.head(_LISTED), config.group_ids),
+                series_names(dropped.head(_LISTED), config.group_ids),
                 dropped["reason"].head(_LISTED),
                 strict=True,
             )
@@ -131,11 +122,11 @@ def plotted_series(
     data = config.data
     errors = window_errors(result, config.model.quantiles)
     order = np.argsort(errors, kind="stable")
-    names = _names(result.index, data.group_ids).tolist()
+    names = series_names(result.index, data.group_ids).tolist()
     chosen = {int(order[0]): "best", int(order[len(order) // 2]): "median", int(order[-1]): "worst"}
     for requested in config.report.report_series:
         chosen.setdefault(names.index(requested), "requested")
-    row_names = _names(frame, data.group_ids)
+    row_names = series_names(frame, data.group_ids)
     records = []
     for i, role in chosen.items():
         start, length = int(result.index[data.time_idx].iloc[i]), int(result.lengths[i])
