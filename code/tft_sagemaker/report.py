@@ -88,7 +88,11 @@ def _describe(frame: pd.DataFrame, config: DataConfig) -> dict[str, Any]:
 
 
 def data_summary(data: JobData, config: DataConfig) -> dict[str, Any]:
-    dropped = data.dropped if data.dropped is not None else pd.DataFrame()
+    """Series, rows and time span of the training and validation data; dropped series."""
+    dropped = data.dropped
+    if dropped is None:
+        dropped = pd.DataFrame(columns=[*config.group_ids, "reason"])
+    listed = dropped.head(_LISTED)
     return {
         "target": config.target,
         "group_ids": config.group_ids,
@@ -100,13 +104,9 @@ def data_summary(data: JobData, config: DataConfig) -> dict[str, Any]:
         "dropped": [
             {"series": name, "reason": reason}
             for name, reason in zip(
-                series_names(dropped.head(_LISTED), config.group_ids),
-                dropped["reason"].head(_LISTED),
-                strict=True,
+                series_names(listed, config.group_ids), listed["reason"], strict=True
             )
-        ]
-        if len(dropped)
-        else [],
+        ],
     }
 
 
@@ -123,7 +123,9 @@ def plotted_series(
     errors = window_errors(result, config.model.quantiles)
     order = np.argsort(errors, kind="stable")
     names = series_names(result.index, data.group_ids).tolist()
-    chosen = {int(order[0]): "best", int(order[len(order) // 2]): "median", int(order[-1]): "worst"}
+    chosen: dict[int, str] = {}  # window → role; a window chosen twice keeps its first role
+    for i, role in ((order[0], "best"), (order[len(order) // 2], "median"), (order[-1], "worst")):
+        chosen.setdefault(int(i), role)
     for requested in config.report.report_series:
         chosen.setdefault(names.index(requested), "requested")
     row_names = series_names(frame, data.group_ids)
