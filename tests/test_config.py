@@ -20,6 +20,7 @@ from tft_sagemaker.config import (
     DistributedConfig,
     JobConfig,
     ModelConfig,
+    ReportConfig,
     TrainingConfig,
     build_config,
     parse_cli,
@@ -756,7 +757,7 @@ def test_config_is_checked_after_merging() -> None:
 def test_every_field_has_help_and_a_unique_name() -> None:
     names = [
         f.name
-        for cls in (DataConfig, ModelConfig, TrainingConfig, DistributedConfig)
+        for cls in (DataConfig, ModelConfig, TrainingConfig, DistributedConfig, ReportConfig)
         for f in dataclasses.fields(cls)
     ]
     assert len(names) == len(set(names)) == len(FIELDS)

@@ -117,6 +117,18 @@ def assert_epochs_cover_every_window_once(parts: list[dict]) -> None:
         assert sum(s["index_square_sum"] for s in seen) == int((everything**2).sum())
 
 
+def assert_one_interpretation_of_every_series(bases: list[Path], panel) -> None:
+    """Global rank 0 alone interprets the best model, over every series' validation window
+    (each rank trained on a shard of them), and writes the one report."""
+    written = [f for b in bases for f in (b / "output" / "data").glob("interpretation*.json")]
+    assert written == [bases[0] / "output" / "data" / "interpretation.json"]
+    assert [f for b in bases for f in (b / "output" / "data").glob("*.html")] == [
+        bases[0] / "output" / "data" / "report.html"
+    ]
+    series = panel[["store", "product"]].drop_duplicates().shape[0]
+    assert json.loads(written[0].read_text())["windows"] == series
+
+
 def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -160,8 +172,10 @@ def test_two_nodes_train_as_one(tmp_path, panel):
         "dataset_parameters.pt",
         "metrics.json",
         "model.ckpt",
+        "report_data.json",
     ]
     assert os.listdir(bases[1] / "model") == []
+    assert_one_interpretation_of_every_series(bases, panel)
     trained = load_trained_model(bases[0] / "model")
     assert trained.metrics["world_size"] == 2
     assert trained.metrics["val_MAE"] < trained.metrics["baseline_val_MAE"]
@@ -177,6 +191,7 @@ def test_two_devices_on_one_node(tmp_path, panel):
     assert [(p["global_rank"], p["world_size"]) for p in parts] == [(0, 2), (1, 2)]
     assert_epochs_cover_every_window_once(parts)
     assert (base / "model" / "model.ckpt").exists()
+    assert_one_interpretation_of_every_series([base], panel)
 
 
 def test_a_dead_node_fails_the_other_within_the_timeout(tmp_path, panel):

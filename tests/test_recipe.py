@@ -54,10 +54,17 @@ def test_level_drift_reads_each_series_in_time_order_and_skips_constant_ones() -
 # Rules
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("drift", "expected"), [(0.0, "group"), (0.5, "group"), (0.51, "encoder"), (1.7, "encoder")]
+    ("drift", "min_encoder_length", "expected"),
+    [
+        (0.0, 12, "group"),
+        (0.5, 12, "group"),
+        (0.51, 12, "encoder"),
+        (1.7, 2, "encoder"),
+        (1.7, 1, "group"),  # a window of one step has no scale of its own
+    ],
 )
-def test_target_normalizer(drift: float, expected: str) -> None:
-    choice = recipe.choose_target_normalizer(drift)
+def test_target_normalizer(drift: float, min_encoder_length: int, expected: str) -> None:
+    choice = recipe.choose_target_normalizer(drift, min_encoder_length)
     assert choice.value == expected
     assert f"{drift:.2f}" in choice.reason
 

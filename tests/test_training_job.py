@@ -33,7 +33,13 @@ from tft_sagemaker.errors import FAILURE_LIMIT
 from tft_sagemaker.metrics import METRIC_DEFINITIONS
 from tft_sagemaker.presets import PRESET_VALUES, STALLION_SPECIAL_DAYS
 
-MODEL_FILES = {"model.ckpt", "dataset_parameters.pt", "config.json", "metrics.json"}
+MODEL_FILES = {
+    "model.ckpt",
+    "dataset_parameters.pt",
+    "config.json",
+    "metrics.json",
+    "report_data.json",
+}
 SCORES = ("val_MAE", "val_SMAPE", "val_RMSE", "val_quantile_loss")
 EPOCHS = 2
 HORIZON = 8  # the synthetic preset's max_prediction_length

@@ -4,6 +4,8 @@
     dataset_parameters.pt      TimeSeriesDataSet parameters (encoders, scalers) for new data
     config.json                resolved configuration, time axis, package versions
     metrics.json               validation metrics of the model and of the naive Baseline
+    report_data.json           what report.html is drawn from: per-epoch history, data summary,
+                               interpretation, forecast plots' series (report.py)
 
 Files are written to a staging folder first and moved in at the end: a failed job leaves no
 partial model behind.
@@ -16,6 +18,8 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -34,6 +38,7 @@ MODEL_FILE = "model.ckpt"
 DATASET_FILE = "dataset_parameters.pt"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
+REPORT_DATA_FILE = "report_data.json"
 # Training state that inference does not need (the optimizer's can outweigh the weights).
 _TRAINING_STATE = (
     "optimizer_states",
@@ -57,6 +62,7 @@ def write_model_artifacts(
     config: JobConfig,
     time_axis: TimeAxis | None,
     metrics: dict[str, Any],
+    report_data: dict[str, Any],
 ) -> None:
     stops.reached("artifacts")
     with writing("the model", model_dir):
@@ -79,6 +85,7 @@ def write_model_artifacts(
                 )
             )
             (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+            (staging / REPORT_DATA_FILE).write_text(json.dumps(report_data))
             with stops.deferred():  # a model directory is whole or empty
                 for path in staging.iterdir():
                     os.replace(path, model_dir / path.name)
@@ -106,10 +113,16 @@ def _model_dir(path: Path, scratch: Path) -> Path:
     raise JobError(f"{path} is neither a model directory nor a model.tar.gz.")
 
 
+@contextmanager
+def model_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A model directory as it is, or SageMaker's model.tar.gz unpacked while in use."""
+    with tempfile.TemporaryDirectory() as scratch:
+        yield _model_dir(Path(path), Path(scratch))
+
+
 def load_trained_model(path: str | os.PathLike[str]) -> TrainedModel:
     """Load what `write_model_artifacts` wrote (a directory or SageMaker's model.tar.gz)."""
-    with tempfile.TemporaryDirectory() as scratch:
-        directory = _model_dir(Path(path), Path(scratch))
+    with model_directory(path) as directory:
         missing = [
             f for f in (MODEL_FILE, DATASET_FILE, CONFIG_FILE) if not (directory / f).is_file()
         ]

@@ -270,11 +270,28 @@ class DistributedConfig:
 
 
 @dataclass
+class ReportConfig:
+    """What the job tells about the trained model besides its metrics (report.py)."""
+
+    report: bool = _opt(
+        True,
+        "After training: variable importances and attention (interpretation.json), forecast "
+        "plots and report.html in output/data; false skips them.",
+    )
+    report_series: list[str] = _opt(
+        [],
+        "Series to plot in the report besides the best, median and worst: each its group id "
+        "values joined by '/', e.g. 'Agency_01/SKU_01'.",
+    )
+
+
+@dataclass
 class JobConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -289,6 +306,7 @@ _SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "training": TrainingConfig,
     "distributed": DistributedConfig,
+    "report": ReportConfig,
 }
 # flat hyperparameter name → (section, dataclass field)
 FIELDS: dict[str, tuple[str, dataclasses.Field]] = {

@@ -312,7 +312,7 @@ def parse_dates(values: pd.Series, config: DataConfig, channel: str) -> pd.Serie
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = values
     elif pd.api.types.is_bool_dtype(values):
-        raise DataError(f"{_source(channel)}: column '{name}' holds true/false, not dates.")
+        raise DataError(f"{source_of(channel)}: column '{name}' holds true/false, not dates.")
     elif isinstance(values.dtype, pd.CategoricalDtype):
         return parse_dates(values.astype(object), config, channel)
     elif pd.api.types.is_numeric_dtype(values) or pd.api.types.infer_dtype(values, skipna=True) in (
@@ -326,7 +326,7 @@ def parse_dates(values: pd.Series, config: DataConfig, channel: str) -> pd.Serie
         parsed = _dates_from_text(values, config, channel)
     empty = int(parsed.isna().sum())
     if empty:
-        raise DataError(f"{_source(channel)}: {empty} empty date(s) in '{name}'.")
+        raise DataError(f"{source_of(channel)}: {empty} empty date(s) in '{name}'.")
     return parsed
 
 
@@ -352,7 +352,7 @@ def _dates_from_numbers(values: pd.Series, config: DataConfig, channel: str) -> 
             if parsed[known].notna().all():
                 log.info(
                     "%s: '%s' holds integers, read as %s (%s → %s)",
-                    _source(channel),
+                    source_of(channel),
                     config.date_column,
                     what,
                     text[known].iloc[0],
@@ -361,7 +361,7 @@ def _dates_from_numbers(values: pd.Series, config: DataConfig, channel: str) -> 
                 return parsed
     example = values[known].iloc[0] if known.any() else values.iloc[0]
     raise DataError(
-        f"{_source(channel)}: column '{config.date_column}' holds numbers that are not dates "
+        f"{source_of(channel)}: column '{config.date_column}' holds numbers that are not dates "
         f"(e.g. {example}): give dates as text (2023-01-31) or as integers such as 20230131 "
         f"(YYYYMMDD), 202301 (YYYYMM) or 2023 (years); for an integer time index set "
         f"time_idx={config.date_column} and leave date_column and freq unset."
@@ -445,7 +445,7 @@ def _dates_from_text(values: pd.Series, config: DataConfig, channel: str) -> pd.
             offsets = values.astype(str).str.extract(r"([+-]\d\d:?\d\d|Z)\s*$")[0]
             log.warning(
                 "%s: '%s' mixes UTC offsets (%s): converted to UTC",
-                _source(channel),
+                source_of(channel),
                 name,
                 ", ".join(map(str, offsets.dropna().unique()[:3])),
             )
@@ -455,7 +455,7 @@ def _dates_from_text(values: pd.Series, config: DataConfig, channel: str) -> pd.
             log.warning(
                 "%s: '%s' read with dayfirst=%s (e.g. %s → %s): %s; set dayfirst or "
                 "date_format to say so",
-                _source(channel),
+                source_of(channel),
                 name,
                 str(dayfirst).lower(),
                 values[example],
@@ -467,7 +467,7 @@ def _dates_from_text(values: pd.Series, config: DataConfig, channel: str) -> pd.
         pattern = fmt or _guess_format(first, dayfirst)
         log.info(
             "%s: dates in '%s' read as %s, %s to %s",
-            _source(channel),
+            source_of(channel),
             name,
             pattern or "mixed formats",
             parsed.min(),
@@ -480,12 +480,12 @@ def _dates_from_text(values: pd.Series, config: DataConfig, channel: str) -> pd.
     example = failing.iloc[0] if len(failing) else values.dropna().iloc[0]
     if fmt:
         raise DataError(
-            f"{_source(channel)}: {len(failing) or 'some'} value(s) of '{name}' do not match "
+            f"{source_of(channel)}: {len(failing) or 'some'} value(s) of '{name}' do not match "
             f"date_format={fmt!r}, e.g. {example!r}: fix date_format (strftime codes such as "
             "%Y-%m-%d, %d/%m/%Y, %Y-%m-%d %H:%M:%S) or the dates."
         )
     raise DataError(
-        f"{_source(channel)}: {len(failing) or 'some'} value(s) of '{name}' cannot be read as "
+        f"{source_of(channel)}: {len(failing) or 'some'} value(s) of '{name}' cannot be read as "
         f"dates, e.g. {example!r}: set date_format to their strftime pattern (e.g. "
         "date_format=%d.%m.%Y for 31.01.2023), and dayfirst=true for day-first dates."
     )
@@ -523,7 +523,7 @@ class TimeAxis:
                 else "fix freq or the dates"
             )
             raise DataError(
-                f"{_source(channel)}: {int(off_grid.sum())} date(s) are not on the "
+                f"{source_of(channel)}: {int(off_grid.sum())} date(s) are not on the "
                 f"freq={self.freq!r} grid (e.g. {example}); {hint}."
             )
         return positions - grid.get_loc(origin)
@@ -568,7 +568,7 @@ def prepare_frame(
         assert time_axis is not None
         if config.time_idx in frame.columns and config.time_idx != config.date_column:
             raise DataError(
-                f"{_source(channel)} already has a column '{config.time_idx}' and date_column "
+                f"{source_of(channel)} already has a column '{config.time_idx}' and date_column "
                 f"is set: drop one, or name another time_idx column."
             )
         frame[config.time_idx] = time_axis.to_time_idx(
@@ -586,7 +586,7 @@ def prepare_frame(
     if numeric_labels:
         log.info(
             "%s: id and categorical column(s) %s hold numbers: used as labels (1 and 1.0 → '1')",
-            _source(channel),
+            source_of(channel),
             ", ".join(numeric_labels),
         )
     for column in _unique([config.target, *config.reals, config.weight]):
@@ -629,7 +629,7 @@ def _require_columns(frame: pd.DataFrame, columns: list[str], channel: str, what
         ]
         hint = f"; names differ in case or spaces: {', '.join(near)}" if near else ""
         raise DataError(
-            f"{_source(channel)} lacks {len(missing)} column(s) required by {what}: "
+            f"{source_of(channel)} lacks {len(missing)} column(s) required by {what}: "
             f"{', '.join(missing)} (it has: {', '.join(map(str, frame.columns[:30]))}){hint}."
         )
 
@@ -652,7 +652,7 @@ def _check_dtypes(frame: pd.DataFrame, config: DataConfig, channel: str) -> None
         elif isinstance(example, str) and _is_number(example):
             hint = ": numbers stored as text, store them as numbers"
         raise DataError(
-            f"{_source(channel)}: column(s) {', '.join(non_numeric)} must be numeric "
+            f"{source_of(channel)}: column(s) {', '.join(non_numeric)} must be numeric "
             f"(target, time index, weight and reals), e.g. {non_numeric[0]}={example!r}{hint}."
         )
 
@@ -668,7 +668,7 @@ def _whole_numbers(values: pd.Series, channel: str) -> pd.Series:
     fractional = ~(np.isfinite(numbers) & (numbers % 1 == 0))
     if fractional.any():
         raise DataError(
-            f"{_source(channel)}: time index '{values.name}' must hold whole numbers "
+            f"{source_of(channel)}: time index '{values.name}' must hold whole numbers "
             f"({int(fractional.sum())} do not, e.g. {numbers[fractional][0]:g}); or give dates "
             "with date_column and freq."
         )
@@ -683,7 +683,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _source(channel: str) -> str:
+def source_of(channel: str) -> str:
     """How messages name where rows come from: `Channel 'train'`, or a description such as
     'The prediction data' as it is."""
     return channel if channel[:1].isupper() else f"Channel '{channel}'"
@@ -740,7 +740,7 @@ def _check_target_range(
             *(name for name, (_, out) in _TARGET_DOMAINS.items() if not out(target).any()),
         ]
         raise DataError(
-            f"{_source(channel)}: target '{config.target}' ranges from {target.min():g} to "
+            f"{source_of(channel)}: target '{config.target}' ranges from {target.min():g} to "
             f"{target.max():g}, but target_transformation={transformation} needs values {needs} "
             f"({int(bad.sum())} are not, e.g. at {_series_examples(frame, bad, keys)}); "
             f"transformations that fit this data: {', '.join(fits)}."
@@ -776,7 +776,7 @@ def _check_statics(frame: pd.DataFrame, config: DataConfig, channel: str) -> Non
             listed.append(f"{column} ({int(mask.sum())} series, e.g. {ids}: {values})")
     if listed:
         raise DataError(
-            f"{_source(channel)}: static column(s) change within a series: {'; '.join(listed)}; "
+            f"{source_of(channel)}: static column(s) change within a series: {'; '.join(listed)}; "
             "make each series' value constant, or list them as time_varying_known_reals / "
             "time_varying_known_categoricals."
         )
@@ -806,13 +806,13 @@ def _check_steps(ordered: pd.DataFrame, steps: pd.Series, config: DataConfig, ch
             or (to_offset(normalize_freq(config.freq or "")) * common).freqstr
         )
         raise DataError(
-            f"{_source(channel)}: consecutive dates in '{date}' are always a multiple of "
+            f"{source_of(channel)}: consecutive dates in '{date}' are always a multiple of "
             f"{common} steps of freq={config.freq!r} apart: freq is finer than the data, which "
             f"looks like freq={looks!r}; set freq={looks}."
         )
     first = ordered.loc[steps.notna()].iloc[0]
     raise DataError(
-        f"{_source(channel)}: every step of '{time}' is a multiple of {common} (e.g. "
+        f"{source_of(channel)}: every step of '{time}' is a multiple of {common} (e.g. "
         f"{int(first[time] - steps.dropna().iloc[0])} is followed by {int(first[time])}): number "
         f"the steps consecutively (divide {time} by {common}), or give dates with date_column "
         "and freq."
@@ -829,14 +829,14 @@ def validate_frame(
     empty_keys = frame[keys].isna().any(axis=1)
     if empty_keys.any():
         raise DataError(
-            f"{_source(channel)}: {int(empty_keys.sum())} row(s) have an empty group id or "
+            f"{source_of(channel)}: {int(empty_keys.sum())} row(s) have an empty group id or "
             f"time ({', '.join(keys)})."
         )
     target = frame[config.target].to_numpy(dtype=float, na_value=np.nan)
     bad_target = ~np.isfinite(target)
     if bad_target.any():
         raise DataError(
-            f"{_source(channel)}: target '{config.target}' has {int(bad_target.sum())} missing "
+            f"{source_of(channel)}: target '{config.target}' has {int(bad_target.sum())} missing "
             f"or infinite value(s), e.g. at {_series_examples(frame, bad_target, keys)}."
         )
     _check_target_range(frame, target, config, channel, keys)
@@ -846,7 +846,7 @@ def validate_frame(
             c: int((~np.isfinite(frame[c].to_numpy(dtype=float, na_value=np.nan))).sum())
             for c in reals
         },
-        f"{_source(channel)}: missing or infinite values in real column(s)",
+        f"{source_of(channel)}: missing or infinite values in real column(s)",
         "fill or drop them.",
     )
     _reject_counts(
@@ -854,7 +854,7 @@ def validate_frame(
             c: int((np.abs(frame[c].to_numpy(dtype=float)) > _FLOAT32_MAX).sum())
             for c in [config.target, *reals]
         },
-        f"{_source(channel)}: values beyond float32's range (±{_FLOAT32_MAX:.1e}), which the "
+        f"{source_of(channel)}: values beyond float32's range (±{_FLOAT32_MAX:.1e}), which the "
         "model computes in, in column(s)",
         "rescale them (e.g. to thousands).",
     )
@@ -862,19 +862,19 @@ def validate_frame(
         negative = frame[config.weight].to_numpy(dtype=float) < 0
         if negative.any():
             raise DataError(
-                f"{_source(channel)}: weight '{config.weight}' has {int(negative.sum())} "
+                f"{source_of(channel)}: weight '{config.weight}' has {int(negative.sum())} "
                 f"negative value(s), e.g. at {_series_examples(frame, negative, keys)}; sample "
                 "weights must be ≥ 0."
             )
     _reject_counts(
         {c: int(frame[c].isna().sum()) for c in config.categoricals},
-        f"{_source(channel)}: missing values in categorical column(s)",
+        f"{source_of(channel)}: missing values in categorical column(s)",
         "fill them (e.g. with '-' or 'unknown').",
     )
     duplicated = frame.duplicated(subset=keys, keep=False)
     if duplicated.any():
         raise DataError(
-            f"{_source(channel)}: {int(duplicated.sum())} rows share a (group, time) key, e.g. "
+            f"{source_of(channel)}: {int(duplicated.sum())} rows share a (group, time) key, e.g. "
             f"{_series_examples(frame, duplicated, keys)}; each series needs one row per step."
         )
     _check_statics(frame, config, channel)
@@ -896,7 +896,7 @@ def validate_frame(
                 else "fill the missing steps or set allow_missing_timesteps=true"
             )
             raise DataError(
-                f"{_source(channel)}: {n_series} series have gaps in '{time}', e.g. {where}: "
+                f"{source_of(channel)}: {n_series} series have gaps in '{time}', e.g. {where}: "
                 f"{time} {int(first[time] - steps[gaps].iloc[0])} is followed by "
                 f"{int(first[time])}; {fix}."
             )
@@ -906,7 +906,7 @@ def validate_frame(
         n_short = ordered.loc[short, groups].drop_duplicates().shape[0]
         n_total = ordered[groups].drop_duplicates().shape[0]
         message = (
-            f"{_source(channel)}: {n_short} of {n_total} series are shorter than the "
+            f"{source_of(channel)}: {n_short} of {n_total} series are shorter than the "
             f"{min_length} steps one window needs (min_encoder_length + prediction lengths), "
             f"shortest {int(span.min())}, e.g. {_series_examples(ordered, short, groups)}"
         )
@@ -989,6 +989,17 @@ class JobData:
     train: pd.DataFrame  # rows the model is fitted on
     validation: pd.DataFrame  # series whose last max_prediction_length steps are validated
     time_axis: TimeAxis | None
+    dropped: pd.DataFrame | None = None  # series left out (drop_short_series): ids, reason
+
+
+def _dropped_series(
+    before: pd.DataFrame, after: pd.DataFrame, config: DataConfig, reason: str
+) -> pd.DataFrame:
+    """The series of `before` that validation left out of `after`, each with `reason`."""
+    series = before[config.group_ids].drop_duplicates()
+    kept = after[config.group_ids].drop_duplicates().assign(_kept=True)
+    gone = series.merge(kept, on=config.group_ids, how="left")["_kept"].isna().to_numpy()
+    return series[gone].assign(reason=reason).reset_index(drop=True)
 
 
 def load_job_data(paths: JobPaths, config: DataConfig) -> JobData:
@@ -1003,23 +1014,23 @@ def load_job_data(paths: JobPaths, config: DataConfig) -> JobData:
         )
     raw_train = with_parsed_dates(read_channel(paths, "train", required=True), config, "train")
     time_axis = time_axis_for(raw_train, config, "train")
-    train = prepare_frame(raw_train, config, "train", time_axis)
+    prepared = prepare_frame(raw_train, config, "train", time_axis)
     raw_validation = read_channel(paths, "validation", required=False)
-    if raw_validation is None:
-        train = validate_frame(train, config, "train", min_series_length(config, holdout=True))
-        return JobData(split_holdout(train, config), train, time_axis)
-    train = validate_frame(train, config, "train", min_series_length(config, holdout=False))
+    holdout = raw_validation is None
+    length = min_series_length(config, holdout=holdout)
+    train = validate_frame(prepared, config, "train", length)
+    dropped = [_dropped_series(prepared, train, config, f"train: shorter than {length} steps")]
+    if holdout:
+        return JobData(split_holdout(train, config), train, time_axis, pd.concat(dropped))
     validation = prepare_frame(raw_validation, config, "validation", time_axis)
     validation = validate_frame(validation, config, "validation", min_length=1)
     check_validation_horizon(train, validation, config)
     merged = merge_validation(train, validation, config)
-    merged = validate_frame(
-        merged,
-        config,
-        "validation (with its history from train)",
-        config.resolved_min_encoder_length + config.max_prediction_length,
-    )
-    return JobData(train, merged, time_axis)
+    length = config.resolved_min_encoder_length + config.max_prediction_length
+    checked = validate_frame(merged, config, "validation (with its history from train)", length)
+    reason = f"validation: history and horizon shorter than {length} steps"
+    dropped.append(_dropped_series(merged, checked, config, reason))
+    return JobData(train, checked, time_axis, pd.concat(dropped, ignore_index=True))
 
 
 def describe_frame(frame: pd.DataFrame, config: DataConfig) -> Mapping[str, int]:

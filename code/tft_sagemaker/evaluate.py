@@ -7,7 +7,7 @@ command both go through `forecast()` here, in a single process.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,19 +50,29 @@ def _batches(
         yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in x.items()}, target
 
 
-def _series_index(dataset: TimeSeriesDataSet, x: dict[str, torch.Tensor]) -> pd.DataFrame:
-    """Each window's series ids and first forecast step: `dataset.x_to_index`, decoding ids
-    through the encoders' own value → code tables. Series the training data did not hold (a
-    validation channel's new series) get codes past those `x_to_index` decodes: the library's
-    NaNLabelEncoder, refitted with add_nan, numbers them one too high for its
-    `inverse_transform` ("KeyError: New unknown values detected")."""
-    index = {dataset.time_idx: x["decoder_time_idx"][:, 0].cpu().numpy()}
-    groups = x["groups"].cpu().numpy()
+def decode_series(dataset: TimeSeriesDataSet, codes: np.ndarray) -> pd.DataFrame:
+    """The series ids of rows of encoded group ids (`x["groups"]`), through the encoders' own
+    value → code tables rather than `dataset.x_to_index`: series the training data did not
+    hold (a validation channel's new series) get codes past those `x_to_index` decodes (the
+    library's NaNLabelEncoder, refitted with add_nan, numbers them one too high for its
+    `inverse_transform`: "KeyError: New unknown values detected")."""
+    index = {}
     for i, name in enumerate(dataset.group_ids):
         classes = dataset.get_transformer(name, group_id=True).classes_
         ids = {code: value for value, code in classes.items()}
-        index[name] = [ids[code] for code in groups[:, i]]
+        index[name] = [ids[code] for code in codes[:, i]]
     return pd.DataFrame(index)
+
+
+def _series_index(dataset: TimeSeriesDataSet, x: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """Each window's series ids and first forecast step."""
+    index = decode_series(dataset, x["groups"].cpu().numpy())
+    index.insert(0, dataset.time_idx, x["decoder_time_idx"][:, 0].cpu().numpy())
+    return index
+
+
+# Sees each batch's input and the model's raw output (interpret.py sums the interpretation).
+BatchObserver = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], None]
 
 
 @torch.no_grad()
@@ -71,6 +81,7 @@ def forecast(
     dataset: TimeSeriesDataSet,
     batch_size: int = 1024,
     device: torch.device | str = "cpu",
+    observe: BatchObserver | None = None,
 ) -> Forecast:
     device = torch.device(device)
     model = model.to(device).eval()
@@ -78,6 +89,8 @@ def forecast(
     index, quantiles, naive, actuals, lengths = [], [], [], [], []
     for x, target in _batches(dataset, batch_size, device):
         out = model(x)
+        if observe is not None:
+            observe(x, out)
         quantiles.append(model.to_quantiles(out).float().cpu())
         naive.append(baseline(x)["prediction"].float().cpu())
         actuals.append(target.float().cpu())
@@ -129,6 +142,14 @@ def score(result: Forecast, quantiles: list[float]) -> dict[str, float]:
     metrics["validation_windows"] = len(result.index)
     metrics["validation_points"] = int(result.lengths.sum())
     return metrics
+
+
+def window_errors(result: Forecast, quantiles: list[float]) -> np.ndarray:
+    """Each window's MAE of the median over its forecast steps."""
+    median = result.quantiles[..., quantiles.index(0.5)]
+    steps = torch.arange(median.shape[1])[None, :] < result.lengths[:, None]
+    errors = ((median - result.actuals).abs() * steps).sum(1) / result.lengths
+    return errors.numpy()
 
 
 def to_frame(result: Forecast, quantiles: list[float], time_idx: str) -> pd.DataFrame:

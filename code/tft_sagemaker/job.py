@@ -39,20 +39,27 @@ from .data import (
     find_config_file,
     load_config_file,
     load_job_data,
+    read_channel,
 )
-from .dataset import build_training_dataset, build_validation_dataset
+from .dataset import build_training_dataset, build_validation_dataset, user_names
 from .errors import JobError, write_failure
 from .evaluate import forecast, score
+from .interpret import InterpretationSum, largest_series
 from .launch import LaunchPlan, plan_launch, read_resource_config, wait_for_hosts
 from .loaders import LoaderSettings, make_loader
 from .metrics import format_metric_line
 from .model import TemporalFusionTransformerDDP, build_model, scaled_learning_rate
 from .paths import JobPaths
+from .predict import PredictionInput, forecast_table, prepare_prediction, write_forecasts
 from .presets import PRESET_VALUES
 from .recipe import resolve_data, resolve_training
-from .trainer import build_trainer
+from .report import check_report_series, data_summary, plotted_series, write_job_report
+from .trainer import MetricLines, build_trainer, log_final_results
 
 log = logging.getLogger("tft_sagemaker")
+
+FORECAST_CHANNEL = "forecast"
+FORECAST_FILE = "forecast.parquet"
 
 
 def load_config(argv: Sequence[str], paths: JobPaths) -> JobConfig:
@@ -167,6 +174,7 @@ class Job:
     model: TemporalFusionTransformerDDP
     trainer: pl.Trainer
     loaders: LoaderSettings
+    forecast_input: PredictionInput | None  # the `forecast` channel, checked
 
 
 def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
@@ -191,6 +199,17 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
     config, training_choices = resolve_training(config, len(training))
     for choice in choices + training_choices:
         log.info("recipe: %s", choice)
+    if config.report.report:
+        check_report_series(data.validation, config)
+    # Checked before training, so that a bad channel costs no training time.
+    raw_forecast = read_channel(paths, FORECAST_CHANNEL, required=False)
+    forecast_input = (
+        None
+        if raw_forecast is None
+        else prepare_prediction(
+            raw_forecast, training.get_parameters(), config.data, data.time_axis, FORECAST_CHANNEL
+        )
+    )
 
     model = build_model(training, config.model, config.training.fused_variable_selection)
     trainer = build_trainer(config, plan, paths, fingerprint(config))
@@ -220,7 +239,9 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
         device=trainer.strategy.root_device,
         threads_per_process=plan.threads_per_process,
     )
-    return Job(config, plan, paths, data, training, validation, model, trainer, loaders)
+    return Job(
+        config, plan, paths, data, training, validation, model, trainer, loaders, forecast_input
+    )
 
 
 def fit(job: Job, resume: Path | None = None) -> None:
@@ -237,8 +258,11 @@ def fit(job: Job, resume: Path | None = None) -> None:
 
 def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, Any]:
     """Global rank 0: the best checkpoint and the baselines on the validation windows, in one
-    process; then the model directory, unless require_beating_baseline holds it back."""
+    process, interpreted in the same pass (unless report=false); then the model directory
+    (unless require_beating_baseline holds it back), the `forecast` channel's forecasts, the
+    report and the final TensorBoard entries."""
     stops.reached("evaluation")
+    config = job.config
     best = Path(job.trainer.checkpoint_callback.best_model_path)
     log.info("evaluating %s on %d validation windows", best.name, len(job.validation))
     # Checkpoints pickle the loss and dataset parameters: this job wrote this one (trusted).
@@ -247,16 +271,27 @@ def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, Any]:
         best, map_location="cpu", weights_only=False
     )
     device = job.trainer.strategy.root_device
-    predicted = forecast(best_model, job.validation, device=device)
-    results = score(predicted, job.config.model.quantiles)
+    interpretation = (
+        InterpretationSum(
+            best_model,
+            job.validation,
+            largest_series(job.data.validation, config.data),
+            config.data.target,
+            user_names(config.data),
+        )
+        if config.report.report
+        else None
+    )
+    predicted = forecast(best_model, job.validation, device=device, observe=interpretation)
+    results = score(predicted, config.model.quantiles)
     baselines_started = time.monotonic()
     comparison = against_baselines(
         predicted,
         job.data.validation,
-        job.config.data,
-        job.config.model.quantiles,
-        job.config.training.baseline_max_series,
-        job.config.training.seed,
+        config.data,
+        config.model.quantiles,
+        config.training.baseline_max_series,
+        config.training.seed,
     )
     results |= comparison.metrics | {"baselines_s": round(time.monotonic() - baselines_started, 2)}
     (log.info if comparison.beats_baselines else log.warning)("%s", describe(comparison))
@@ -272,20 +307,47 @@ def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, Any]:
         if "val_" in k or k in ("baseline_margin", "beats_baselines")
     }
     print(format_metric_line(final), flush=True)
-    if job.config.training.require_beating_baseline and not comparison.beats_baselines:
+    if config.training.require_beating_baseline and not comparison.beats_baselines:
         # A pipeline that must not ship this model finds none; the figures stay in output/.
         job.paths.output_data_dir.mkdir(parents=True, exist_ok=True)
         (job.paths.output_data_dir / METRICS_FILE).write_text(json.dumps(results, indent=2))
         return results
+    history = next(c for c in job.trainer.callbacks if isinstance(c, MetricLines)).history
+    report_data = {"history": history, "data": data_summary(job.data, config.data)}
+    interpretation_s = 0.0  # the time interpreting and choosing the plotted series takes
+    if interpretation is not None:
+        started = time.monotonic()
+        report_data |= {
+            "interpretation": interpretation.result(),
+            "series": plotted_series(predicted, job.data.validation, config),
+        }
+        interpretation_s = interpretation.seconds + time.monotonic() - started
     write_model_artifacts(
         job.paths.model_dir,
         checkpoint,
         job.training.get_parameters(),
-        job.config,
+        config,
         job.data.time_axis,
         results,
+        report_data,
     )
     log.info("model written to %s", job.paths.model_dir)
+    if job.forecast_input is not None:
+        forecasts = forecast_table(
+            best_model,
+            job.forecast_input,
+            config.data,
+            config.model.quantiles,
+            job.data.time_axis,
+            device=device,
+        )
+        write_forecasts(forecasts, job.paths.output_data_dir / FORECAST_FILE, config.data)
+    figures = (
+        write_job_report(job.paths.model_dir, job.paths.output_data_dir, interpretation_s)
+        if config.report.report
+        else {}
+    )
+    log_final_results(job.trainer, results["val_MAE"], figures)
     return results
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Any
 
 import torch
 from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
-from pytorch_forecasting.metrics import QuantileLoss
+from pytorch_forecasting.metrics import MAE, MAPE, RMSE, SMAPE, QuantileLoss
+from torch import nn
 
 from .config import ModelConfig
 from .dropout import use_fast_dropout
@@ -15,6 +17,8 @@ from .embedding_bags import use_count_matmul
 from .fused import fuse_variable_selection
 from .gradients import FlatGradients
 from .optimizer import LeanFusedAdam
+
+log = logging.getLogger(__name__)
 
 
 class TemporalFusionTransformerDDP(TemporalFusionTransformer):
@@ -80,6 +84,19 @@ class TemporalFusionTransformerDDP(TemporalFusionTransformer):
             )
 
 
+def logging_metrics(dataset: TimeSeriesDataSet) -> nn.ModuleList:
+    """pytorch-forecasting's metrics for the TFT (SMAPE, MAE, RMSE, MAPE), without MAPE when a
+    training target is 0: it divides by the actual, so it reads in the millions on such data
+    (Stallion: 34 million) and says nothing. SMAPE stays as the relative error."""
+    metrics: list[nn.Module] = [SMAPE(), MAE(), RMSE()]
+    zeros = int(sum(int((t == 0).sum()) for t in dataset.data["target"]))
+    if zeros:
+        log.info("val_MAPE not logged: %d training targets are 0 (MAPE divides by them)", zeros)
+    else:
+        metrics.append(MAPE())
+    return nn.ModuleList(metrics)
+
+
 def build_model(
     dataset: TimeSeriesDataSet, config: ModelConfig, fused: bool = True
 ) -> TemporalFusionTransformerDDP:
@@ -93,6 +110,7 @@ def build_model(
         lstm_layers=config.lstm_layers,
         dropout=config.dropout,
         loss=QuantileLoss(quantiles=config.quantiles),
+        logging_metrics=logging_metrics(dataset),
         learning_rate=config.learning_rate,
         optimizer=config.optimizer,
         optimizer_params={"fused": True},

@@ -25,17 +25,28 @@ import sys
 import tarfile
 import tempfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from pandas.tseries.frequencies import to_offset
+from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
 
 from .artifacts import TrainedModel, load_trained_model
 from .config import DataConfig
 from .console import setup_logging
-from .data import TimeAxis, as_labels, channel_files, prepare_frame, read_files, validate_frame
+from .data import (
+    TimeAxis,
+    as_labels,
+    channel_files,
+    prepare_frame,
+    read_files,
+    source_of,
+    validate_frame,
+)
 from .dataset import (
     build_prediction_dataset,
     internal_names,
@@ -57,7 +68,7 @@ def _examples(series: pd.DataFrame) -> str:
     )
 
 
-def _future_rows(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
+def _future_rows(frame: pd.DataFrame, config: DataConfig, label: str) -> pd.DataFrame:
     """The rows to forecast, where the target is empty: each series' last
     `max_prediction_length` rows. A series without any is skipped (with a warning): its
     forecast would be of its past. The target and past-only columns, which the model does not
@@ -78,7 +89,7 @@ def _future_rows(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
     early = unknown & (frame[time] <= known_end)
     if early.any():
         raise DataError(
-            f"{CHANNEL}: {int(early.sum())} row(s) have an empty target "
+            f"{source_of(label)}: {int(early.sum())} row(s) have an empty target "
             f"'{target}' before the last known one of their series (e.g. at "
             f"{_examples(frame.loc[early, [*groups, time]])}): only the rows to forecast, at "
             "the end of each series, may leave it empty."
@@ -102,7 +113,7 @@ def _future_rows(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
                 else series[wrong].assign(rows=future[wrong])
             )
             raise DataError(
-                f"{CHANNEL}: {int(wrong.sum())} series have {problem} (e.g. "
+                f"{source_of(label)}: {int(wrong.sum())} series have {problem} (e.g. "
                 f"{_examples(shown)}): give each series its history, then {horizon} rows with "
                 "the known covariates filled in and the target empty (or no such rows, to "
                 "forecast its last steps from complete data)."
@@ -112,7 +123,7 @@ def _future_rows(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
         log.warning(
             "%s: %d of %d series have no rows to forecast (no empty target after their "
             "history), e.g. %s: skipped",
-            CHANNEL,
+            source_of(label),
             int(skipped.sum()),
             len(series),
             _examples(series[skipped]),
@@ -138,40 +149,81 @@ def _dates(time_idx: pd.Series, axis: TimeAxis) -> pd.Series:
     return pd.Series(grid[time_idx.to_numpy() - first], index=time_idx.index)
 
 
+@dataclass
+class PredictionInput:
+    """New data ready for the model: its windows, the actual targets it holds, and the series
+    ids as given (1, not the label '1' the model knows), which the forecasts keep."""
+
+    dataset: TimeSeriesDataSet
+    actuals: pd.DataFrame
+    given_ids: dict[str, pd.Series]
+
+
+def prepare_prediction(
+    frame: pd.DataFrame,
+    dataset_parameters: dict[str, Any],
+    config: DataConfig,
+    time_axis: TimeAxis | None,
+    label: str = CHANNEL,
+) -> PredictionInput:
+    """Windows for the rows to forecast of every series in `frame`, checked (the job prepares
+    its `forecast` channel with this before training)."""
+    given = {g: frame[g].drop_duplicates() for g in config.group_ids if g in frame.columns}
+    prepared = prepare_frame(frame, config, label, time_axis)
+    actuals = prepared[[*config.group_ids, config.time_idx, config.target]]
+    prepared = validate_frame(
+        _future_rows(prepared, config, label),
+        config,
+        label,
+        config.resolved_min_encoder_length + config.max_prediction_length,
+    )
+    refuse_unscaled_series(dataset_parameters, prepared, config, label, "the training data")
+    dataset = build_prediction_dataset(dataset_parameters, prepared, config)
+    return PredictionInput(dataset, actuals, given)
+
+
+def forecast_table(
+    model: TemporalFusionTransformer,
+    data: PredictionInput,
+    config: DataConfig,
+    quantiles: list[float],
+    time_axis: TimeAxis | None,
+    batch_size: int = 1024,
+    device: torch.device | str = "cpu",
+) -> pd.DataFrame:
+    """The forecasts of `model` for prepared data, in the user's names and ids: what
+    `predict` and the job's `forecast` channel write."""
+    result = forecast(model, data.dataset, batch_size=batch_size, device=device)
+    internal_time_idx = internal_names(config)[config.time_idx]
+    out = to_frame(result, quantiles, internal_time_idx).rename(columns=user_names(config))
+    keys = [*config.group_ids, config.time_idx]
+    actuals = data.actuals.astype({g: str for g in config.group_ids})
+    out = out.astype({g: str for g in config.group_ids})
+    out = out.merge(actuals.rename(columns={config.target: "actual"}), on=keys, how="left")
+    for column, values in data.given_ids.items():
+        out[column] = out[column].map(dict(zip(as_labels(values).astype(str), values, strict=True)))
+    columns = [*keys, *(c for c in out.columns if c not in keys)]  # ids, time, forecasts
+    if time_axis is not None and config.date_column:
+        out[config.date_column] = _dates(out[config.time_idx], time_axis)
+        columns.insert(len(keys), config.date_column)
+    return out[columns]
+
+
 def predict_frame(
     trained: TrainedModel, frame: pd.DataFrame, batch_size: int = 1024, device: str = "cpu"
 ) -> pd.DataFrame:
-    """Forecasts for the last `max_prediction_length` steps of every series in `frame`."""
-    config = trained.config.data
-    # The ids as given (1, not the label '1' the model knows): the forecasts keep them.
-    given = {g: frame[g].drop_duplicates() for g in config.group_ids if g in frame.columns}
-    prepared = prepare_frame(frame, config, CHANNEL, trained.time_axis)
-    actuals = prepared[[*config.group_ids, config.time_idx, config.target]]
-    prepared = validate_frame(
-        _future_rows(prepared, config),
-        config,
-        CHANNEL,
-        config.resolved_min_encoder_length + config.max_prediction_length,
+    """Forecasts for the rows to forecast of every series in `frame`."""
+    config = trained.config
+    data = prepare_prediction(frame, trained.dataset_parameters, config.data, trained.time_axis)
+    return forecast_table(
+        trained.model,
+        data,
+        config.data,
+        config.model.quantiles,
+        trained.time_axis,
+        batch_size,
+        device,
     )
-    refuse_unscaled_series(
-        trained.dataset_parameters, prepared, config, CHANNEL, "the training data"
-    )
-    dataset = build_prediction_dataset(trained.dataset_parameters, prepared, config)
-    result = forecast(trained.model, dataset, batch_size=batch_size, device=device)
-    internal_time_idx = internal_names(config)[config.time_idx]
-    out = to_frame(result, trained.config.model.quantiles, internal_time_idx)
-    out = out.rename(columns=user_names(config))
-    keys = [*config.group_ids, config.time_idx]
-    actuals = actuals.astype({g: str for g in config.group_ids})
-    out = out.astype({g: str for g in config.group_ids})
-    out = out.merge(actuals.rename(columns={config.target: "actual"}), on=keys, how="left")
-    for column, values in given.items():
-        out[column] = out[column].map(dict(zip(as_labels(values).astype(str), values, strict=True)))
-    columns = [*keys, *(c for c in out.columns if c not in keys)]  # ids, time, forecasts
-    if trained.time_axis is not None and config.date_column:
-        out[config.date_column] = _dates(out[config.time_idx], trained.time_axis)
-        columns.insert(len(keys), config.date_column)
-    return out[columns]
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -262,10 +314,12 @@ def _load(path: Path) -> TrainedModel:
         ) from None
 
 
-def _write(forecasts: pd.DataFrame, output: Path) -> None:
-    """Atomically: a partial file never takes the output's name."""
+def write_forecasts(forecasts: pd.DataFrame, output: Path, config: DataConfig) -> None:
+    """Forecasts to parquet (CSV for a name ending in .csv), whole or not at all: a partial
+    file never takes the output's name."""
     partial = output.with_name(f".{output.name}.partial")
     try:
+        output.parent.mkdir(parents=True, exist_ok=True)
         if output.suffix.lower() == ".csv":
             forecasts.to_csv(partial, index=False)
         else:
@@ -274,6 +328,8 @@ def _write(forecasts: pd.DataFrame, output: Path) -> None:
     except OSError as err:
         partial.unlink(missing_ok=True)
         raise JobError(f"Cannot write {output}: {err.strerror or err}.") from None
+    series = forecasts[config.group_ids].drop_duplicates().shape[0]
+    print(f"wrote {len(forecasts)} forecasts for {series} series to {output}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,12 +347,10 @@ def main(argv: list[str] | None = None) -> int:
         frame = _read(args.data)
         trained = _load(args.model)
         forecasts = predict_frame(trained, frame, args.batch_size, args.device)
-        _write(forecasts, args.output)
+        write_forecasts(forecasts, args.output, trained.config.data)
     except JobError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    series = forecasts[trained.config.data.group_ids].drop_duplicates().shape[0]
-    print(f"wrote {len(forecasts)} forecasts for {series} series to {args.output}")
     if forecasts["actual"].notna().any():
         known = forecasts.dropna(subset=["actual"])
         print(

@@ -73,7 +73,15 @@ def level_drift(
 # --------------------------------------------------------------------------------------------
 # Rules: pure functions of the statistics
 # --------------------------------------------------------------------------------------------
-def choose_target_normalizer(drift: float) -> Choice:
+def choose_target_normalizer(drift: float, min_encoder_length: int) -> Choice:
+    if drift > DRIFT_THRESHOLD and min_encoder_length < 2:
+        return Choice(
+            "target_normalizer",
+            "group",
+            f"series drift (median recent shift {drift:.2f} standard deviations), but windows "
+            f"with min_encoder_length={min_encoder_length} step are too short to scale by their "
+            "own history: scaled per series",
+        )
     if drift > DRIFT_THRESHOLD:
         return Choice(
             "target_normalizer",
@@ -214,7 +222,7 @@ def resolve_data(config: DataConfig, frame: pd.DataFrame) -> tuple[DataConfig, l
     drift = level_drift(
         frame, config.group_ids, config.time_idx, config.target, config.max_encoder_length
     )
-    choice = choose_target_normalizer(drift)
+    choice = choose_target_normalizer(drift, config.resolved_min_encoder_length)
     return dataclasses.replace(config, target_normalizer=choice.value), [choice]
 
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from PIL import Image
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import stops
@@ -51,10 +53,31 @@ MONITOR = "val_loss"
 
 
 class MetricLines(Callback):
-    """Prints `[metrics] epoch=... train_loss=... val_loss=... val_MAE=...` after each epoch."""
+    """Prints `[metrics] epoch=... train_loss=... val_loss=... val_MAE=...` after each epoch,
+    and keeps those values in `history` for the report's training curve. The history is
+    checkpointed with the callback, so a resumed job reports the epochs before it too; as the
+    epoch's checkpoints are saved when validation ends, the validation values are recorded
+    then, and the epoch's entry is completed when it ends."""
 
     def __init__(self) -> None:
         self.started = time.monotonic()
+        self.history: list[dict[str, float]] = []
+
+    def _record(self, values: dict[str, float | None]) -> None:
+        entry = {k: v for k, v in values.items() if v is not None}
+        if self.history and self.history[-1]["epoch"] == entry["epoch"]:
+            self.history[-1] |= entry
+        else:
+            self.history.append(entry)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        names = ("val_loss", "val_MAE", "val_SMAPE", "val_RMSE")
+        self._record(
+            {"epoch": trainer.current_epoch} | {n: float(metrics[n]) for n in names if n in metrics}
+        )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -64,19 +87,24 @@ class MetricLines(Callback):
         def value(name: str) -> float | None:
             return float(metrics[name]) if name in metrics else None
 
-        line = format_metric_line(
-            {
-                "epoch": trainer.current_epoch,
-                "train_loss": value("train_loss_epoch"),
-                "val_loss": value("val_loss"),
-                "val_MAE": value("val_MAE"),
-                "val_SMAPE": value("val_SMAPE"),
-                "val_RMSE": value("val_RMSE"),
-                "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None,
-                "elapsed_s": time.monotonic() - self.started,
-            }
-        )
-        print(line, flush=True)
+        values = {
+            "epoch": trainer.current_epoch,
+            "train_loss": value("train_loss_epoch"),
+            "val_loss": value("val_loss"),
+            "val_MAE": value("val_MAE"),
+            "val_SMAPE": value("val_SMAPE"),
+            "val_RMSE": value("val_RMSE"),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None,
+            "elapsed_s": time.monotonic() - self.started,
+        }
+        self._record(values)
+        print(format_metric_line(values), flush=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
 
 
 class LoaderPosition(Callback):
@@ -383,3 +411,17 @@ def build_trainer(
         log_every_n_steps=50,
         num_sanity_val_steps=1,
     )
+
+
+def log_final_results(trainer: pl.Trainer, val_mae: float, figures: dict[str, bytes]) -> None:
+    """After the final evaluation: its validation MAE as `hp_metric`, the HParams view's column
+    (Lightning wrote a -1 placeholder there when training started), so runs and tuning trials
+    compare in one table; and the report's figures (PNG) as images."""
+    if not isinstance(trainer.logger, TensorBoardLogger):
+        return
+    writer = trainer.logger.experiment  # reopens the event file that Lightning closed
+    writer.add_scalar("hp_metric", val_mae, trainer.global_step)
+    for name, png in figures.items():
+        image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        writer.add_image(f"report/{name}", image, trainer.global_step, dataformats="HWC")
+    writer.close()
