@@ -177,7 +177,7 @@ def test_tensorboard_events(trained: Trained) -> None:
 def test_failure_while_writing_the_model_leaves_no_partial_model(
     sm_job: SageMakerDir, tiny_panel: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An unexpected error after training: exit 1, the cause first, then the traceback, and the
+    """A full disk after training: exit 2, a cause that names the model directory, and the
     files already staged (model.ckpt, dataset_parameters.pt) do not reach model/."""
 
     def disk_full() -> dict[str, str]:
@@ -186,9 +186,10 @@ def test_failure_while_writing_the_model_leaves_no_partial_model(
     monkeypatch.setattr("tft_sagemaker.artifacts._versions", disk_full)
     sm_job.write_data(tiny_panel)
     result = sm_job.run({"preset": "synthetic", **TINY})
-    assert result.code == 1
-    assert result.failure_line == "Unexpected OSError: [Errno 28] No space left on device"
-    assert "Traceback" in result.failure or 'File "' in result.failure
+    assert result.code == 2
+    assert result.failure_line.startswith(
+        f"Could not write the model to {sm_job.model_dir}: No space left on device (errno 28)."
+    ), result.failure_line
     assert len(result.failure) <= FAILURE_LIMIT
     assert result.model_files == []
 

@@ -28,7 +28,10 @@ from threadpoolctl import threadpool_limits
 from .config import DataConfig
 from .evaluate import Forecast
 
-CLASSICAL_HISTORY = 120  # steps a classical model is fitted on, at least 10 seasons
+# Steps a classical model is fitted on (at least 10 seasons). Long: on the monthly US
+# employment panel ETS's validation MAE was 52.8 fitted on the last 120 months and 26.2 on all
+# of them (about 350); the fit time grows with it.
+CLASSICAL_HISTORY = 1_000
 _MAX_ETS_SEASON = 24  # longer seasons: too many initial states to estimate per series
 # Steps per season of a pandas frequency's base unit (a multiple such as 2MS divides it).
 _SEASONS = {"MS": 12, "ME": 12, "M": 12, "QS": 4, "QE": 4, "Q": 4, "W": 52, "D": 7, "B": 5, "h": 24}
