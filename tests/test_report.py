@@ -555,3 +555,30 @@ def test_the_driving_covariate_comes_first(tmp_path: Path) -> None:
     assert list(decoder) == sorted(decoder, key=decoder.get, reverse=True)
     assert next(iter(decoder)) == "m_driver", decoder
     assert decoder["m_driver"] > 0.5, decoder
+
+
+def test_the_headline_sets_the_tft_beside_every_baseline() -> None:
+    from tft_sagemaker.report import _baselines
+
+    metrics = {
+        "val_MAE": 46.5,
+        "val_MASE": 0.58,
+        "baseline_val_MAE": 89.5,
+        "baseline_val_MASE": 0.92,
+        "seasonal_naive_val_MAE": 104.8,
+        "ets_val_MAE": 26.2,
+        "theta_val_MAE": 62.8,
+        "best_baseline": "ets",
+        "baseline_margin": 0.775,
+        "beats_baselines": False,
+        "classical_windows": 100,
+        "validation_windows": 148,
+    }
+    page = _baselines(metrics)
+    assert "does not beat ETS</span>: 77.5% higher MAE" in page
+    for label, value in [("naive (last value)", "89.5"), ("seasonal naive", "104.8")]:
+        assert f'<td>{label}</td><td class="num">{value}</td>' in page
+    assert "a sample of 100 windows" in page
+    beaten = _baselines(metrics | {"beats_baselines": True, "baseline_margin": -0.1})
+    assert "beats every baseline</span>: 10.0% lower MAE than the strongest, ETS" in beaten
+    assert _baselines({"val_MAE": 1.0}) == ""  # a model saved before the baselines

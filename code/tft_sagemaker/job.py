@@ -283,6 +283,7 @@ def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, Any]:
         else None
     )
     predicted = forecast(best_model, job.validation, device=device, observe=interpretation)
+    predicted.index = predicted.index.rename(columns=user_names(config.data))  # as in the data
     results = score(predicted, config.model.quantiles)
     baselines_started = time.monotonic()
     comparison = against_baselines(

@@ -320,8 +320,49 @@ def _headline(run: SavedRun) -> str:
         verdict
         + _table(["metric", "model", "naive", "change"], rows)
         + f'<p class="muted">{_e(listed)}. Lower is better for every metric; the naive '
-        "forecast's quantiles all equal its point forecast.</p>"
+        "forecast's quantiles all equal its point forecast.</p>" + _baselines(metrics)
     )
+
+
+# Each baseline: its name in metrics.json's best_baseline, the prefix of its scores there, and
+# its name on the page.
+_BASELINES = (
+    ("naive", "baseline_", "naive (last value)"),
+    ("seasonal_naive", "seasonal_naive_", "seasonal naive"),
+    ("ets", "ets_", "ETS"),
+    ("theta", "theta_", "Theta"),
+)
+
+
+def _baselines(metrics: Mapping[str, Any]) -> str:
+    """The TFT beside every baseline the job scored on the same windows (baselines.py)."""
+    if "beats_baselines" not in metrics:
+        return ""
+    rows = [["TFT", metrics["val_MAE"], metrics.get("val_MASE", "")]]
+    rows += [
+        [label, metrics[f"{prefix}val_MAE"], metrics.get(f"{prefix}val_MASE", "")]
+        for _, prefix, label in _BASELINES
+        if f"{prefix}val_MAE" in metrics
+    ]
+    labels = {key: label for key, _, label in _BASELINES}
+    name = labels.get(metrics["best_baseline"], metrics["best_baseline"])
+    margin = abs(metrics["baseline_margin"])
+    verdict = (
+        f'<span class="better">beats every baseline</span>: {margin:.1%} lower MAE than the '
+        f"strongest, {_e(name)}, on the same windows"
+        if metrics["beats_baselines"]
+        else f'<span class="worse">does not beat {_e(name)}</span>: {margin:.1%} higher MAE '
+        "on the same windows. A simpler model forecasts this data better: train longer, or "
+        "check the schema and the recipe"
+    )
+    sampled = metrics.get("classical_windows")
+    note = (
+        f" ETS and Theta were fitted on a sample of {sampled:,} windows, and the TFT is compared "
+        "with them on that sample."
+        if sampled and sampled < metrics.get("validation_windows", sampled)
+        else ""
+    )
+    return f"<p>The TFT {verdict}.{_e(note)}</p>" + _table(["forecast", "MAE", "MASE"], rows)
 
 
 def _shares(shares: Mapping[str, float], top: int = 3) -> str:
