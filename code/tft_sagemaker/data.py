@@ -213,9 +213,10 @@ def prepare_frame(
         frame[config.time_idx] = time_axis.to_time_idx(frame[config.date_column], channel)
     _check_dtypes(frame, config, channel)
     for column in config.categoricals:
-        if isinstance(frame[column].dtype, pd.BooleanDtype) or frame[column].dtype == bool:
-            frame[column] = frame[column].astype(str)
-        frame[column] = frame[column].astype(str).astype("category")
+        values = frame[column]
+        # Categories as text, missing values kept missing for validation to find (pandas 2,
+        # the DLC's, turns None into the text "None").
+        frame[column] = values.astype(str).where(values.notna()).astype("category")
     return frame
 
 
