@@ -17,7 +17,7 @@ PYTEST_PIN := $(shell grep -oE 'pytest==[0-9.]+' pyproject.toml)
 LINTED := code tests local_test bench examples docker
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup train test lint e2e bench-accuracy bench clean
+.PHONY: help setup train test lint e2e bench-accuracy bench bench-container clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench-accuracy: setup ## Stallion validation MAE over 5 seeds -> bench/results/s
 
 bench: setup ## throughput, time to MAE and data scaling -> bench/results/throughput.json
 	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/throughput.py
+
+bench-container: setup ## host vs containers throughput (after make e2e) -> bench/results/container.json
+	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/container.py
 
 clean: ## remove local runs (not the venvs)
 	rm -rf runs
