@@ -11,7 +11,8 @@ the CPU seconds the process spent per training second. The cases, alternating, -
   container, alone            the same in one container (`docker run`)
   2 host processes / 2 containers at once, each
     - sizing its threads to all the cores it sees (as before TFT_HOSTS_PER_MACHINE),
-    - (host) the same with OMP_WAIT_POLICY=PASSIVE (waiting threads sleep, not spin),
+    - (host) the same with OMP_WAIT_POLICY=PASSIVE (waiting threads sleep, not spin; also
+      alone),
     - with TFT_HOSTS_PER_MACHINE=2 (each its share: what compose and local mode now set),
     - (containers) with `--cpus` half the machine: the job reads the cgroup quota;
 
@@ -164,6 +165,7 @@ def cases(args: argparse.Namespace) -> dict[str, tuple[list[list[str]], dict[str
     return {
         "host, alone": ([host_command(args)], base),
         "host, alone, TFT_HOSTS_PER_MACHINE=2": ([host_command(args)], share),
+        "host, alone, OMP_WAIT_POLICY=PASSIVE": ([host_command(args)], passive),
         "container, alone": ([docker("alone")], base),
         "2 host processes, all cores each": ([host_command(args)] * 2, base),
         "2 host processes, all cores, OMP_WAIT_POLICY=PASSIVE": ([host_command(args)] * 2, passive),
@@ -227,14 +229,15 @@ def compose_two_node(args: argparse.Namespace, hosts_per_machine: str) -> float:
 def table(results: dict[str, Any]) -> str:
     alone = results["cases"]["host, alone"]["windows_per_s"]
     lines = [
-        "| case | threads | windows/s each | total windows/s | vs host alone | CPU s per s |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| case | threads | windows/s each (runs) | total windows/s | vs host alone "
+        "| CPU s per s each | windows per CPU s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, row in results["cases"].items():
         lines.append(
             f"| {name} | {row['threads']} | {row['windows_per_s']:.0f} ({row['runs']}) | "
             f"{row['total_windows_per_s']:.0f} | {row['total_windows_per_s'] / alone:.2f}x | "
-            f"{row['cpu_per_train_s']} |"
+            f"{row['cpu_per_train_s']:.2f} | {row['windows_per_s'] / row['cpu_per_train_s']:.0f} |"
         )
     compose = results["compose_two_node_s"]
     lines += [
