@@ -9,8 +9,9 @@ the real training job (code/train.py, one process per run, each in a fresh /opt/
 directory) with its schema alone: the default recipe chooses everything else. The job scores
 the TFT and its baselines (naive, seasonal naive, ETS, Theta) on the same validation windows;
 this script gathers metrics.json per run, prints a markdown table and writes
-bench/results/quality.json. `--cpus` is the job's CPU count (SM_NUM_CPUS): one thread per run
-by default, since on a shared 2-core machine two threads that wait for each other were measured
+bench/results/quality.json. `--cpus` is the CPUs each job takes (it is told that
+cpu_count / cpus jobs share the machine: TFT_HOSTS_PER_MACHINE): one thread per run by
+default, since on a shared 2-core machine two threads that wait for each other were measured
 10-30x slower than one. `--parallel` runs that many jobs at a time (their wall times then
 share the machine).
 """
@@ -66,7 +67,7 @@ def run_job(panel: str, seed: int, overrides: list[str], cpus: int, workdir: Pat
         **os.environ,
         "SAGEMAKER_BASE_DIR": str(base),
         "PYTHONPATH": str(ROOT / "code"),
-        "SM_NUM_CPUS": str(cpus),
+        "TFT_HOSTS_PER_MACHINE": str(max(1, (os.cpu_count() or 1) // cpus)),
     }
     proc = subprocess.run(
         [sys.executable, str(ROOT / "code" / "train.py"), *args],
@@ -145,7 +146,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--panels", nargs="+", default=list(PANELS), choices=list(PANELS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 7])
-    parser.add_argument("--cpus", type=int, default=1, help="the job's CPU count (SM_NUM_CPUS)")
+    parser.add_argument("--cpus", type=int, default=1, help="CPUs per job (TFT_HOSTS_PER_MACHINE)")
     parser.add_argument("--parallel", type=int, default=1, help="jobs at a time")
     parser.add_argument("--output", type=Path, default=RESULTS / "quality.json")
     parser.add_argument(

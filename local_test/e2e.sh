@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end test of the training container (`make e2e`), on a Debian 12 machine, as root, with
 # no registry but Debian's archive and PyPI:
-#   1. installs and starts the Docker engine (.ci/setup_docker.sh) and a tools venv
+#   1. installs and starts the Docker engine (.ci/setup_docker.sh) and the tools venvs
 #   2. lints: hadolint (Dockerfiles), shellcheck (shell scripts), `docker compose config`
-#   3. builds the debootstrap Debian base, the CPU stand-in for the DLC, the product image
+#   3. builds the debootstrap Debian base, the CPU stand-in for the DLC, the product image;
+#      `pip check` in both, and every package the DLC has at the DLC's version
 #   4. (a) `train` in one container on local_test data: success file, model, a forecast from it
 #   5. (b) the compose services on CPU: one node, then two nodes (algo-1 + algo-2)
-#   6. (b) SageMaker SDK v2 local mode (examples/launch_sagemaker.py), two instances
+#   6. (b) SageMaker local mode with SDK v3 and v2 (examples/), one and two instances: every
+#      container's exit code, and the model archive itself
 #   7. (c) build_and_push.sh against a local registry and a moto AWS API; pull by URI, train
 #   8. (d) a bad run (no train channel): the cause in output/failure, a non-zero exit
 #   9. `docker stop` mid-training (SageMaker's SIGTERM): a checkpoint, then a restart resumes
@@ -22,8 +24,8 @@ STATE_DIR=${TFT_STATE_DIR:-/var/tmp/tft-sagemaker}
 export TFT_STATE_DIR=$STATE_DIR
 RUN_DIR=$STATE_DIR/e2e/$(date +%Y%m%d-%H%M%S)
 LOGS=$RUN_DIR/logs
-TOOLS_VENV=$STATE_DIR/tools
-TOOLS_REQUIREMENTS=$ROOT/local_test/e2e-requirements.txt
+TOOLS_VENV=$STATE_DIR/tools # moto, the AWS CLI, hadolint, SageMaker SDK v2
+SDK3_VENV=$STATE_DIR/tools-sdk3 # SageMaker SDK v3 (the same package name as v2)
 
 DEBIAN_BASE=local/debian:bookworm
 CPU_BASE=tft-sagemaker/cpu-base:2.13.0-cpu-py311
@@ -170,12 +172,19 @@ banner "1. engine and tools"
 t0=$(now)
 "$ROOT/.ci/setup_docker.sh" install
 [[ $("$ROOT/.ci/setup_docker.sh" start) == started ]] && ENGINE_STARTED=1
-if [[ ! -x $TOOLS_VENV/bin/moto_server ]] || ! cmp -s "$TOOLS_REQUIREMENTS" "$TOOLS_VENV/requirements.txt"; then
-    info "tools venv: $TOOLS_VENV"
-    python3 -m venv --clear "$TOOLS_VENV"
-    logged tools-venv "$TOOLS_VENV/bin/pip" install --quiet -r "$TOOLS_REQUIREMENTS"
-    cp "$TOOLS_REQUIREMENTS" "$TOOLS_VENV/requirements.txt"
-fi
+# A venv with the given requirement files, made again only when they changed.
+tools_venv() { # DIR REQUIREMENTS...
+    local dir=$1 wanted
+    shift
+    wanted=$(cat "$@")
+    [[ -f $dir/requirements.txt && $(cat "$dir/requirements.txt") == "$wanted" ]] && return
+    info "tools venv: $dir"
+    python3 -m venv --clear "$dir"
+    logged "$(basename "$dir")-venv" "$dir/bin/pip" install --quiet "${@/#/-r}"
+    printf '%s\n' "$wanted" >"$dir/requirements.txt"
+}
+tools_venv "$TOOLS_VENV" local_test/e2e-requirements.txt examples/requirements-sdk2.txt
+tools_venv "$SDK3_VENV" examples/requirements-sdk3.txt
 docker version --format 'engine {{.Server.Version}}, client {{.Client.Version}}' | sed 's/^/  /'
 docker compose version | sed 's/^/  /'
 timing "engine + tools ready" "$(since "$t0") s"
@@ -227,6 +236,35 @@ image_size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
 base_size=$(docker image inspect -f '{{.Size}}' "$CPU_BASE")
 timing "product image size above the base" \
     "$(awk -v a="$image_size" -v b="$base_size" 'BEGIN { printf "%.0f MB (image %.0f MB)", (a - b) / 1e6, a / 1e6 }')"
+
+# Nothing of the DLC changed: `pip check` is clean in both images, and every package the DLC
+# has is at the DLC's version in both (the builds enforce it; this says so with the figures).
+packages=()
+for image in "$CPU_BASE" "$IMAGE"; do
+    docker run --rm --entrypoint python "$image" -m pip check >"$LOGS/pip-check.log" 2>&1 \
+        || { show_log "$LOGS/pip-check.log"; die "pip check failed in $image"; }
+    info "pip check in $image: $(cat "$LOGS/pip-check.log")"
+    packages+=("$LOGS/packages-${#packages[@]}.txt")
+    docker run --rm --entrypoint python "$image" -m pip list --format=freeze >"${packages[-1]}"
+done
+python3 - docker/dlc-constraints.txt "${packages[@]}" <<'PY' || die "a package of the DLC changed"
+import re, sys
+
+def versions(path):
+    pins = (line.strip().split("==") for line in open(path) if "==" in line and line[0] != "#")
+    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in pins}
+
+dlc, stand_in, image = map(versions, sys.argv[1:])
+for label, have in (("CPU stand-in", stand_in), ("product image", image)):
+    differ = {n: f"{v} (DLC {dlc[n]})" for n, v in have.items() if n in dlc and v != dlc[n]}
+    assert not differ, f"{label}: not the DLC's versions: {differ}"
+    print(f"  {label}: {sum(n in dlc for n in have)} packages of the DLC, all at its versions")
+print("  package              DLC        stand-in   image")
+for name in ("numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "pyyaml", "mlflow",
+             "sagemaker-training", "torch", "lightning", "pytorch-forecasting"):
+    row = [d.get(name, "-") for d in (dlc, stand_in, image)]
+    print(f"  {name:20} {row[0]:10} {row[1]:10} {row[2]}")
+PY
 
 # The local_test data, made by local_test/prepare_data.py with the image's own Python stack.
 docker run --rm --entrypoint python \
@@ -283,27 +321,61 @@ compose_run compose-two-node "algo-1 algo-2" \
     docker-compose.yml docker-compose.two-node.yml docker-compose.cpu.yml
 
 # --------------------------------------------------------------------------------------------
-banner "6. (b) SageMaker SDK v2 local mode: examples/launch_sagemaker.py, two instances"
-# The SDK writes its own compose file (algo-1, algo-2) and runs `docker run IMAGE train`; no AWS
-# account: the example uses dummy keys and opts out of telemetry in local mode.
-dir=$RUN_DIR/sdk-local-mode
-mkdir -p "$dir"
+banner "6. (b) SageMaker local mode: SDK v3 and v2 (examples/), one and two instances"
+# Each SDK writes its own compose file (algo-1 ... algo-N) and runs the image; no AWS account:
+# the examples use dummy keys and opt out of telemetry in local mode. An SDK judges a job by the
+# first container to exit: every container's exit code and the model archive itself are checked.
 hp_flags=()
 for pair in "${QUICK_HYPERPARAMETERS[@]}"; do hp_flags+=(--hp "$pair"); done
-t0=$(now)
-(cd "$dir" && env -u AWS_PROFILE -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY \
-    AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true \
-    timeout "$TRAIN_TIMEOUT_S" "$TOOLS_VENV/bin/python" "$ROOT/examples/launch_sagemaker.py" \
-    --local --image-uri "$IMAGE" --instance-count 2 --train "file://$RUN_DIR/data/train" \
-    --output "file://$dir/out" "${hp_flags[@]}") >"$LOGS/sdk-local-mode.log" 2>&1 \
-    || { show_log "$LOGS/sdk-local-mode.log"; die "SDK local mode run failed"; }
-timing "SDK local mode run, two instances" "$(since "$t0") s"
-# The SDK leaves its containers behind (random names, logged as "NAME exited with code N").
-grep -oE '[a-z0-9]{10}-algo-[0-9]+-[a-z0-9]{5}' "$LOGS/sdk-local-mode.log" | sort -u \
-    | xargs -r docker rm -f >/dev/null 2>&1 || true
-members=$(tar -tzf "$dir/out/model.tar.gz" | tr '\n' ' ')
-[[ -n $members ]] || die "SDK local mode: empty $dir/out/model.tar.gz"
-info "model.tar.gz: $members"
+sdk_local_run() { # SDK_VERSION INSTANCES
+    local sdk=$1 count=$2 name="sdk$1-local-$2" python="$TOOLS_VENV/bin/python" dir containers
+    [[ $sdk == 3 ]] && python=$SDK3_VENV/bin/python
+    dir=$RUN_DIR/$name
+    mkdir -p "$dir"
+    docker ps -aq --no-trunc --filter "ancestor=$IMAGE" | sort >"$dir/containers-before"
+    t0=$(now)
+    (cd "$dir" && env -u AWS_PROFILE -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY \
+        AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true \
+        timeout "$TRAIN_TIMEOUT_S" "$python" "$ROOT/examples/launch_sagemaker_v$sdk.py" \
+        --local --image-uri "$IMAGE" --instance-count "$count" --train "file://$RUN_DIR/data/train" \
+        --output "file://$dir/out" "${hp_flags[@]}") >"$LOGS/$name.log" 2>&1 \
+        || { show_log "$LOGS/$name.log"; die "$name: the SDK reported a failure"; }
+    timing "SDK v$sdk local mode, $count instance(s)" "$(since "$t0") s"
+    # The containers of this run (the SDKs leave them behind): one per instance, all exit 0.
+    mapfile -t containers < <(docker ps -aq --no-trunc --filter "ancestor=$IMAGE" | sort \
+        | comm -13 "$dir/containers-before" -)
+    printf '%s\n' "${containers[@]}" | xargs -r docker inspect -f '{{.Name}} {{.State.ExitCode}}' \
+        >"$dir/exit-codes"
+    printf '%s\n' "${containers[@]}" | xargs -r docker rm -f >/dev/null
+    (($(wc -l <"$dir/exit-codes") == count)) \
+        || die "$name: $(wc -l <"$dir/exit-codes") containers, expected $count"
+    awk '$2 != 0 { bad = 1 } END { exit bad }' "$dir/exit-codes" \
+        || { show_log "$LOGS/$name.log"; die "$name: a container failed: $(tr '\n' ' ' <"$dir/exit-codes")"; }
+    info "$name: exit codes $(tr '\n' ' ' <"$dir/exit-codes")"
+    python3 - "$(find "$dir/out" -name model.tar.gz)" "$(find "$dir/out" -name output.tar.gz)" \
+        "$count" <<'PY' || die "$name: the model archive is not what the job writes"
+import json, sys, tarfile
+
+model, output, hosts = sys.argv[1], sys.argv[2], int(sys.argv[3])
+expected = ["config.json", "dataset_parameters.pt", "metrics.json", "model.ckpt"]
+with tarfile.open(model) as tar:
+    files = sorted(m.name.removeprefix("./") for m in tar.getmembers() if m.isfile())
+    assert files == expected, f"{model} holds {files}, expected {expected}"
+    metrics = json.load(tar.extractfile(next(m for m in tar if m.name.endswith("metrics.json"))))
+# Every host trained: one process group of all of them, one summary per rank.
+assert metrics["world_size"] == hosts, f"world_size {metrics['world_size']}, expected {hosts}"
+with tarfile.open(output) as tar:
+    names = tar.getnames()
+summaries = [n for n in names if "training-summary-" in n]
+assert len(summaries) == hosts, f"training summaries {summaries}, expected {hosts}"
+assert not any(n.endswith("failure") for n in names), f"a failure file in {output}"
+print(f"  model.tar.gz: {' '.join(files)}; world_size {hosts}, val_MAE {metrics['val_MAE']:.3g}")
+PY
+}
+sdk_local_run 3 2
+sdk_local_run 3 1
+sdk_local_run 2 2
+sdk_local_run 2 1
 
 # --------------------------------------------------------------------------------------------
 banner "7. (c) build_and_push.sh -> local registry + moto; pull by URI; train"

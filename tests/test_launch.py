@@ -11,7 +11,16 @@ import json
 import pytest
 
 from tft_sagemaker.errors import ConfigError, JobError
-from tft_sagemaker.launch import plan_launch, read_hosts, wait_for_hosts
+from tft_sagemaker.launch import (
+    HOSTS_PER_MACHINE_VAR,
+    choose_interface,
+    plan_launch,
+    read_cpu_max,
+    read_hosts,
+    route_interface,
+    usable_cpus,
+    wait_for_hosts,
+)
 from tft_sagemaker.model import scaled_learning_rate
 
 
@@ -199,3 +208,144 @@ def test_wait_for_hosts_is_bounded() -> None:
 )
 def test_learning_rate_grows_with_the_global_batch(world: int, rule: str, expected: float) -> None:
     assert scaled_learning_rate(0.01, world, rule) == pytest.approx(expected)
+
+
+# --------------------------------------------------------------------------------------------
+# CPUs a process gets: affinity, cgroup quota, training containers sharing the machine
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("affinity", "cpu_max", "cpu_count", "expected"),
+    [
+        ({0, 1, 2, 3}, None, 4, 4),  # a plain machine
+        ({0, 1, 2, 3}, "max 100000", 4, 4),  # a cgroup without a quota
+        ({0, 1}, "max 100000", 8, 2),  # taskset / docker --cpuset-cpus 0,1
+        ({0, 1, 2, 3}, "200000 100000", 4, 2),  # docker --cpus 2
+        ({0, 1, 2, 3}, "150000 100000", 4, 1),  # 1.5 CPUs: round down, no throttled thread
+        ({0, 1}, "50000 100000", 2, 1),  # half a CPU still runs one thread
+        ({0, 1}, "800000 100000", 2, 2),  # a quota above the affinity: the affinity
+        (set(), None, 6, 6),  # no affinity known: the CPU count
+        (None, "300000 100000", 16, 3),
+    ],
+)
+def test_usable_cpus(affinity, cpu_max, cpu_count, expected) -> None:
+    assert usable_cpus(affinity, cpu_max, cpu_count) == expected
+
+
+def test_read_cpu_max_from_cgroup_v2_and_v1(tmp_path) -> None:
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert read_cpu_max(v2) == "150000 100000"
+    v1 = tmp_path / "v1" / "cpu,cpuacct"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    (v1 / "cpu.cfs_quota_us").write_text("200000\n")
+    assert read_cpu_max(tmp_path / "v1") == "200000 100000"
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert read_cpu_max(tmp_path / "v1") == "max 100000"
+    assert read_cpu_max(tmp_path / "none") is None
+
+
+@pytest.mark.parametrize(
+    ("sharing", "devices", "threads"),
+    [(None, 1, 8), ("1", 1, 8), ("2", 1, 4), ("2", 2, 2), ("3", 1, 2), ("16", 1, 1)],
+)
+def test_containers_sharing_a_machine_share_its_cpus(sharing, devices, threads) -> None:
+    # Local compose and SDK local mode put every host of the job on one machine.
+    env = hosts_env(2, 2) | ({HOSTS_PER_MACHINE_VAR: sharing} if sharing else {})
+    plan = plan_launch(env, None, gpus_per_host=0, cpus_per_host=8, devices=devices)
+    assert plan.threads_per_process == threads
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", ""])
+def test_hosts_per_machine_must_be_a_count(value) -> None:
+    with pytest.raises(ConfigError, match=HOSTS_PER_MACHINE_VAR):
+        plan_launch(hosts_env(2) | {HOSTS_PER_MACHINE_VAR: value}, None, 0, 8)
+
+
+# --------------------------------------------------------------------------------------------
+# The network interface of the process group
+# --------------------------------------------------------------------------------------------
+# /proc/net/route of a container on a compose network 172.18.0.0/16 with a second network
+# 10.0.0.0/8 on eth1 (addresses are little-endian hexadecimal on x86).
+ROUTES = """\
+Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth0\t00000000\t010012AC\t0003\t0\t0\t0\t00000000\t0\t0\t0
+eth0\t000012AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
+eth1\t0000000A\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0
+eth2\t0000000A\t00000000\t0000\t0\t0\t0\t0000FFFF\t0\t0\t0
+"""
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("172.18.0.2", "eth0"),  # the compose network
+        ("10.1.2.3", "eth1"),  # the second network; eth2's more specific route is down
+        ("8.8.8.8", "eth0"),  # the default route
+        ("algo-1", None),  # not an IPv4 address
+    ],
+)
+def test_route_interface(address, expected) -> None:
+    assert route_interface(ROUTES, address) == expected
+
+
+def test_route_interface_prefers_the_most_specific_then_the_lowest_metric() -> None:
+    more = ROUTES + "eth3\t0000000A\t00000000\t0001\t0\t0\t5\t0000FFFF\t0\t0\t0\n"
+    assert route_interface(more, "10.0.9.9") == "eth3"  # /16 beats /8
+    more += "eth4\t0000000A\t00000000\t0001\t0\t0\t1\t0000FFFF\t0\t0\t0\n"
+    assert route_interface(more, "10.0.9.9") == "eth4"  # same /16, lower metric
+    assert route_interface(ROUTES.splitlines()[0], "10.0.9.9") is None  # no routes at all
+
+
+@pytest.mark.parametrize(
+    ("configured", "existing", "route", "expected"),
+    [
+        # SageMaker: the configured interface exists.
+        ("eth0", ["lo", "eth0"], "eth0", "eth0"),
+        ("ethwe", ["lo", "ethwe", "eth0"], "eth0", "ethwe"),
+        # SDK v3 local mode: "ethwe" is configured, the container has eth0 only.
+        ("ethwe", ["lo", "eth0"], "eth0", "eth0"),
+        # Missing from the resource config: the route to the master.
+        (None, ["lo", "eth0"], "eth0", "eth0"),
+        ("", ["lo", "eth0"], "eth0", "eth0"),
+        # Several interfaces: the one that leads to the master, not the first.
+        ("ethwe", ["lo", "eth0", "eth1"], "eth1", "eth1"),
+        (None, ["lo", "eth0", "eth1"], "eth1", "eth1"),
+        # Nothing that works is known: leave it to gloo / NCCL.
+        ("ethwe", ["lo", "eth0"], None, None),
+        (None, ["lo", "eth0"], None, None),
+        ("ethwe", ["lo", "eth0"], "eth9", None),  # a route over an interface not seen here
+    ],
+)
+def test_choose_interface(configured, existing, route, expected) -> None:
+    choice = choose_interface(configured, existing, route)
+    assert choice.name == expected
+    if configured and configured not in existing:
+        assert repr(configured) in choice.reason  # the log says what was configured and why not
+    if choice.name is None:
+        assert choice.reason.endswith("left unset")
+    elif choice.name != configured:
+        assert choice.reason.endswith("using the interface of the route to the master")
+
+
+def test_a_cluster_that_cannot_form_says_what_was_tried(monkeypatch) -> None:
+    """The failure SDK v3 local mode met: gloo told to use an interface that is not there."""
+    import dataclasses
+
+    import torch.distributed as dist
+
+    from tft_sagemaker.errors import failure_text
+    from tft_sagemaker.job import _peer_failures
+
+    plan = plan_launch(hosts_env(2, 1), None, gpus_per_host=0, cpus_per_host=2)
+    plan = dataclasses.replace(plan, master_addr="127.0.0.1", master_port=29417)
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "ethwe")
+    with pytest.raises(JobError) as caught, _peer_failures(plan, timeout_s=30):
+        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29417", world_size=1, rank=0)
+    first_line = failure_text(caught.value).splitlines()[0]
+    assert first_line.startswith("The training cluster did not form: host algo-1 (node 0 of 2)")
+    assert "master 127.0.0.1 at 127.0.0.1:29417 over interface ethwe (GLOO_SOCKET_IFNAME)" in (
+        first_line
+    )
+    assert first_line.endswith("Unable to find address for: ethwe")

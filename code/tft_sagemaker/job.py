@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -45,7 +46,14 @@ from .dataset import build_training_dataset, build_validation_dataset, user_name
 from .errors import JobError, write_failure
 from .evaluate import forecast, score
 from .interpret import InterpretationSum, largest_series
-from .launch import LaunchPlan, plan_launch, read_resource_config, wait_for_hosts
+from .launch import (
+    LaunchPlan,
+    network_interface,
+    plan_launch,
+    process_cpus,
+    read_resource_config,
+    wait_for_hosts,
+)
 from .loaders import LoaderSettings, make_loader
 from .metrics import format_metric_line
 from .model import TemporalFusionTransformerDDP, build_model, scaled_learning_rate
@@ -79,8 +87,7 @@ def plan_for(config: JobConfig, paths: JobPaths) -> LaunchPlan:
         os.environ,
         read_resource_config(paths.input_config_dir),
         gpus_per_host=gpus,
-        # The toolkit's count (the bench sets it to share a machine), else the host's.
-        cpus_per_host=int(os.environ.get("SM_NUM_CPUS") or os.cpu_count() or 1),
+        cpus_per_host=process_cpus(),
         accelerator=config.training.accelerator,
         devices=config.training.devices,
         backend=config.distributed.backend,
@@ -119,10 +126,15 @@ def _configure_process(plan: LaunchPlan, paths: JobPaths) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(plan.threads_per_process))
     # A dead peer then fails the collectives at the timeout instead of hanging forever.
     os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-    interface = (read_resource_config(paths.input_config_dir) or {}).get("network_interface_name")
-    if interface and plan.num_nodes > 1:
-        os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+    if plan.num_nodes > 1:
+        configured = (read_resource_config(paths.input_config_dir) or {}).get(
+            "network_interface_name"
+        )
+        interface = network_interface(configured, plan.master_addr)
+        log.info("network interface: %s (%s)", interface.name or "unset", interface.reason)
+        if interface.name:
+            os.environ.setdefault("NCCL_SOCKET_IFNAME", interface.name)
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", interface.name)
     os.environ.update(plan.lightning_env())
     if plan.backend == "smddp":
         try:
@@ -143,15 +155,34 @@ def _peer_failures(plan: LaunchPlan, timeout_s: int) -> Iterator[None]:
     try:
         yield
     except (RuntimeError, dist.DistError) as err:
-        text = str(err).lower()
-        if not plan.distributed or not any(marker in text for marker in _PEER_LOST):
+        if not plan.distributed:
             raise
         first_line = str(err).strip().splitlines()[0][:300]
+        if not dist.is_initialized():  # the process group never formed
+            raise JobError(_cluster_not_formed(plan, first_line)) from err
+        if not any(marker in str(err).lower() for marker in _PEER_LOST):
+            raise
         raise JobError(
             f"Lost a peer of the training group ({plan.world_size} processes on "
             f"{', '.join(plan.hosts)}): this host stopped within collective_timeout_s="
             f"{timeout_s}. The root cause is in the first failing host's log. ({first_line})"
         ) from err
+
+
+def _cluster_not_formed(plan: LaunchPlan, cause: str) -> str:
+    """What was tried, first: which host met which master, where, over which interface."""
+    try:
+        address = socket.gethostbyname(plan.master_addr)
+    except OSError:
+        address = "unresolved"
+    variable = "NCCL_SOCKET_IFNAME" if plan.backend == "nccl" else "GLOO_SOCKET_IFNAME"
+    interface = os.environ.get(variable)
+    tried = f"{interface} ({variable})" if interface else f"chosen by {plan.backend}"
+    return (
+        f"The training cluster did not form: host {plan.current_host} (node {plan.node_rank} "
+        f"of {plan.num_nodes}) tried master {plan.master_addr} at {address}:{plan.master_port} "
+        f"over interface {tried}: {cause}"
+    )
 
 
 def _is_launching_process() -> bool:
@@ -179,13 +210,13 @@ class Job:
 
 def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
     """configuration → data → dataset → model → trainer, in every process alike."""
-    _configure_process(plan, paths)
     local_rank = plan.local_rank or int(os.environ.get("LOCAL_RANK", 0))
     setup_logging(rank=plan.node_rank * plan.devices + local_rank)
     log.info("launch plan: %s", json.dumps(plan.summary()))
     log.info("configuration: %s", json.dumps(config.flat()))
     if plan.num_nodes > 1:
         wait_for_hosts(plan.hosts, config.distributed.host_wait_timeout_s)
+    _configure_process(plan, paths)  # after the hosts resolve: it looks up the route to the master
 
     paths.check_writable()
     data = load_job_data(paths, config.data)

@@ -11,15 +11,22 @@ How the processes of a job came to be decides who forms the process group:
 - ``single``: one process, one device (or the CPU), nothing to form.
 
 `plan_launch` is pure: it reads only the mappings it is given, so tests feed it environments.
+So are the two decisions beside it that depend on the machine, each with a thin reader of the
+machine for the job: how many CPUs a process gets (`usable_cpus`: affinity, cgroup CPU quota,
+training containers sharing the machine) and which network interface the process group uses
+(`choose_interface`: the resource config's name if it exists here, else the route to the master).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import socket
+import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,10 @@ from .errors import ConfigError, JobError
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "algo-1"
+# How many training containers (SageMaker hosts) a launcher put on this one machine: local
+# compose and SageMaker local mode run every host of a job on the same machine, and each host
+# must then size its threads to its share of the cores, not to all of them.
+HOSTS_PER_MACHINE_VAR = "TFT_HOSTS_PER_MACHINE"
 
 
 @dataclass(frozen=True)
@@ -131,8 +142,13 @@ def plan_launch(
     backend: str = "auto",
     master_port: int = 29500,
 ) -> LaunchPlan:
-    """Decide the plan from the launcher's variables, the hosts and the devices of this host."""
+    """Decide the plan from the launcher's variables, the hosts and the devices of this host.
+
+    `cpus_per_host` is what this container may use (`process_cpus`); when a launcher put
+    several training containers on one machine (HOSTS_PER_MACHINE_VAR), each gets its share.
+    """
     hosts, current = read_hosts(env, resource_config)
+    cpus_per_host = max(1, cpus_per_host // hosts_per_machine(env))
     use_gpu = accelerator == "gpu" or (accelerator == "auto" and gpus_per_host > 0)
     if use_gpu and gpus_per_host == 0:
         raise ConfigError("accelerator=gpu but this host has no GPU.")
@@ -215,6 +231,113 @@ def plan_launch(
             "{'dataparallel': {'enabled': True}}}); use nccl with torch_distributed instead."
         )
     return plan
+
+
+def usable_cpus(affinity: Collection[int] | None, cpu_max: str | None, cpu_count: int) -> int:
+    """The CPUs a process can keep busy: those it may run on (affinity), capped by its cgroup's
+    CPU quota (`cpu.max`: "QUOTA PERIOD" or "max PERIOD").
+
+    A fractional quota rounds down (at least 1): one thread more than the quota lets the
+    threads run ahead and then stand throttled for the rest of each period, and intra-op
+    parallel regions wait at their barriers for the throttled thread.
+    """
+    cpus = len(affinity) if affinity else cpu_count
+    quota, _, period = (cpu_max or "max").partition(" ")
+    if quota != "max" and period:
+        cpus = min(cpus, max(1, math.floor(int(quota) / int(period))))
+    return max(1, cpus)
+
+
+def hosts_per_machine(env: Mapping[str, str]) -> int:
+    """How many training containers share this machine (HOSTS_PER_MACHINE_VAR; 1 if unset)."""
+    value = env.get(HOSTS_PER_MACHINE_VAR, "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{HOSTS_PER_MACHINE_VAR}={value!r}: give a whole number, 1 or more.")
+    return int(value)
+
+
+def read_cpu_max(cgroup: Path = Path("/sys/fs/cgroup")) -> str | None:
+    """This container's CPU quota as cgroup v2 `cpu.max` text ("QUOTA PERIOD" or "max PERIOD"),
+    from cgroup v2 or v1 (cpu.cfs_quota_us, -1 for none); None when neither is there.
+
+    Read at the root of the mount, which is the container's own cgroup in a container; on a
+    plain machine there is no quota there and the affinity decides.
+    """
+    try:
+        return (cgroup / "cpu.max").read_text().strip()
+    except OSError:
+        pass
+    for v1 in (cgroup / "cpu", cgroup / "cpu,cpuacct"):
+        try:
+            quota = int((v1 / "cpu.cfs_quota_us").read_text())
+            period = int((v1 / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return f"{quota if quota > 0 else 'max'} {period}"
+    return None
+
+
+def process_cpus() -> int:
+    """`usable_cpus` of this process."""
+    return usable_cpus(os.sched_getaffinity(0), read_cpu_max(), os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class InterfaceChoice:
+    name: str | None  # for GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME; None: leave them unset
+    reason: str
+
+
+def choose_interface(
+    configured: str | None, existing: Sequence[str], route: str | None
+) -> InterfaceChoice:
+    """The network interface for the process group: the resource config's
+    `network_interface_name` when this container has it, else the interface of the route to
+    the master, else none (gloo and NCCL then pick one themselves).
+
+    SageMaker names an interface that exists; SDK v3 local mode writes "ethwe" while its
+    containers only have eth0, and gloo fails on a name that does not exist.
+    """
+    if configured and configured in existing:
+        return InterfaceChoice(configured, "the resource config's network_interface_name")
+    missing = (
+        f"the resource config's network_interface_name {configured!r} does not exist here "
+        f"(interfaces: {', '.join(existing) or 'none'})"
+        if configured
+        else "the resource config names no interface"
+    )
+    if route and route in existing:
+        return InterfaceChoice(route, f"{missing}: using the interface of the route to the master")
+    return InterfaceChoice(None, f"{missing}, and no route to the master was found: left unset")
+
+
+def route_interface(route_table: str, address: str) -> str | None:
+    """The interface of the most specific IPv4 route to `address`, from the text of
+    /proc/net/route (addresses in host byte order, as hexadecimal); None if none matches."""
+    try:
+        target = struct.unpack("=I", socket.inet_aton(address))[0]
+    except OSError:
+        return None  # not an IPv4 address
+    best: tuple[int, int, str] | None = None  # (-prefix length, metric, interface)
+    for line in route_table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 8 or not int(fields[3], 16) & 1:  # RTF_UP
+            continue
+        destination, mask = int(fields[1], 16), int(fields[7], 16)
+        if target & mask == destination:
+            candidate = (-bin(mask).count("1"), int(fields[6]), fields[0])
+            best = min(best, candidate) if best else candidate
+    return best[2] if best else None
+
+
+def network_interface(configured: str | None, master_addr: str) -> InterfaceChoice:
+    """`choose_interface` for this container: its interfaces and its route to the master."""
+    existing = [name for _, name in socket.if_nameindex()]
+    try:
+        table, address = Path("/proc/net/route").read_text(), socket.gethostbyname(master_addr)
+    except OSError:  # no routing table to read, or the master does not resolve: no route known
+        return choose_interface(configured, existing, None)
+    return choose_interface(configured, existing, route_interface(table, address))
 
 
 def read_resource_config(config_dir: Path) -> dict[str, Any] | None:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the CPU stand-in for the SageMaker PyTorch training DLC (see Dockerfile beside this).
 # The build context is staged in a temporary directory with the CPU torch wheel from the host
-# ($PIP_FIND_LINKS), so nothing large is written into the repository. The Debian base image is
-# made with make-debian-base.sh first if it does not exist.
+# ($PIP_FIND_LINKS) and the DLC's package versions (docker/dlc-constraints.txt), so nothing
+# large is written into the repository. The Debian base image is made with make-debian-base.sh
+# first if it does not exist.
 #
 # Usage: docker/cpu-base/build.sh [--tag NAME] [--debian-base IMAGE] [--wheel-dir DIR]
 #   --tag NAME            default: tft-sagemaker/cpu-base:2.13.0-cpu-py311
@@ -41,7 +42,8 @@ fi
 
 CONTEXT=$(mktemp -d)
 trap 'rm -rf "$CONTEXT"' EXIT
-cp "$HERE/Dockerfile" "$HERE/requirements.txt" "$HERE/start_with_right_hostname.sh" "$CONTEXT/"
+cp "$HERE/Dockerfile" "$HERE/requirements.txt" "$HERE/start_with_right_hostname.sh" \
+    "$HERE/../dlc-constraints.txt" "$CONTEXT/"
 # A hard link is instant; fall back to a copy across file systems.
 ln "${wheels[0]}" "$CONTEXT/" 2>/dev/null || cp "${wheels[0]}" "$CONTEXT/"
 

@@ -1,7 +1,9 @@
-"""examples/launch_sagemaker.py builds the estimators we document, without touching AWS.
+"""examples/launch_sagemaker_v2.py (SDK v2) builds the estimators and the tuner we document,
+without touching AWS.
 
-The cloud cases go as far as the CreateTrainingJob request: the SDK's SageMaker client is
-replaced by a recorder, and any attempt to open a network connection fails the test.
+The cloud cases go as far as the CreateTrainingJob / CreateHyperParameterTuningJob request: the
+SDK's SageMaker client is replaced by a recorder, and any attempt to open a network connection
+fails the test. tests/test_launch_example_v3.py does the same for SDK v3.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import pytest
 sagemaker = pytest.importorskip("sagemaker", reason="needs the launch extra (sagemaker==2.257.7)")
 boto3 = pytest.importorskip("boto3")
 
+from tft_sagemaker.launch import HOSTS_PER_MACHINE_VAR  # noqa: E402
 from tft_sagemaker.metrics import METRIC_DEFINITIONS  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "launch_sagemaker.py"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "launch_sagemaker_v2.py"
 IMAGE = "111122223333.dkr.ecr.eu-west-1.amazonaws.com/tft-sagemaker:abc1234"
 ROLE = "arn:aws:iam::111122223333:role/SageMakerRole"
 OUTPUT = "s3://bucket/tft/jobs"
@@ -27,7 +30,7 @@ OUTPUT = "s3://bucket/tft/jobs"
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("launch_sagemaker", EXAMPLE)
+    spec = importlib.util.spec_from_file_location("launch_sagemaker_v2", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -109,6 +112,7 @@ def test_generic_estimator_request(example, cloud_session, count):
         "LocalPath": "/opt/ml/output/tensorboard",
     }
     assert "EnableManagedSpotTraining" not in request
+    assert not request.get("Environment")  # SageMaker gives each instance its own machine
 
 
 def test_managed_spot(example, cloud_session):
@@ -138,8 +142,8 @@ def test_metric_regexes_read_the_training_log(example):
 
 
 def test_pytorch_estimator_uses_torch_distributed(example, cloud_session):
-    launch = settings(example, estimator="pytorch", instance_count=2)
-    estimator = example.build_estimator(launch, cloud_session)
+    launch = settings(example, instance_count=2)
+    estimator = example.build_estimator(launch, cloud_session, "pytorch")
     assert type(estimator) is sagemaker.pytorch.PyTorch
     assert estimator.image_uri == IMAGE
     assert estimator.distribution == {"torch_distributed": {"enabled": True}}
@@ -155,7 +159,7 @@ def test_pytorch_estimator_uses_torch_distributed(example, cloud_session):
 
 def test_unknown_estimator_is_rejected(example, cloud_session):
     with pytest.raises(ValueError, match="unknown estimator"):
-        example.build_estimator(settings(example, estimator="keras"), cloud_session)
+        example.build_estimator(settings(example), cloud_session, "keras")
 
 
 def test_cloud_job_needs_an_output_path(example, cloud_session):
@@ -166,7 +170,8 @@ def test_cloud_job_needs_an_output_path(example, cloud_session):
 # The SDK runs local_gpu on one instance only ("Distributed Training in Local GPU is not
 # supported"): a two-node GPU run on one machine is the compose path.
 @pytest.mark.parametrize(
-    ("flags", "instance_type", "count"), [([], "local", 2), (["--gpu"], "local_gpu", 1)]
+    ("flags", "instance_type", "count"),
+    [([], "local", 1), ([], "local", 2), (["--gpu"], "local_gpu", 1)],
 )
 def test_local_mode_offline(example, monkeypatch, flags, instance_type, count):
     names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_DEFAULT_REGION")
@@ -186,12 +191,49 @@ def test_local_mode_offline(example, monkeypatch, flags, instance_type, count):
     assert estimator.instance_type == instance_type
     assert estimator.instance_count == count
     assert estimator.hyperparameters() == {"max_epochs": "2", "seed": "7"}
+    # Every host of a local job runs on this machine: each sizes its threads to its share.
+    assert estimator.environment == ({HOSTS_PER_MACHINE_VAR: "2"} if count == 2 else {})
     # Nothing that local mode cannot do.
     assert not estimator.use_spot_instances
     assert estimator.checkpoint_s3_uri is None
     assert estimator.tensorboard_output_config is None
 
 
-def test_hyperparameter_flags_must_be_pairs(example):
+def test_tuner_request(example, cloud_session):
+    launch = settings(example, instance_count=2, spot=True, tune_jobs=12, tune_parallel=3)
+    tuner = example.build_tuner(launch, example.build_estimator(launch, cloud_session))
+    tuner.fit({"train": launch.train}, job_name="tft-tune-test", wait=False)
+    client = cloud_session.sagemaker_client
+    client.create_hyper_parameter_tuning_job.assert_called_once()
+    request = client.create_hyper_parameter_tuning_job.call_args.kwargs
+    config = request["HyperParameterTuningJobConfig"]
+    assert request["HyperParameterTuningJobName"] == "tft-tune-test"
+    objective = {"MetricName": "val_MAE", "Type": "Minimize"}
+    assert config["HyperParameterTuningJobObjective"] == objective
+    assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 12, "MaxParallelTrainingJobs": 3}
+    ranges = config["ParameterRanges"]
+    assert {r["Name"]: r["ScalingType"] for r in ranges["ContinuousParameterRanges"]} == {
+        "learning_rate": "Logarithmic",
+        "dropout": "Linear",
+    }
+    assert ranges["CategoricalParameterRanges"] == [
+        {"Name": "hidden_size", "Values": ["16", "32", "64"]}
+    ]
+    definition = request["TrainingJobDefinition"]
+    assert definition["AlgorithmSpecification"]["TrainingImage"] == IMAGE
+    assert definition["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
+    # The tuned hyperparameters are the tuner's; the others stay as given (strings).
+    assert definition["StaticHyperParameters"]["max_epochs"] == "30"
+    assert "hidden_size" not in definition["StaticHyperParameters"]
+    assert definition["HyperParameterTuningResourceConfig"]["InstanceCount"] == 2
+    assert definition["EnableManagedSpotTraining"] is True
+    # Parallel training jobs must not share (and resume from) one checkpoint prefix.
+    assert "CheckpointConfig" not in definition
+
+
+@pytest.mark.parametrize(
+    "flags", [["--hp", "max_epochs"], ["--local", "--tune", "4"], ["--objective", "epoch"]]
+)
+def test_bad_flags_are_refused(example, flags):
     with pytest.raises(SystemExit):
-        example.parse_args(["--image-uri", "x", "--train", "s3://b/t", "--hp", "max_epochs"])
+        example.parse_args(["--image-uri", "x", "--train", "s3://b/t", *flags])
