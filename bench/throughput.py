@@ -187,11 +187,11 @@ def worker_ours(
 def worker_scaling(n_series: int) -> dict[str, Any]:
     import torch
 
-    from tft_sagemaker.batches import WindowBatcher
     from tft_sagemaker.config import build_config
     from tft_sagemaker.data import prepare_frame, split_holdout, time_axis_for, validate_frame
     from tft_sagemaker.dataset import build_training_dataset, build_validation_dataset
     from tft_sagemaker.presets import PRESET_VALUES
+    from tft_sagemaker.speedups.batches import WindowBatcher
     from tft_sagemaker.synthetic import make_panel
 
     frame = make_panel(n_stores=n_series // 10, n_products=10, n_weeks=60)

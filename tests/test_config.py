@@ -20,6 +20,7 @@ from tft_sagemaker.config import (
     DistributedConfig,
     JobConfig,
     ModelConfig,
+    SpeedupConfig,
     TrainingConfig,
     build_config,
     parse_cli,
@@ -661,6 +662,7 @@ def test_defaults() -> None:
         data=DataConfig(target="y", group_ids=["series"]),
         model=ModelConfig(),
         training=TrainingConfig(),
+        speedups=SpeedupConfig(),
         distributed=DistributedConfig(),
     )
     assert config == defaults
@@ -747,7 +749,7 @@ def test_config_is_checked_after_merging() -> None:
 def test_every_field_has_help_and_a_unique_name() -> None:
     names = [
         f.name
-        for cls in (DataConfig, ModelConfig, TrainingConfig, DistributedConfig)
+        for cls in (DataConfig, ModelConfig, TrainingConfig, SpeedupConfig, DistributedConfig)
         for f in dataclasses.fields(cls)
     ]
     assert len(names) == len(set(names)) == len(FIELDS)
