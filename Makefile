@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STALLION_PARQUET ?= $(realpath ../shared/data/stallion.parquet)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup train test lint e2e bench-accuracy bench clean
+.PHONY: help setup train test test-fast lint e2e bench-accuracy bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -30,6 +30,11 @@ test: setup ## lint and run the test suite
 	$(BIN)/ruff check code tests local_test bench examples
 	$(BIN)/ruff format --check code tests local_test bench examples
 	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python -m pytest
+
+test-fast: setup ## lint and the tests that start no process and train a few steps at most
+	$(BIN)/ruff check code tests local_test bench examples
+	$(BIN)/ruff format --check code tests local_test bench examples
+	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python -m pytest -m "not slow"
 
 e2e: setup ## the container end to end: engine, images, compose, registry (root, Debian)
 	bash local_test/e2e.sh
