@@ -33,7 +33,7 @@ from .dropout import dropout_guard, use_fast_dropout
 from .embedding_bags import embedding_bags_guard, use_count_matmul
 from .gradients import FlatGradientHooks, flat_gradients_guard
 from .variable_selection import fuse_variable_selection, variable_selection_guard
-from .weight_average import FlatWeightAverage, weight_average_guard
+from .weight_average import FlatEmaModel, FlatWeightAverage, weight_average_guard
 
 __all__ = ["GUARDS", "LEVERS", "Outcome", "Report", "engage"]
 
@@ -60,9 +60,6 @@ class Report:
     """What `engage` did, lever by lever."""
 
     outcomes: dict[str, Outcome] = field(default_factory=dict)
-
-    def engaged(self, lever: str) -> bool:
-        return self.outcomes[lever].state == "engaged"
 
     def line(self) -> str:
         """`speed-ups engaged: a, b (note); fell back: c (why); off: d (why)`."""
@@ -132,6 +129,8 @@ def engage(
             if isinstance(callback, WeightAveraging)
             and isinstance(getattr(callback, "decay", None), float)
         ]
+        if averages and (reason := FlatEmaModel.unsupported(model)):
+            return Outcome("fell back", reason)
         trainer.callbacks.extend(FlatWeightAverage(a, a.decay) for a in averages)
         return _counted(len(averages), "average", "no ema_decay")
 

@@ -97,7 +97,8 @@ def _clip_arguments(
 class FlatGradientHooks:
     """LightningModule hooks: zeroing and norm clipping through `FlatGradients` when switched on
     (`flat_gradients_on`), Lightning's own otherwise. The flat buffer is attached at the first
-    zeroing, after the first backward pass has shown which parameters get a gradient."""
+    zeroing after a backward pass has shown which parameters get a gradient: at the second step,
+    and again after each validation (before which Lightning releases the gradients)."""
 
     flat_gradients_on = False
     _flat_gradients: FlatGradients | None = None

@@ -41,16 +41,25 @@ class FlatEmaModel(AveragedModel):
     _shapes: list[torch.Size]
     _live: tuple[nn.Module, list[torch.Tensor]] | None = None
 
-    @classmethod
-    def adopt(cls, average: AveragedModel, decay: float) -> str | None:
-        """Make `average` one, in place; None when done, else why not (torch's update stays)."""
-        params = list(average.module.parameters())
+    @staticmethod
+    def unsupported(module: nn.Module) -> str | None:
+        """Why an average of `module` cannot be flat, or None."""
+        params = list(module.parameters())
         if not params:
             return "the model has no parameters"
         if len({(p.dtype, p.device) for p in params}) != 1 or not params[0].is_floating_point():
             return "parameters of several dtypes or devices"
-        if any(True for _ in average.module.buffers()):
+        if any(True for _ in module.buffers()):
             return "the model has buffers"  # averaged or copied by torch's update, not here
+        return None
+
+    @classmethod
+    def adopt(cls, average: AveragedModel, decay: float) -> str | None:
+        """Make `average` one, in place; None when done, else why not (torch's update stays)."""
+        reason = cls.unsupported(average.module)
+        if reason:
+            return reason
+        params = list(average.module.parameters())
         flat = torch.cat([p.detach().reshape(-1) for p in params])
         for param, view in zip(params, flat_views(params, flat), strict=True):
             param.data = view
