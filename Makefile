@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STALLION_PARQUET ?= $(realpath ../shared/data/stallion.parquet)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup train test test-fast lint e2e bench-accuracy bench clean
+.PHONY: help setup train test test-fast lint e2e bench-accuracy bench bench-ablation clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -42,8 +42,12 @@ e2e: setup ## the container end to end: engine, images, compose, registry (root,
 bench-accuracy: setup ## Stallion validation MAE over 5 seeds -> bench/results/stallion_accuracy.json
 	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/accuracy.py
 
-bench: setup ## throughput, time to MAE and data scaling -> bench/results/throughput.json
+bench: setup ## throughput, time to MAE, data scaling, ablation -> bench/results/
 	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/throughput.py
+	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/ablation.py
+
+bench-ablation: setup ## what each speed-up lever buys -> bench/results/ablation.{json,md}
+	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/ablation.py
 
 clean: ## remove local runs (not the venv)
 	rm -rf runs
