@@ -17,7 +17,7 @@ PYTEST_PIN := $(shell grep -oE 'pytest==[0-9.]+' pyproject.toml)
 LINTED := code tests local_test bench examples docker
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup train test lint docs-errors e2e bench-accuracy bench-quality bench bench-container clean
+.PHONY: help setup train test test-fast lint docs-errors e2e bench-accuracy bench-quality bench bench-ablation bench-container clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -53,6 +53,11 @@ test: setup $(SDK2_BIN)/.installed $(SDK3_BIN)/.installed ## lint and run the te
 docs-errors: setup ## rewrite docs/errors.md (each bad input and its message) from the tests
 	TFT_ERRORS_DOC=write $(BIN)/python -m pytest -q tests/test_data_validation.py tests/test_predict_errors.py
 
+test-fast: setup ## lint and the tests that start no process and train a few steps at most
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python -m pytest -m "not slow"
+
 e2e: setup ## the container end to end: engine, images, compose, registry (root, Debian)
 	bash local_test/e2e.sh
 
@@ -63,8 +68,12 @@ bench-quality: setup ## default recipe vs baselines on 3 public panels, 3 seeds 
 	$(BIN)/pip install --quiet -e ".[bench]" -c $(DLC_CONSTRAINTS)
 	$(BIN)/python bench/quality.py
 
-bench: setup ## throughput, time to MAE and data scaling -> bench/results/throughput.json
+bench: setup ## throughput, time to MAE, data scaling, ablation -> bench/results/
 	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/throughput.py
+	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/ablation.py
+
+bench-ablation: setup ## what each speed-up lever buys -> bench/results/ablation.{json,md}
+	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/ablation.py
 
 bench-container: setup ## host vs containers throughput (after make e2e) -> bench/results/container.json
 	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/container.py

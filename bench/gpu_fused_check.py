@@ -1,5 +1,6 @@
-"""On a GPU: the batched variable selection (fused.py) gives the original model's outputs and
-gradients there too (its GPU path differs from the CPU one), for the Stallion model.
+"""On a GPU: the batched variable selection (speedups/variable_selection.py) gives the original
+model's outputs and gradients there too (its GPU path differs from the CPU one), for the Stallion
+model.
 
     python bench/gpu_fused_check.py --data STALLION_PARQUET
 """
@@ -19,9 +20,9 @@ sys.path.insert(0, str(ROOT / "code"))
 from tft_sagemaker.config import build_config  # noqa: E402
 from tft_sagemaker.data import prepare_frame, split_holdout, time_axis_for  # noqa: E402
 from tft_sagemaker.dataset import build_training_dataset  # noqa: E402
-from tft_sagemaker.fused import fuse_variable_selection  # noqa: E402
 from tft_sagemaker.model import build_model  # noqa: E402
 from tft_sagemaker.presets import PRESET_VALUES  # noqa: E402
+from tft_sagemaker.speedups.variable_selection import fuse_variable_selection  # noqa: E402
 
 
 def main() -> int:
@@ -36,7 +37,7 @@ def main() -> int:
     dataset = build_training_dataset(split_holdout(frame, config.data), config.data)
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    plain = build_model(dataset, config.model, fused=False).to(device)
+    plain = build_model(dataset, config.model).to(device)
     fused = copy.deepcopy(plain)
     fuse_variable_selection(fused)
     x, y = next(iter(dataset.to_dataloader(train=True, batch_size=128)))

@@ -20,7 +20,8 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -200,26 +201,38 @@ class SageMakerDir:
         return self.result(process.returncode), process
 
 
+@contextmanager
+def process_state_kept() -> Iterator[None]:
+    """Leaves the process as it was: the job sets OMP_NUM_THREADS, PL_GLOBAL_SEED, torch's
+    threads and the root logger."""
+    environ, threads = dict(os.environ), torch.get_num_threads()
+    handlers = logging.getLogger().handlers[:]
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        torch.set_num_threads(threads)
+        logging.getLogger().handlers[:] = handlers
+
+
+def sagemaker_environment(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SAGEMAKER_BASE_DIR at `base`, and none of the variables of an enclosing job."""
+    for key in list(os.environ):
+        if key.startswith("SM_") or key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
+
+
 def run_main(
     base: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], layout: SageMakerDir
 ) -> JobRun:
     """Run `tft_sagemaker.job.main(argv)` against `base`, leaving the process as it was."""
     from tft_sagemaker.job import main
 
-    for key in list(os.environ):
-        if key.startswith("SM_") or key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
-    environ, threads = dict(os.environ), torch.get_num_threads()
-    handlers = logging.getLogger().handlers[:]
-    try:
+    sagemaker_environment(base, monkeypatch)
+    with process_state_kept():
         code = main(argv)
-    finally:
-        # main() sets OMP_NUM_THREADS, PL_GLOBAL_SEED, torch's threads and the root logger.
-        os.environ.clear()
-        os.environ.update(environ)
-        torch.set_num_threads(threads)
-        logging.getLogger().handlers[:] = handlers
     return layout.result(code)
 
 

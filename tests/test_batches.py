@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import warnings
 
 import numpy as np
@@ -20,7 +19,6 @@ from pytorch_forecasting.data.encoders import (
 )
 from reference import tutorial_data, tutorial_datasets  # bench/reference.py
 
-from tft_sagemaker.batches import WindowBatcher, unsupported_reason
 from tft_sagemaker.config import build_config
 from tft_sagemaker.data import (
     min_series_length,
@@ -31,6 +29,7 @@ from tft_sagemaker.data import (
 )
 from tft_sagemaker.dataset import build_training_dataset, build_validation_dataset
 from tft_sagemaker.presets import PRESET_VALUES
+from tft_sagemaker.speedups.batches import WindowBatcher, first_difference, unsupported_reason
 
 DEVICES = [
     "cpu",
@@ -44,27 +43,10 @@ def reference_batch(dataset: TimeSeriesDataSet, windows: np.ndarray):
     return TimeSeriesDataSet._collate_fn([dataset[int(i)] for i in windows])
 
 
-def assert_identical(expected, actual, path: str = "batch") -> None:
-    """Same structure; tensors of the same dtype and shape with equal values."""
-    if isinstance(expected, torch.Tensor):
-        assert isinstance(actual, torch.Tensor), path
-        actual = actual.cpu()
-        assert actual.dtype == expected.dtype, f"{path}: {actual.dtype} != {expected.dtype}"
-        assert actual.shape == expected.shape, f"{path}: {actual.shape} != {expected.shape}"
-        assert torch.equal(actual, expected), f"{path}: values differ"
-        # torch.equal takes -0.0 == 0.0; bit for bit means the signs agree as well.
-        if expected.is_floating_point():
-            assert torch.equal(torch.signbit(actual), torch.signbit(expected)), f"{path}: signs"
-    elif isinstance(expected, dict):
-        assert isinstance(actual, dict) and actual.keys() == expected.keys(), path
-        for key in expected:
-            assert_identical(expected[key], actual[key], f"{path}[{key!r}]")
-    elif isinstance(expected, list | tuple):
-        assert type(actual) is type(expected) and len(actual) == len(expected), path
-        for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
-            assert_identical(e, a, f"{path}[{i}]")
-    else:
-        assert expected is None and actual is None, path
+def assert_identical(expected, actual) -> None:
+    """Same structure; tensors of the same dtype and shape with equal values, bit for bit."""
+    difference = first_difference(expected, actual)
+    assert difference is None, difference
 
 
 def window_batches(n_windows: int, seed: int = 0, n_random: int = 25) -> list[np.ndarray]:
@@ -126,29 +108,6 @@ def test_stallion_training(stallion, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_stallion_validation(stallion, device):
     check_equivalence(stallion[1], device)
-
-
-def test_stallion_timing(stallion):
-    """Prints (run with -s) the time to build a batch of 128, reference against WindowBatcher."""
-    training = stallion[0]
-    rng = np.random.default_rng(0)
-    batches = [rng.choice(len(training), 128, replace=False) for _ in range(30)]
-    makers = {
-        "reference __getitem__ + _collate_fn": lambda w: reference_batch(training, w),
-        "WindowBatcher on cpu": WindowBatcher(training),
-    }
-    if torch.cuda.is_available():
-        makers["WindowBatcher on cuda"] = WindowBatcher(training, "cuda")
-    print()
-    for name, make in makers.items():
-        make(batches[0])  # warm up
-        began = time.perf_counter()
-        for windows in batches:
-            make(windows)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        ms = (time.perf_counter() - began) / len(batches) * 1000
-        print(f"Stallion training, batch of 128, {name}: {ms:.2f} ms")
 
 
 # ---------------------------------------------------------------------------------------------

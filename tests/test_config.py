@@ -21,6 +21,7 @@ from tft_sagemaker.config import (
     JobConfig,
     ModelConfig,
     ReportConfig,
+    SpeedupConfig,
     TrainingConfig,
     build_config,
     parse_cli,
@@ -665,6 +666,7 @@ def test_defaults() -> None:
         data=DataConfig(target="y", group_ids=["series"]),
         model=ModelConfig(),
         training=TrainingConfig(),
+        speedups=SpeedupConfig(),
         distributed=DistributedConfig(),
     )
     assert config == defaults
@@ -757,7 +759,14 @@ def test_config_is_checked_after_merging() -> None:
 def test_every_field_has_help_and_a_unique_name() -> None:
     names = [
         f.name
-        for cls in (DataConfig, ModelConfig, TrainingConfig, DistributedConfig, ReportConfig)
+        for cls in (
+            DataConfig,
+            ModelConfig,
+            TrainingConfig,
+            SpeedupConfig,
+            DistributedConfig,
+            ReportConfig,
+        )
         for f in dataclasses.fields(cls)
     ]
     assert len(names) == len(set(names)) == len(FIELDS)

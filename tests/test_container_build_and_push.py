@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test runs the script (processes)
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "build_and_push.sh"
 TOKEN = "s3cr3t-registry-token"

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tft_sagemaker.dropout import FastDropout, dropout, use_fast_dropout
+from tft_sagemaker.speedups.dropout import FastDropout, dropout, use_fast_dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.25, 0.5, 0.9])

@@ -25,6 +25,7 @@ from tft_sagemaker.errors import JobError
 HP = {**SYNTHETIC_SHORT, **TINY}
 
 
+@pytest.mark.slow  # the job as a process
 @pytest.mark.parametrize(
     ("variable", "what"),
     [

@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader
 from tft_sagemaker.config import build_config
 from tft_sagemaker.data import prepare_frame, time_axis_for
 from tft_sagemaker.dataset import build_training_dataset
-from tft_sagemaker.gradients import FlatGradients
 from tft_sagemaker.model import build_model
 from tft_sagemaker.presets import PRESET_VALUES
+from tft_sagemaker.speedups.gradients import FlatGradients
 
 
 class SmallNet(nn.Sequential):
@@ -111,16 +111,15 @@ def test_mixed_dtypes_are_not_flattened() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# In the Lightning model: the same training as torch's per-tensor zeroing and clipping
+# In the job's model: the same training as Lightning's own zeroing and clipping
 # ---------------------------------------------------------------------------------------------
-def fit_steps(panel: pd.DataFrame, flat: bool, monkeypatch: pytest.MonkeyPatch) -> nn.Module:
+def fit_steps(panel: pd.DataFrame, flat: bool) -> nn.Module:
     config = build_config({"preset": "synthetic", "dropout": "0"}, {}, PRESET_VALUES)
     frame = prepare_frame(panel, config.data, "train", time_axis_for(panel, config.data, "train"))
     dataset = build_training_dataset(frame, config.data)
     torch.manual_seed(0)
     model = build_model(dataset, config.model).double()
-    if not flat:
-        monkeypatch.setattr(FlatGradients, "attach", classmethod(lambda cls, params: None))
+    model.flat_gradients_on = flat  # what the speed-up layer switches on
     loader = dataset.to_dataloader(train=False, batch_size=32, num_workers=0)
     batches = [
         (
@@ -142,16 +141,13 @@ def fit_steps(panel: pd.DataFrame, flat: bool, monkeypatch: pytest.MonkeyPatch) 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(model, train_dataloaders=DataLoader(batches, batch_size=None))
-    monkeypatch.undo()
     assert (model._flat_gradients is not None) == flat
     return model
 
 
-def test_training_matches_per_tensor_path(
-    small_panel: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    flat = fit_steps(small_panel, True, monkeypatch)
-    plain = fit_steps(small_panel, False, monkeypatch)
+def test_training_matches_lightnings_path(small_panel: pd.DataFrame) -> None:
+    flat = fit_steps(small_panel, True)
+    plain = fit_steps(small_panel, False)
     assert flat._flat_gradients.intact()
     for (name, p), (_, q) in zip(flat.named_parameters(), plain.named_parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-10, msg=lambda m, n=name: f"{n}: {m}")
@@ -169,7 +165,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tft_sagemaker.gradients import FlatGradients
+from tft_sagemaker.speedups.gradients import FlatGradients
 
 rank, port = int(sys.argv[1]), int(sys.argv[2])
 dist.init_process_group(
@@ -197,6 +193,7 @@ os._exit(0)  # gloo's threads can abort the interpreter's own teardown
 """
 
 
+@pytest.mark.slow  # two processes
 def test_views_hold_ddp_reduced_gradients() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -219,40 +216,3 @@ def test_views_hold_ddp_reduced_gradients() -> None:
             proc.kill()
     for rank, (proc, output) in enumerate(zip(procs, outputs, strict=True)):
         assert proc.returncode == 0 and f"ok {rank}" in output, output[-2000:]
-
-
-# ---------------------------------------------------------------------------------------------
-# FlatEmaModel (trainer.py): the EMA update as one lerp over views of one flat tensor
-# ---------------------------------------------------------------------------------------------
-def test_flat_ema_equals_torch_ema() -> None:
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    from tft_sagemaker.trainer import FlatEmaModel
-
-    live = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
-    expected = AveragedModel(live, multi_avg_fn=get_ema_multi_avg_fn(0.9))
-    flat = AveragedModel(live, multi_avg_fn=get_ema_multi_avg_fn(0.9))
-    FlatEmaModel.adopt(flat, 0.9)
-    assert type(flat) is FlatEmaModel and type(expected) is AveragedModel
-    storage = flat.flat.untyped_storage().data_ptr()
-    assert all(p.untyped_storage().data_ptr() == storage for p in flat.module.parameters())
-    for step in range(4):
-        with torch.no_grad():
-            for p in live.parameters():
-                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(step)))
-        expected.update_parameters(live)
-        flat.update_parameters(live)
-        for p, q in zip(flat.module.parameters(), expected.module.parameters(), strict=True):
-            assert torch.equal(p, q)  # bit for bit
-    assert flat.state_dict().keys() == expected.state_dict().keys()
-    assert int(flat.n_averaged) == 4
-
-
-def test_flat_ema_leaves_models_with_buffers_to_torch() -> None:
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    from tft_sagemaker.trainer import FlatEmaModel
-
-    average = AveragedModel(nn.BatchNorm1d(3), multi_avg_fn=get_ema_multi_avg_fn(0.9))
-    FlatEmaModel.adopt(average, 0.9)
-    assert type(average) is AveragedModel

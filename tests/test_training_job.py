@@ -169,7 +169,7 @@ def test_tensorboard_events(trained: Trained) -> None:
     accumulator = EventAccumulator(str(events[0].parent))
     accumulator.Reload()
     tags = set(accumulator.Tags()["scalars"])
-    assert {"val_loss", "val_MAE", "train_loss_epoch"} <= tags, tags
+    assert {"val_loss", "val_MAE", "train_loss_epoch", "learning_rate"} <= tags, tags
     assert len(accumulator.Scalars("val_loss")) == EPOCHS
 
 
@@ -504,56 +504,3 @@ def test_weight_averaging_saves_the_average(
     trained = load_trained_model(sm_job.model_dir)
     forecasts = predict.predict_frame(trained, pd.read_parquet(data_file))
     assert_reproduces_val_mae(forecasts, metrics)
-
-
-# ---------------------------------------------------------------------------------------------
-# The allocator setting every training process makes (job._keep_freed_memory)
-# ---------------------------------------------------------------------------------------------
-class FakeLibc:
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, int]] = []
-
-    def mallopt(self, parameter: int, value: int) -> int:
-        self.calls.append((parameter, value))
-        return 1
-
-
-@pytest.mark.parametrize(
-    ("env", "expected"),
-    [
-        ({}, [(-3, 256 << 20), (-1, 1 << 30)]),
-        ({"MALLOC_TRIM_THRESHOLD_": "0"}, []),
-        ({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1"}, []),
-        ({"LD_PRELOAD": "libjemalloc.so.2"}, []),
-    ],
-    ids=["default", "user-threshold", "tunables", "preloaded"],
-)
-def test_keep_freed_memory(
-    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: list[tuple[int, int]]
-) -> None:
-    from tft_sagemaker import job
-
-    libc = FakeLibc()
-    for name in (
-        "MALLOC_MMAP_THRESHOLD_",
-        "MALLOC_TRIM_THRESHOLD_",
-        "GLIBC_TUNABLES",
-        "LD_PRELOAD",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(job.ctypes, "CDLL", lambda name: libc)
-    job._keep_freed_memory()
-    assert libc.calls == expected
-
-
-def test_keep_freed_memory_without_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tft_sagemaker import job
-
-    def missing(name: str) -> None:
-        raise OSError(f"{name}: cannot open shared object file")
-
-    monkeypatch.delenv("LD_PRELOAD", raising=False)
-    monkeypatch.setattr(job.ctypes, "CDLL", missing)
-    job._keep_freed_memory()  # no error: nothing to tune

@@ -31,8 +31,9 @@ from . import stops
 from .config import JobConfig, build_config
 from .data import TimeAxis
 from .errors import JobError, writing
-from .model import TemporalFusionTransformerDDP, use_fast_paths
+from .model import JobTemporalFusionTransformer
 from .presets import PRESET_VALUES
+from .speedups import engage
 
 MODEL_FILE = "model.ckpt"
 DATASET_FILE = "dataset_parameters.pt"
@@ -95,7 +96,7 @@ def write_model_artifacts(
 
 @dataclass
 class TrainedModel:
-    model: TemporalFusionTransformerDDP
+    model: JobTemporalFusionTransformer
     dataset_parameters: dict[str, Any]
     config: JobConfig
     time_axis: TimeAxis | None
@@ -130,17 +131,18 @@ def load_trained_model(path: str | os.PathLike[str]) -> TrainedModel:
             raise JobError(f"{path} is not a model of this project: missing {', '.join(missing)}.")
         saved = json.loads((directory / CONFIG_FILE).read_text())
         metrics_file = directory / METRICS_FILE
+        config = build_config(
+            {}, {k: v for s in saved["config"].values() for k, v in s.items()}, PRESET_VALUES
+        )
         # Both files were written by a training job of this project (trusted pickles).
-        model = TemporalFusionTransformerDDP.load_from_checkpoint(
+        model = JobTemporalFusionTransformer.load_from_checkpoint(
             directory / MODEL_FILE, map_location="cpu", weights_only=False
         ).eval()
-        use_fast_paths(model)  # the same results, faster
+        engage(config.speedups, model)  # the same results, faster
         return TrainedModel(
             model=model,
             dataset_parameters=torch.load(directory / DATASET_FILE, weights_only=False),
-            config=build_config(
-                {}, {k: v for s in saved["config"].values() for k, v in s.items()}, PRESET_VALUES
-            ),
+            config=config,
             time_axis=TimeAxis(**saved["time_axis"]) if saved["time_axis"] else None,
             metrics=json.loads(metrics_file.read_text()) if metrics_file.is_file() else {},
         )

@@ -226,10 +226,6 @@ class TrainingConfig:
         "x processes): sqrt, linear or none. One process: learning_rate as given.",
         choices=("sqrt", "linear", "none"),
     )
-    fast_batches: bool = _opt(True, "Vectorised batch assembly (falls back when unsupported).")
-    fused_variable_selection: bool = _opt(
-        True, "Batched variable selection networks (same parameters and results, fewer ops)."
-    )
     compile: bool = _opt(False, "torch.compile the model (pays off on GPUs for long runs).")
     checkpoint_dir: str | None = _opt(
         None, "Where epoch checkpoints go and are resumed from (default /opt/ml/checkpoints)."
@@ -246,6 +242,34 @@ class TrainingConfig:
         False,
         "Fail the job, and write no model, when the TFT's validation MAE does not beat every "
         "baseline's on the same windows.",
+    )
+
+
+@dataclass
+class SpeedupConfig:
+    """One switch per lever of the speed-up layer (tft_sagemaker.speedups). A lever that is on
+    still falls back to the library's own path when its guard finds the library differs."""
+
+    fast_batches: bool = _opt(
+        True, "Batches by vectorised gathers, bit for bit the library's (not every dataset)."
+    )
+    fused_variable_selection: bool = _opt(
+        True, "Variable selection networks as batched ops (same parameters, same results)."
+    )
+    fast_embedding_bags: bool = _opt(
+        True, "Summing embedding bags (variable_groups) as counts @ weight on CPUs."
+    )
+    fast_dropout: bool = _opt(
+        True, "Dropout masks from 16 random bits per element on CPUs (p rounded to 2^-16)."
+    )
+    flat_gradients: bool = _opt(
+        True, "Gradients in one flat buffer: zeroing and norm clipping as one op each."
+    )
+    flat_weight_average: bool = _opt(
+        True, "The ema_decay average updated as one lerp over one flat tensor."
+    )
+    allocator_thresholds: bool = _opt(
+        True, "glibc malloc thresholds that keep freed activations for the next step."
     )
 
 
@@ -290,6 +314,7 @@ class JobConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    speedups: SpeedupConfig = field(default_factory=SpeedupConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
@@ -305,6 +330,7 @@ _SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
     "training": TrainingConfig,
+    "speedups": SpeedupConfig,
     "distributed": DistributedConfig,
     "report": ReportConfig,
 }

@@ -7,7 +7,6 @@ validated before any training starts, and the model directory is written only at
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import logging
@@ -56,12 +55,13 @@ from .launch import (
 )
 from .loaders import LoaderSettings, make_loader
 from .metrics import format_metric_line
-from .model import TemporalFusionTransformerDDP, build_model, scaled_learning_rate
+from .model import JobTemporalFusionTransformer, build_model, scaled_learning_rate
 from .paths import JobPaths
 from .predict import PredictionInput, forecast_table, prepare_prediction, write_forecasts
 from .presets import PRESET_VALUES
 from .recipe import resolve_data, resolve_training
 from .report import check_report_series, data_summary, plotted_series, write_job_report
+from .speedups import engage
 from .trainer import MetricLines, build_trainer, log_final_results
 
 log = logging.getLogger("tft_sagemaker")
@@ -95,32 +95,8 @@ def plan_for(config: JobConfig, paths: JobPaths) -> LaunchPlan:
     )
 
 
-_ALLOCATOR_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-
-
-def _keep_freed_memory() -> None:
-    """Keep freed blocks in the heap for the next training step.
-
-    glibc serves blocks above a threshold (128 KB, adapted up to 32 MB) with their own mmap and
-    trims the heap's free top beyond twice that: each step then returns its activations to the
-    kernel and page-faults them back in. Fixed high thresholds measured 5% more training
-    windows/s on a 2-core CPU. Left alone when the user set the allocator up (MALLOC_*
-    thresholds, GLIBC_TUNABLES, a preloaded allocator) or the C library is not glibc.
-    """
-    if "LD_PRELOAD" in os.environ or any(name in os.environ for name in _ALLOCATOR_SETTINGS):
-        return
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(_M_MMAP_THRESHOLD, 256 << 20)
-    mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-
-
 def _configure_process(plan: LaunchPlan, paths: JobPaths) -> None:
     """Environment every process of the plan needs before the process group forms."""
-    _keep_freed_memory()
     # Several processes per host each taking every core is ~10x slower on CPUs.
     torch.set_num_threads(plan.threads_per_process)
     os.environ.setdefault("OMP_NUM_THREADS", str(plan.threads_per_process))
@@ -202,7 +178,7 @@ class Job:
     data: JobData
     training: TimeSeriesDataSet
     validation: TimeSeriesDataSet
-    model: TemporalFusionTransformerDDP
+    model: JobTemporalFusionTransformer
     trainer: pl.Trainer
     loaders: LoaderSettings
     forecast_input: PredictionInput | None  # the `forecast` channel, checked
@@ -242,7 +218,7 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
         )
     )
 
-    model = build_model(training, config.model, config.training.fused_variable_selection)
+    model = build_model(training, config.model)
     trainer = build_trainer(config, plan, paths, fingerprint(config))
     if trainer.world_size != plan.world_size:
         raise JobError(
@@ -259,13 +235,17 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
             trainer.world_size,
             config.training.learning_rate_scaling,
         )
+    speedups = engage(
+        config.speedups, model, trainer, {"training": training, "validation": validation}
+    )
+    log.info(speedups.line())
     loaders = LoaderSettings(
         batch_size=config.training.batch_size,
         val_batch_size=config.training.val_batch_size or 8 * config.training.batch_size,
         rank=trainer.global_rank,
         world_size=trainer.world_size,
         seed=config.training.seed,
-        fast_batches=config.training.fast_batches,
+        fast_batches=config.speedups.fast_batches,
         num_workers=config.training.num_workers,
         device=trainer.strategy.root_device,
         threads_per_process=plan.threads_per_process,
@@ -298,7 +278,7 @@ def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, Any]:
     log.info("evaluating %s on %d validation windows", best.name, len(job.validation))
     # Checkpoints pickle the loss and dataset parameters: this job wrote this one (trusted).
     checkpoint = torch.load(best, map_location="cpu", weights_only=False)
-    best_model = TemporalFusionTransformerDDP.load_from_checkpoint(
+    best_model = JobTemporalFusionTransformer.load_from_checkpoint(
         best, map_location="cpu", weights_only=False
     )
     device = job.trainer.strategy.root_device

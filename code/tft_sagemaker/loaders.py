@@ -7,8 +7,9 @@ once per epoch, and every rank yields the same number of batches, so DDP never w
 batch that does not come. The sampler's position is checkpointed, so a run resumed mid-epoch
 (after SIGTERM on a spot instance) continues with the batches it had not yet trained on.
 
-Batches come from `WindowBatcher` (vectorised, see batches.py) where it reproduces the dataset's
-own batches exactly, otherwise from pytorch-forecasting's per-window `__getitem__` + collate.
+Batches come from `WindowBatcher` (vectorised, see speedups/batches.py) where it reproduces the
+dataset's own batches exactly, otherwise from pytorch-forecasting's per-window `__getitem__` +
+collate (the job's speed-ups log line says which, and why).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import torch
 from pytorch_forecasting import TimeSeriesDataSet
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .batches import WindowBatcher, unsupported_reason
 from .errors import JobError
+from .speedups.batches import WindowBatcher, unsupported_reason
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def make_loader(dataset: TimeSeriesDataSet, settings: LoaderSettings, train: boo
         source: Dataset = _BatchedWindows(WindowBatcher(dataset, device=device))
         collate = _whole_batch
     else:
-        log.info(
+        log.debug(
             "per-window batches for %s data: %s", "training" if train else "validation", reason
         )
         source, collate = dataset, TimeSeriesDataSet._collate_fn

@@ -33,13 +33,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from . import stops
 from .checkpoints import STAMP, AtomicCheckpointIO, RelocatableModelCheckpoint
 from .config import JobConfig
 from .errors import writing
-from .gradients import flat_views
 from .launch import LaunchPlan
 from .loaders import ShardedBatchSampler
 from .metrics import format_metric_line
@@ -261,67 +260,11 @@ class ExponentialMovingAverage(WeightAveraging):
     """An exponential moving average of the weights, updated after every optimizer step.
     Validation, checkpoints (hence early stopping, the best model and the learning-rate
     schedule) and the final model see the averaged weights, which are far less noisy from
-    epoch to epoch than the raw ones."""
+    epoch to epoch than the raw ones. (`decay` is read by speedups.weight_average.)"""
 
     def __init__(self, decay: float) -> None:
         super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay))
         self.decay = decay
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit" and self._average_model is not None:
-            FlatEmaModel.adopt(self._average_model, self.decay)
-
-
-class FlatEmaModel(AveragedModel):
-    """An `AveragedModel` whose parameters are views of one flat tensor, so that an EMA
-    update is one `cat` of the live parameters and one `lerp_`: torch's update walks the ~400
-    parameter tensors in Python and lerps them one by one on CPUs (`_foreach_lerp_` has no
-    CPU kernel), about 2 ms per step. The same arithmetic as `get_ema_multi_avg_fn`, element
-    for element; the state_dict is unchanged."""
-
-    flat: torch.Tensor
-    decay: float
-    _live: tuple[torch.nn.Module, list[torch.Tensor]] | None = None
-
-    @classmethod
-    def adopt(cls, average: AveragedModel, decay: float) -> None:
-        """Make `average` one, in place, when it averages floating parameters of one dtype and
-        device and no buffers (models with buffers keep torch's update)."""
-        params = list(average.module.parameters())
-        kinds = {(p.dtype, p.device) for p in params}
-        if len(kinds) != 1 or not params[0].is_floating_point():
-            return
-        if any(True for _ in average.module.buffers()):
-            return
-        flat = torch.cat([p.detach().reshape(-1) for p in params])
-        for param, view in zip(params, flat_views(params, flat), strict=True):
-            param.data = view
-        average.__class__ = cls
-        average.flat, average.decay = flat, decay
-
-    @torch.no_grad()
-    def update_parameters(self, model: torch.nn.Module) -> None:
-        live = self._live_parameters(model)
-        if live is None:
-            super().update_parameters(model)
-            return
-        current = torch.cat([p.reshape(-1) for p in live]).to(self.flat.device)
-        if self.n_averaged == 0:
-            self.flat.copy_(current)
-        else:
-            self.flat.lerp_(current, 1 - self.decay)
-        self.n_averaged += 1
-
-    def _live_parameters(self, model: torch.nn.Module) -> list[torch.Tensor] | None:
-        """The parameters of `model` (walked once per model), or None when they do not
-        match the averaged ones."""
-        if self._live is None or self._live[0] is not model:
-            live = list(model.parameters())
-            if sum(p.numel() for p in live) != self.flat.numel():
-                return None
-            self._live = (model, live)
-        return self._live[1]
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:

@@ -31,7 +31,8 @@ batched only when its modules match the standard pattern exactly (module types, 
 affine LayerNorms, no hooks or parametrizations) and another variable of the same VSN has the
 same shapes; any other variable (different sizes, a custom module, a network shared with another
 VSN) runs its own modules as before. With one or no inputs, inputs of more than 3 dimensions, or
-global module hooks registered, the original forward runs.
+global module hooks registered (read from torch's own registry, which `guard` checks is there),
+the original forward runs.
 
 Dropout is drawn once for the batched tensor: the same distribution as per-variable dropout, not
 the same random draws for a given seed. Everything else (eval mode, or training with dropout 0)
@@ -42,10 +43,16 @@ it again after replacing submodules or registering hooks on them. A fused VSN is
 `FusedVariableSelectionNetwork` (a subclass, swapped in through `__class__`), so the model still
 deep-copies and pickles (unpickling a whole pickled model needs this module importable; state
 dicts and Lightning checkpoints do not). `unfuse_variable_selection` swaps the class back.
+
+`variable_selection_guard` (speedups/guards.py) checks the versions this was tested with and
+fuses a library-built VSN of every kind of variable in float64: its outputs must equal the
+library's to 1e-9.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 from dataclasses import dataclass
 
@@ -65,12 +72,14 @@ from torch.nn.modules import module as _module_hooks
 from torch.nn.utils import parametrize
 
 from .dropout import FastDropout
+from .guards import guard
 
 __all__ = [
     "FusedVariableSelectionNetwork",
     "fuse_variable_selection",
     "fusion_summary",
     "unfuse_variable_selection",
+    "variable_selection_guard",
 ]
 
 
@@ -435,16 +444,17 @@ def _grn(x: torch.Tensor, grns: list[GatedResidualNetwork], group: _Group) -> to
     return _layer_norm(gated, [a.norm for a in add_norms], group.add_eps)
 
 
+# torch's registry of `register_module_forward_hook` & co. (private; `guard` checks it exists)
+_GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
+
+
 def _global_hooks() -> bool:
-    return any(
-        getattr(_module_hooks, name, None)
-        for name in (
-            "_global_forward_hooks",
-            "_global_forward_pre_hooks",
-            "_global_backward_hooks",
-            "_global_backward_pre_hooks",
-        )
-    )
+    return any(getattr(_module_hooks, name) for name in _GLOBAL_HOOKS)
 
 
 class FusedVariableSelectionNetwork(VariableSelectionNetwork):
@@ -529,15 +539,17 @@ def _shared_networks(model: nn.Module) -> set[int]:
     return {key for key, count in seen.items() if count > 1}
 
 
-def fuse_variable_selection(model: nn.Module, fuse_shared: bool = False) -> None:
+def fuse_variable_selection(model: nn.Module, fuse_shared: bool = False) -> int:
     """Make every VariableSelectionNetwork in `model` run its variables batched by shape.
 
     Works in place on a built model (fresh, trained or loaded); parameters are untouched.
     Networks shared between VSNs (`share_single_variable_networks=True`) keep their own
     per-variable path unless `fuse_shared` (equal results either way: a shared network's
-    parameters are stacked in each VSN that uses them). Calling it again re-plans.
+    parameters are stacked in each VSN that uses them). Calling it again re-plans. Returns how
+    many VSNs run fused.
     """
     shared = set() if fuse_shared else _shared_networks(model)
+    fused = 0
     for module in model.modules():
         if type(module) is FusedVariableSelectionNetwork:
             module.__class__ = VariableSelectionNetwork
@@ -548,6 +560,8 @@ def fuse_variable_selection(model: nn.Module, fuse_shared: bool = False) -> None
         if plan is not None:
             module.__class__ = FusedVariableSelectionNetwork
             module._fused_plan = plan
+            fused += 1
+    return fused
 
 
 def unfuse_variable_selection(model: nn.Module) -> None:
@@ -581,3 +595,55 @@ def fusion_summary(model: nn.Module) -> dict[str, dict[str, list[str]]]:
             "single": [f"{u.name}: {u.reason}" for u in plan.units if isinstance(u, _Single)],
         }
     return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Guard
+# --------------------------------------------------------------------------------------------
+def _probe() -> str | None:
+    """A VSN built by the library with every kind of variable the plan batches (prescaled
+    reals resampled and not, embedded categoricals resampled and not, a variable alone, a
+    context), random parameters, float64: fused and original outputs equal to 1e-9."""
+    missing = [
+        name for name in _GLOBAL_HOOKS if not isinstance(getattr(_module_hooks, name, None), dict)
+    ]
+    if missing:
+        return f"torch.nn.modules.module has no {missing[0]} (global hooks would be skipped)"
+    generator = torch.Generator().manual_seed(0)
+
+    def draw(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    reals = {"r1": 4, "r2": 4, "r3": 8, "r4": 8, "r5": 2}
+    categoricals = {"c1": 3, "c2": 3, "c3": 8, "c4": 8}
+    original = VariableSelectionNetwork(
+        input_sizes=reals | categoricals,
+        hidden_size=8,
+        input_embedding_flags=dict.fromkeys(categoricals, True),
+        dropout=0.1,
+        context_size=8,
+        prescalers={name: nn.Linear(1, size) for name, size in reals.items()},
+    ).double()
+    with torch.no_grad():
+        for parameter in original.parameters():
+            parameter.copy_(draw(*parameter.shape))
+    fused = copy.deepcopy(original)
+    if fuse_variable_selection(fused) != 1:
+        return "the library's VariableSelectionNetwork no longer matches the fused plan"
+    original.eval()
+    fused.eval()
+    for lead, context in (((5, 3), (5, 3, 8)), ((5,), None)):  # over time with context; static
+        x = {name: draw(*lead, 1) for name in reals}  # scalars, before the prescalers
+        x |= {name: draw(*lead, size) for name, size in categoricals.items()}
+        c = None if context is None else draw(*context)
+        with torch.no_grad():
+            expected, actual = VariableSelectionNetwork.forward(original, x, c), fused(x, c)
+        for name, a, e in zip(("outputs", "weights"), actual, expected, strict=True):
+            if a.shape != e.shape or not torch.allclose(a, e, rtol=1e-9, atol=1e-12):
+                return f"fused {name} differ from the library's VariableSelectionNetwork"
+    return None
+
+
+@functools.cache
+def variable_selection_guard() -> str | None:
+    return guard("torch", "pytorch-forecasting", check=_probe)

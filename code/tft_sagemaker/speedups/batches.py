@@ -10,18 +10,23 @@ batch with a few gathers, producing exactly (keys, dtypes, shapes and bits) what
 
 produces. Features whose per-window work cannot be precomputed (randomized lengths, encoder
 normalizers, overwritten values, windows that fill in missing timesteps) are refused:
-`unsupported_reason` names them.
+`unsupported_reason` names them, after `batches_guard` (the versions this was tested with, and
+a small library-built dataset whose batches must equal the library's bit for bit).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from pytorch_forecasting import TimeSeriesDataSet
-from pytorch_forecasting.data.encoders import EncoderNormalizer, MultiNormalizer
+from pytorch_forecasting.data.encoders import EncoderNormalizer, GroupNormalizer, MultiNormalizer
+
+from .guards import guard
 
 # A single target gives tensors; a list of targets gives one tensor per target.
 Tensors = torch.Tensor | list[torch.Tensor]
@@ -30,6 +35,11 @@ Batch = tuple[dict[str, Tensors], tuple[Tensors, torch.Tensor | None]]
 
 def unsupported_reason(dataset: TimeSeriesDataSet) -> str | None:
     """None when WindowBatcher reproduces this dataset's batches; else a short reason."""
+    return batches_guard() or _unsupported_features(dataset)
+
+
+def _unsupported_features(dataset: TimeSeriesDataSet) -> str | None:
+    """What of this dataset WindowBatcher cannot precompute, or None."""
     cls = type(dataset)
     if (
         cls.__getitem__ is not TimeSeriesDataSet.__getitem__
@@ -91,7 +101,7 @@ class WindowBatcher:
     """Batches of `dataset`'s windows equal to TimeSeriesDataSet._collate_fn's, vectorized."""
 
     def __init__(self, dataset: TimeSeriesDataSet, device: torch.device | str = "cpu") -> None:
-        reason = unsupported_reason(dataset)
+        reason = _unsupported_features(dataset)
         if reason is not None:
             raise ValueError(reason)
         self.device = torch.device(device)
@@ -230,3 +240,84 @@ class WindowBatcher:
             target_scale=target_scale,
         )
         return x, (target, weight)
+
+
+def first_difference(expected: Any, actual: Any, path: str = "batch") -> str | None:
+    """Where two batches differ (structure, dtype, shape, value or sign of zero), or None."""
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(actual, torch.Tensor):
+            return f"{path}: not a tensor"
+        actual = actual.cpu()
+        if actual.dtype != expected.dtype or actual.shape != expected.shape:
+            return (
+                f"{path}: {actual.dtype} {list(actual.shape)}, "
+                f"not {expected.dtype} {list(expected.shape)}"
+            )
+        # torch.equal takes -0.0 == 0.0; bit for bit means the signs agree as well
+        if not torch.equal(actual, expected) or (
+            expected.is_floating_point()
+            and not torch.equal(torch.signbit(actual), torch.signbit(expected))
+        ):
+            return f"{path}: values differ"
+        return None
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict) or actual.keys() != expected.keys():
+            return f"{path}: other keys"
+        items = [(expected[k], actual[k], f"{path}[{k!r}]") for k in expected]
+    elif isinstance(expected, list | tuple):
+        if type(actual) is not type(expected) or len(actual) != len(expected):
+            return f"{path}: other length"
+        items = [
+            (e, a, f"{path}[{i}]") for i, (e, a) in enumerate(zip(expected, actual, strict=True))
+        ]
+    else:
+        return (
+            None if expected is None and actual is None else f"{path}: {actual!r} != {expected!r}"
+        )
+    return next((d for e, a, p in items if (d := first_difference(e, a, p))), None)
+
+
+def _probe() -> str | None:
+    """A small dataset with what the batcher precomputes (varying encoder lengths, a group
+    normalizer, relative time, encoder length, target scales, categoricals, weights): every
+    window batched both ways, bit for bit."""
+    rng = np.random.default_rng(0)
+    n_series, length = 3, 14
+    frame = pd.DataFrame(
+        {
+            "series": np.repeat([f"s{i}" for i in range(n_series)], length),
+            "t": np.tile(np.arange(length), n_series),
+            "y": rng.uniform(1, 10, n_series * length),
+            "price": rng.normal(size=n_series * length),
+            "promo": rng.choice(["no", "yes"], n_series * length),
+            "w": rng.uniform(0.5, 1.5, n_series * length),
+        }
+    ).astype({"series": "category", "promo": "category"})
+    dataset = TimeSeriesDataSet(
+        frame,
+        time_idx="t",
+        target="y",
+        group_ids=["series"],
+        weight="w",
+        min_encoder_length=3,
+        max_encoder_length=6,
+        min_prediction_length=1,
+        max_prediction_length=3,
+        static_categoricals=["series"],
+        time_varying_known_categoricals=["promo"],
+        time_varying_known_reals=["t", "price"],
+        time_varying_unknown_reals=["y"],
+        target_normalizer=GroupNormalizer(groups=["series"], transformation="softplus"),
+        add_relative_time_idx=True,
+        add_target_scales=True,
+        add_encoder_length=True,
+    )
+    windows = np.arange(len(dataset))
+    expected = TimeSeriesDataSet._collate_fn([dataset[int(i)] for i in windows])
+    difference = first_difference(expected, WindowBatcher(dataset)(windows))
+    return None if difference is None else f"batches differ from the library's ({difference})"
+
+
+@functools.cache
+def batches_guard() -> str | None:
+    return guard("torch", "pytorch-forecasting", check=_probe)

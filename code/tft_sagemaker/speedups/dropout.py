@@ -10,16 +10,22 @@ default generator: seeded runs repeat. Other devices, and p outside (2^-17, 1 - 
 `F.dropout`.
 
 `use_fast_dropout(model)` swaps every plain `nn.Dropout` of a model to `FastDropout`: no
-parameters, nothing in the state_dict changes.
+parameters, nothing in the state_dict changes. `dropout_guard` checks the torch version this was
+tested with and draws a mask: the rate and the scaling must be the ones above.
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FastDropout", "dropout", "use_fast_dropout"]
+from .guards import guard
+
+__all__ = ["FastDropout", "dropout", "dropout_guard", "use_fast_dropout"]
 
 _LEVELS = 1 << 16
 
@@ -53,3 +59,35 @@ def use_fast_dropout(model: nn.Module) -> int:
             module.__class__ = FastDropout
             swapped += 1
     return swapped
+
+
+def _dropout_error(module: nn.Module, name: str) -> str | None:
+    """Why `module` is not dropout at rate 0.25 (within 6 standard deviations over 2^18
+    elements) with kept elements scaled by 4/3 and eval mode passing through, or None."""
+    x = torch.ones(1 << 18)
+    module.train()
+    out = module(x)
+    rate = (out == 0).double().mean().item()
+    if abs(rate - 0.25) > 6 * math.sqrt(0.25 * 0.75 / x.numel()):
+        return f"{name} drops {rate:.4f} for p 0.25"
+    if not torch.equal(out[out != 0], torch.full_like(out[out != 0], 4 / 3)):
+        return f"{name} does not scale kept elements by 1 / (1 - p)"
+    module.eval()
+    if not torch.equal(module(x), x):
+        return f"{name} does not pass the input through in eval mode"
+    return None
+
+
+def _probe() -> str | None:
+    """The library's nn.Dropout and its swapped FastDropout: the same rate and scaling."""
+    torch.manual_seed(0)  # (guards.probe restores torch's random state)
+    library, swapped = nn.Dropout(0.25), nn.Dropout(0.25)
+    use_fast_dropout(swapped)
+    if type(swapped) is not FastDropout or swapped.p != 0.25 or swapped.inplace:
+        return "nn.Dropout no longer swaps to FastDropout"
+    return _dropout_error(library, "nn.Dropout") or _dropout_error(swapped, "FastDropout")
+
+
+@functools.cache
+def dropout_guard() -> str | None:
+    return guard("torch", check=_probe)

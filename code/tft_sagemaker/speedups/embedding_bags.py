@@ -10,16 +10,21 @@ and one small matmul, whose backward is one more matmul (tens of microseconds).
 max_norm, frequency scaling or sparse gradients) to `CountMatmulEmbeddingBag`: the same
 parameters and state_dict, the same sums up to float rounding. Other devices keep the library's
 kernel, as does any call the count form does not cover (offsets or per-sample weights, 1-D
-input).
+input). `embedding_bags_guard` checks the versions this was tested with and compares both forms,
+outputs and weight gradients, on a library-built bag in float64.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from pytorch_forecasting.models.nn.embeddings import TimeDistributedEmbeddingBag
 from torch import nn
 
-__all__ = ["CountMatmulEmbeddingBag", "use_count_matmul"]
+from .guards import guard
+
+__all__ = ["CountMatmulEmbeddingBag", "embedding_bags_guard", "use_count_matmul"]
 
 
 class CountMatmulEmbeddingBag(TimeDistributedEmbeddingBag):
@@ -56,3 +61,29 @@ def use_count_matmul(model: nn.Module) -> int:
             module.__class__ = CountMatmulEmbeddingBag
             swapped += 1
     return swapped
+
+
+def _probe() -> str | None:
+    """A summing bag as pytorch-forecasting builds one, library and count form on the same
+    indices (over time and not): equal sums and weight gradients in float64."""
+    generator = torch.Generator().manual_seed(0)
+    library = TimeDistributedEmbeddingBag(7, 3, mode="sum", batch_first=True).double()
+    swapped = TimeDistributedEmbeddingBag(7, 3, mode="sum", batch_first=True).double()
+    swapped.load_state_dict(library.state_dict())
+    if use_count_matmul(swapped) != 1:
+        return "pytorch-forecasting's summing embedding bag is no longer eligible"
+    for shape in ((4, 5, 6), (4, 6)):
+        x = torch.randint(0, 7, shape, generator=generator)
+        expected, actual = library(x), swapped(x)
+        expected.square().sum().backward()
+        actual.square().sum().backward()
+        if actual.shape != expected.shape or not torch.allclose(actual, expected, rtol=1e-12):
+            return "count sums differ from the library's embedding bag"
+        if not torch.allclose(swapped.weight.grad, library.weight.grad, rtol=1e-12):
+            return "count gradients differ from the library's embedding bag"
+    return None
+
+
+@functools.cache
+def embedding_bags_guard() -> str | None:
+    return guard("torch", "pytorch-forecasting", check=_probe)

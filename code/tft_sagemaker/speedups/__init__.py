@@ -1,0 +1,156 @@
+"""The speed-up layer: parts of pytorch-forecasting, Lightning and torch replaced by faster
+equivalents, each switched on in one place (`engage`) and reported in one log line.
+
+| lever (hyperparameter)   | replaces                                    | module                |
+| fast_batches             | per-window __getitem__ + _collate_fn        | batches.py            |
+| fused_variable_selection | VariableSelectionNetwork's per-variable ops | variable_selection.py |
+| fast_embedding_bags      | the summing EmbeddingBag's CPU kernel       | embedding_bags.py     |
+| fast_dropout             | F.dropout's per-element CPU mask draws      | dropout.py            |
+| flat_gradients           | per-tensor zeroing and norm clipping        | gradients.py          |
+| flat_weight_average      | AveragedModel's per-tensor EMA update       | weight_average.py     |
+| allocator_thresholds     | glibc's adaptive mmap/trim thresholds       | allocator.py          |
+
+Each lever has a switch (`SpeedupConfig`, the [speedups] hyperparameters) and a guard
+(guards.py: the library versions it was tested with, and a probe of the structure it replaces).
+A lever that is switched on but whose guard fails, or that finds nothing to apply to, leaves the
+library's path in place and says why. What each buys: bench/results/ablation.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import WeightAveraging
+from pytorch_forecasting import TimeSeriesDataSet
+from torch import nn
+
+from ..config import SpeedupConfig
+from .allocator import keep_freed_memory
+from .batches import batches_guard, unsupported_reason
+from .dropout import dropout_guard, use_fast_dropout
+from .embedding_bags import embedding_bags_guard, use_count_matmul
+from .gradients import FlatGradientHooks, flat_gradients_guard
+from .variable_selection import fuse_variable_selection, variable_selection_guard
+from .weight_average import FlatEmaModel, FlatWeightAverage, weight_average_guard
+
+__all__ = ["GUARDS", "LEVERS", "Outcome", "Report", "engage"]
+
+LEVERS = tuple(SpeedupConfig.__dataclass_fields__)
+# What each lever that reaches into a library checks first (the allocator's checks are its own).
+GUARDS: dict[str, Callable[[], str | None]] = {
+    "fast_batches": batches_guard,
+    "fused_variable_selection": variable_selection_guard,
+    "fast_embedding_bags": embedding_bags_guard,
+    "fast_dropout": dropout_guard,
+    "flat_gradients": flat_gradients_guard,
+    "flat_weight_average": weight_average_guard,
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str  # "engaged", "fell back" (the library's path runs) or "off"
+    note: str = ""  # engaged: what it applies to; otherwise why not
+
+
+@dataclass
+class Report:
+    """What `engage` did, lever by lever."""
+
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+    def line(self) -> str:
+        """`speed-ups engaged: a, b (note); fell back: c (why); off: d (why)`."""
+        parts = []
+        for state in ("engaged", "fell back", "off"):
+            levers = [
+                f"{name} ({outcome.note})" if outcome.note else name
+                for name, outcome in self.outcomes.items()
+                if outcome.state == state
+            ]
+            if levers or state == "engaged":
+                parts.append(f"{state}: {', '.join(levers) or 'none'}")
+        return "speed-ups " + "; ".join(parts)
+
+
+def _counted(count: int, what: str, missing: str) -> Outcome:
+    """Engaged on `count` `what`s, or off: `missing`."""
+    if not count:
+        return Outcome("off", missing)
+    return Outcome("engaged", f"{count} {what}{'' if count == 1 else 's'}")
+
+
+def engage(
+    switches: SpeedupConfig,
+    model: nn.Module,
+    trainer: pl.Trainer | None = None,
+    datasets: Mapping[str, TimeSeriesDataSet] | None = None,
+) -> Report:
+    """Apply every lever that is switched on and whose guard passes, in place.
+
+    `model`: the TFT (module levers; flat gradients need `FlatGradientHooks` in its class).
+    `trainer`: given in a training process (flat gradients and weight average, allocator).
+    `datasets`: by name, those the loaders will batch (`loaders.make_loader` decides each with
+    the same `unsupported_reason`).
+    """
+    report = Report()
+
+    def lever(name: str, apply: Callable[[], Outcome]) -> None:
+        if not getattr(switches, name):
+            report.outcomes[name] = Outcome("off", f"{name}=false")
+        elif reason := GUARDS.get(name, lambda: None)():
+            report.outcomes[name] = Outcome("fell back", reason)
+        else:
+            report.outcomes[name] = apply()
+
+    def batches() -> Outcome:
+        refused = [
+            f"{name}: {why}"
+            for name, dataset in (datasets or {}).items()
+            if (why := unsupported_reason(dataset))
+        ]
+        if len(refused) == len(datasets or {}):
+            return Outcome("fell back", "; ".join(refused))
+        return Outcome("engaged", "; ".join(f"per window for {r}" for r in refused))
+
+    def gradients() -> Outcome:
+        if not isinstance(model, FlatGradientHooks):
+            return Outcome("fell back", f"{type(model).__name__} has no FlatGradientHooks")
+        model.flat_gradients_on = True
+        return Outcome("engaged")
+
+    def weight_average() -> Outcome:
+        # the job's ExponentialMovingAverage (trainer.py), which keeps its decay
+        averages = [
+            callback
+            for callback in trainer.callbacks
+            if isinstance(callback, WeightAveraging)
+            and isinstance(getattr(callback, "decay", None), float)
+        ]
+        if averages and (reason := FlatEmaModel.unsupported(model)):
+            return Outcome("fell back", reason)
+        trainer.callbacks.extend(FlatWeightAverage(a, a.decay) for a in averages)
+        return _counted(len(averages), "average", "no ema_decay")
+
+    def allocator() -> Outcome:
+        reason = keep_freed_memory()
+        return Outcome("fell back", reason) if reason else Outcome("engaged")
+
+    if datasets:
+        lever("fast_batches", batches)
+    lever(
+        "fused_variable_selection",
+        lambda: _counted(fuse_variable_selection(model), "network", "no variable selection"),
+    )
+    lever(
+        "fast_embedding_bags",
+        lambda: _counted(use_count_matmul(model), "bag", "no summing embedding bag"),
+    )
+    lever("fast_dropout", lambda: _counted(use_fast_dropout(model), "module", "no dropout"))
+    if trainer is not None:
+        lever("flat_gradients", gradients)
+        lever("flat_weight_average", weight_average)
+        lever("allocator_thresholds", allocator)
+    return report
