@@ -5,7 +5,8 @@
 #   2. lints: hadolint (Dockerfiles), shellcheck (shell scripts), `docker compose config`
 #   3. builds the debootstrap Debian base, the CPU stand-in for the DLC, the product image;
 #      `pip check` in both, and every package the DLC has at the DLC's version
-#   4. (a) `train` in one container on local_test data: success file, model, a forecast from it
+#   4. (a) `train` in one container on local_test data: success file, model, the report in a
+#      headless browser, a forecast from the model
 #   5. (b) the compose services on CPU: one node, then two nodes (algo-1 + algo-2)
 #   6. (b) SageMaker local mode with SDK v3 and v2 (examples/), one and two instances: every
 #      container's exit code, and the model archive itself
@@ -282,6 +283,10 @@ expect_success "single run" "$rc" "$dir/output" "$dir/model" "$LOGS/single.log"
 timing "container start -> first training step" "$(seconds_to_log_line "$PROJECT-single" "$LOGS/single.log" "$FIRST_STEP_MARKER")"
 timing "container start -> first epoch metrics" "$(seconds_to_log_line "$PROJECT-single" "$LOGS/single.log" '[metrics] epoch=0')"
 docker rm "$PROJECT-single" >/dev/null
+# The job's report opens in a real browser: every figure decodes, nothing loads from outside.
+logged report bash local_test/check_report.sh "$dir/output/data/report.html" "$LOGS/report.png" \
+    || die "the job's report.html fails in a browser"
+info "$(tail -n 1 "$LOGS/report.log")"
 # The model artifacts are usable, and `python -m tft_sagemaker.predict` works from any directory.
 logged predict docker run --rm --entrypoint python -w / \
     -v "$dir/model:/opt/ml/model:ro" -v "$dir/input:/opt/ml/input:ro" -v "$dir/output:/opt/ml/output" \
