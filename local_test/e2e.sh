@@ -194,7 +194,8 @@ timing "engine + tools ready" "$(since "$t0") s"
 banner "2. lint: hadolint, shellcheck, docker compose config"
 "$TOOLS_VENV/bin/hadolint" docker/Dockerfile docker/cpu-base/Dockerfile
 info "hadolint: docker/Dockerfile docker/cpu-base/Dockerfile clean"
-mapfile -t scripts < <(find . -name '*.sh' -not -path './.git/*' -not -path './.venv/*' | sort)
+# The project's scripts, tracked or new, not those in ignored folders (venvs, caches).
+mapfile -t scripts < <(git ls-files --cached --others --exclude-standard '*.sh' | sort)
 shellcheck "${scripts[@]}"
 info "shellcheck: ${scripts[*]} clean"
 

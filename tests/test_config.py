@@ -777,3 +777,29 @@ def test_every_field_has_help_and_a_unique_name() -> None:
 def test_float_fields_stay_floats(raw: Any) -> None:
     value = build_config({**BASE, "learning_rate": raw}).model.learning_rate
     assert value == 1.0 and type(value) is float
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"calendar_features": "month,weekday"}, "calendar_features: 'weekday' unknown; give any"),
+        ({"calendar_features": "month"}, "calendar_features=month needs date_column and freq"),
+    ],
+)
+def test_calendar_features_are_checked(values: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config({**BASE, **values})
+
+
+@pytest.mark.parametrize(
+    ("given", "parsed"),
+    [
+        ("auto", ["auto"]),
+        ("none", ["none"]),
+        ("", []),
+        ("month, day_of_week", ["month", "day_of_week"]),
+    ],
+)
+def test_calendar_features_values(given: str, parsed: list[str]) -> None:
+    daily = {**BASE, "date_column": "day", "freq": "D"}
+    assert build_config({**daily, "calendar_features": given}).data.calendar_features == parsed

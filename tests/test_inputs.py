@@ -33,6 +33,7 @@ from tft_sagemaker.data import (
     validate_frame,
 )
 from tft_sagemaker.dataset import (
+    build_prediction_dataset,
     build_training_dataset,
     build_validation_dataset,
     internal_config,
@@ -171,6 +172,51 @@ def test_daily_text_dates_with_a_time_axis() -> None:
     assert axis is not None and axis.origin == "2023-01-02T00:00:00"
     prepared = prepare_frame(frame, config, "train", axis)
     assert list(prepared["time_idx"]) == [0, 1, 2, 3]
+
+
+def test_calendar_variables_in_training_and_in_forecasts_of_unseen_months() -> None:
+    days = pd.date_range("2023-01-01", "2023-02-28", freq="D")
+    frame = pd.concat(
+        [
+            pd.DataFrame({"id": name, "day": days, "y": np.arange(len(days)) % 7 + offset})
+            for name, offset in (("a", 0.0), ("b", 10.0))
+        ],
+        ignore_index=True,
+    ).assign(calendar_month=1.0)  # a user column of the calendar's name
+    config = DataConfig(
+        target="y",
+        group_ids=["id"],
+        date_column="day",
+        freq="D",
+        max_encoder_length=14,
+        max_prediction_length=7,
+        time_varying_known_reals=["calendar_month"],
+        time_varying_unknown_reals=["y"],
+        target_normalizer="group",
+        calendar_features=["day_of_week", "month"],
+    )
+    axis = time_axis_for(frame, config, "train")
+    prepared = prepare_frame(frame, config, "train", axis)
+    training = build_training_dataset(prepared, config)
+    known = training.time_varying_known_categoricals
+    assert known == ["calendar_day_of_week", "calendar_month_"]
+    parameters = training.get_parameters()
+    weekday = parameters["categorical_encoders"]["calendar_day_of_week"]
+    assert set(weekday.classes_) == {"nan", *(str(d) for d in range(7))}
+    # March was never trained on: the month's 'unknown' embedding, no error.
+    march = pd.date_range("2023-03-01", periods=7, freq="D")
+    future = pd.concat(
+        [frame, *(pd.DataFrame({"id": i, "day": march, "calendar_month": 1.0}) for i in "ab")],
+        ignore_index=True,
+    )
+    future = prepare_frame(future, config, "forecast", axis)
+    windows = build_prediction_dataset(parameters, future.fillna({"y": 0.0}), config)
+    x, _ = next(iter(windows.to_dataloader(train=False, batch_size=2)))
+    month = known.index("calendar_month_")
+    assert (x["decoder_cat"][..., month] == 0).all()  # the encoder's code for unseen labels
+    assert x["decoder_cat"][0, :, known.index("calendar_day_of_week")].tolist() == list(
+        weekday.transform(pd.Series([str(d.dayofweek) for d in march]))
+    )
 
 
 # --------------------------------------------------------------------------------------------

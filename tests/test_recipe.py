@@ -142,6 +142,7 @@ def test_resolve_fills_what_is_unset_and_keeps_what_is_set() -> None:
     chosen = {c.name: c.value for c in choices}
     assert set(chosen) == set(recipe.AUTOMATIC) - {
         "target_normalizer",
+        "calendar_features",
         "batch_size",
         "dropout",
         "ema_decay",
@@ -165,10 +166,47 @@ def test_resolve_data_chooses_the_normalizer_only_when_auto() -> None:
     config = build_config(BASE)
     resolved, choices = recipe.resolve_data(config.data, trend)
     assert resolved.target_normalizer == "encoder" and [c.name for c in choices] == [
-        "target_normalizer"
+        "target_normalizer",
+        "calendar_features",  # no dates: none
     ]
-    fixed = build_config({**BASE, "target_normalizer": "group"}).data
+    assert resolved.calendar_features == []
+    fixed = build_config({**BASE, "target_normalizer": "group", "calendar_features": ""}).data
     assert recipe.resolve_data(fixed, trend) == (fixed, [])
+
+
+@pytest.mark.parametrize(
+    ("freq", "expected"),
+    [
+        (None, []),
+        ("YS", []),
+        ("QS-JAN", ["quarter"]),
+        ("MS", ["month"]),
+        ("M", ["month"]),  # pandas' old name of ME
+        ("W-SUN", ["month"]),
+        ("D", ["day_of_week", "month"]),
+        ("B", ["day_of_week", "month"]),
+        ("7D", ["month"]),  # always the same weekday
+        ("h", ["hour", "day_of_week"]),
+        ("15min", ["hour", "day_of_week"]),
+    ],
+)
+def test_calendar_features_follow_the_frequency(freq: str | None, expected: list[str]) -> None:
+    choice = recipe.choose_calendar_features(freq)
+    assert choice.value == expected and choice.reason
+
+
+@pytest.mark.parametrize(
+    ("given", "resolved", "chosen"),
+    [("auto", ["day_of_week", "month"], True), ("month", ["month"], False), ("none", [], False)],
+)
+def test_resolve_data_chooses_the_calendar_only_when_auto(
+    given: str, resolved: list[str], chosen: bool
+) -> None:
+    daily = {**BASE, "date_column": "day", "freq": "D", "target_normalizer": "group"}
+    config = build_config({**daily, "calendar_features": given}).data
+    data, choices = recipe.resolve_data(config, panel({"a": np.ones(30)}))
+    assert data.calendar_features == resolved
+    assert [c.name for c in choices] == (["calendar_features"] if chosen else [])
 
 
 @pytest.mark.parametrize("name", sorted(PRESET_VALUES))

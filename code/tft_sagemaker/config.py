@@ -40,6 +40,8 @@ def _opt(default: Any, help: str, **checks: Any) -> Any:
 
 
 _AUTO = " Default: chosen from the data (recipe.py)."
+# What `calendar_features` may name (dataset.CALENDAR computes them from the dates).
+CALENDAR_VARIABLES = ("month", "quarter", "day_of_week", "hour")
 
 
 class CountOrFraction(float):
@@ -113,6 +115,12 @@ class DataConfig:
     )
     drop_short_series: bool = _opt(
         False, "Drop series too short for one window instead of failing."
+    )
+    calendar_features: list[str] = _opt(
+        ["auto"],
+        "Variables derived from date_column, known in the future, so that the model sees where "
+        "in the year, week or day each step falls: any of month, quarter, day_of_week, hour; "
+        "'none' for none." + _AUTO,
     )
     season_length: int | None = _opt(
         None,
@@ -600,6 +608,19 @@ def _check_consistency(config: JobConfig) -> None:
         )
     if data.freq and not data.date_column:
         raise ConfigError("freq is set but date_column is not: name the date column.")
+    calendar = data.calendar_features
+    if calendar not in (["auto"], ["none"], []):
+        unknown = [c for c in calendar if c not in CALENDAR_VARIABLES]
+        if unknown:
+            raise ConfigError(
+                f"calendar_features: {', '.join(map(repr, unknown))} unknown; give any of "
+                f"{', '.join(CALENDAR_VARIABLES)}, or auto, or none."
+            )
+        if not data.date_column:
+            raise ConfigError(
+                f"calendar_features={','.join(calendar)} needs date_column and freq: the "
+                "calendar is read from the dates."
+            )
     if data.resolved_min_encoder_length > data.max_encoder_length:
         raise ConfigError(
             f"min_encoder_length={data.min_encoder_length} exceeds "

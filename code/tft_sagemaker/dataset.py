@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -34,11 +35,40 @@ _LIBRARY_PREFIXES = ("__group_id__", "__target__")
 _MODULE_DICT = torch.nn.ModuleDict()  # its attributes (pop, keys, type, ...) cannot be keys
 
 
-def _variables(config: DataConfig) -> list[str]:
-    """Every name the dataset sees: columns, and the names of variable groups."""
+# Calendar variables (`calendar_features`), from the parsed date column.
+CALENDAR: dict[str, Callable[[pd.Series], pd.Series]] = {
+    "month": lambda dates: dates.dt.month,
+    "quarter": lambda dates: dates.dt.quarter,
+    "day_of_week": lambda dates: dates.dt.dayofweek,
+    "hour": lambda dates: dates.dt.hour,
+}
+
+
+def _user_variables(config: DataConfig) -> list[str]:
+    """The data's names: columns, and the names of variable groups."""
     names = [config.target, config.time_idx, *config.group_ids, config.weight]
     names += [*config.categoricals, *config.variable_groups, *config.reals]
     return [n for n in dict.fromkeys(names) if n]
+
+
+def calendar_columns(config: DataConfig) -> dict[str, str]:
+    """Calendar variable → the column the dataset gets for it: `calendar_<variable>`, with
+    underscores added while the data has a variable of that name. None before the recipe has
+    resolved `calendar_features` ("auto"), nor with "none"."""
+    taken = set(_user_variables(config))
+    columns = {}
+    for variable in config.calendar_features:
+        if variable in CALENDAR:
+            column = f"calendar_{variable}"
+            while column in taken:
+                column += "_"
+            columns[variable] = column
+    return columns
+
+
+def _variables(config: DataConfig) -> list[str]:
+    """Every name the dataset sees: the data's and the calendar columns."""
+    return _user_variables(config) + list(calendar_columns(config).values())
 
 
 def _clashes(name: str, target: str) -> bool:
@@ -101,7 +131,9 @@ def internal_config(config: DataConfig) -> DataConfig:
         weight=names[config.weight] if config.weight else None,
         static_categoricals=rename(config.static_categoricals),
         static_reals=rename(config.static_reals),
-        time_varying_known_categoricals=rename(config.time_varying_known_categoricals),
+        time_varying_known_categoricals=rename(
+            config.time_varying_known_categoricals + list(calendar_columns(config).values())
+        ),
         time_varying_known_reals=rename(config.time_varying_known_reals),
         time_varying_unknown_categoricals=rename(config.time_varying_unknown_categoricals),
         time_varying_unknown_reals=rename(config.time_varying_unknown_reals),
@@ -110,8 +142,15 @@ def internal_config(config: DataConfig) -> DataConfig:
 
 
 def to_internal(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
-    """The columns the dataset uses, under their internal names (the others are left out: the
-    library refuses some names even in columns it does not use)."""
+    """The columns the dataset uses, under their internal names, with the calendar columns
+    added (the others are left out: the library refuses some names even in columns it does
+    not use)."""
+    calendar = calendar_columns(config)
+    if calendar:  # text labels: categories the encoders know by name
+        dates = frame[config.date_column]
+        frame = frame.assign(
+            **{c: CALENDAR[v](dates).astype(str).astype("category") for v, c in calendar.items()}
+        )
     names = internal_names(config)
     columns = [c for c in names if c in frame.columns]
     return frame[columns].rename(columns=names)

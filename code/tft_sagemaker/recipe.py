@@ -5,6 +5,7 @@ data; a value given by a preset, the configuration file or a hyperparameter is k
 (presets set every one of them). Every rule is a pure function of those statistics that returns
 the value and the reason, which the job logs:
 
+- calendar variables (month, day of week, ...) from the frequency of the dates;
 - target scaling: per window (`encoder`) when series drift away from their overall level, so
   that the model forecasts relative to the recent past; else per series (`group`);
 - batch size, epoch length and a training budget in steps from the number of training windows
@@ -26,8 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+from pandas.tseries.frequencies import to_offset
 
 from .config import DataConfig, JobConfig
+from .data import normalize_freq
 
 DRIFT_THRESHOLD = 0.5  # recent level this many series standard deviations from the overall mean
 MIN_BATCH, MAX_BATCH = 32, 256
@@ -94,6 +97,36 @@ def choose_target_normalizer(drift: float, min_encoder_length: int) -> Choice:
         "group",
         f"series keep their level (median recent shift {drift:.2f} standard deviations "
         f"<= {DRIFT_THRESHOLD}): scaled per series",
+    )
+
+
+# Calendar variables by the unit of the time step (pandas' offset names).
+_CALENDAR_BY_UNIT = {
+    **dict.fromkeys(("QS", "QE", "BQS", "BQE"), ("quarter",)),
+    **dict.fromkeys(("MS", "ME", "SMS", "SME", "BMS", "BME", "W"), ("month",)),
+    **dict.fromkeys(("D", "B", "C"), ("day_of_week", "month")),
+    **dict.fromkeys(("h", "bh", "cbh", "min", "s"), ("hour", "day_of_week")),
+}
+
+
+def choose_calendar_features(freq: str | None) -> Choice:
+    """Where each step falls in the year, week or day, for the unit of `freq`: the model then
+    need not infer seasonality from the shape of the history alone. Steps of several days skip
+    weekdays (7D: always the same), so they get the month alone."""
+    if not freq:
+        return Choice("calendar_features", [], "no dates (an integer time index)")
+    offset = to_offset(normalize_freq(freq))
+    unit = offset.name.split("-")[0]  # W-MON → W, QS-JAN → QS
+    variables = list(_CALENDAR_BY_UNIT.get(unit, ()))
+    if unit in ("D", "B", "C") and offset.n > 1:
+        variables.remove("day_of_week")
+    if not variables:
+        return Choice("calendar_features", [], f"freq={freq}: no calendar variable below a year")
+    return Choice(
+        "calendar_features",
+        variables,
+        f"freq={freq}: the {' and '.join(v.replace('_', ' ') for v in variables)} of each step "
+        "as known categoricals",
     )
 
 
@@ -217,13 +250,21 @@ def _fill(section: Any, choice: Choice, made: list[Choice]) -> Any:
 
 def resolve_data(config: DataConfig, frame: pd.DataFrame) -> tuple[DataConfig, list[Choice]]:
     """The dataset's automatic choices (before the TimeSeriesDataSet is built)."""
-    if config.target_normalizer != "auto":
-        return config, []
-    drift = level_drift(
-        frame, config.group_ids, config.time_idx, config.target, config.max_encoder_length
-    )
-    choice = choose_target_normalizer(drift, config.resolved_min_encoder_length)
-    return dataclasses.replace(config, target_normalizer=choice.value), [choice]
+    made: list[Choice] = []
+    if config.target_normalizer == "auto":
+        drift = level_drift(
+            frame, config.group_ids, config.time_idx, config.target, config.max_encoder_length
+        )
+        choice = choose_target_normalizer(drift, config.resolved_min_encoder_length)
+        config = dataclasses.replace(config, target_normalizer=choice.value)
+        made.append(choice)
+    if config.calendar_features == ["auto"]:
+        choice = choose_calendar_features(config.freq)
+        config = dataclasses.replace(config, calendar_features=choice.value)
+        made.append(choice)
+    elif config.calendar_features == ["none"]:
+        config = dataclasses.replace(config, calendar_features=[])
+    return config, made
 
 
 def resolve_training(config: JobConfig, windows: int) -> tuple[JobConfig, list[Choice]]:
@@ -247,6 +288,7 @@ def resolve_training(config: JobConfig, windows: int) -> tuple[JobConfig, list[C
 # Every hyperparameter the recipe may choose: presets set all of them (tests check it).
 AUTOMATIC = (
     "target_normalizer",
+    "calendar_features",
     "batch_size",
     "limit_train_batches",
     "max_epochs",
