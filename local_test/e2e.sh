@@ -363,7 +363,7 @@ sdk_local_run() { # SDK_VERSION INSTANCES
 import json, sys, tarfile
 
 model, output, hosts = sys.argv[1], sys.argv[2], int(sys.argv[3])
-expected = ["config.json", "dataset_parameters.pt", "metrics.json", "model.ckpt"]
+expected = ["config.json", "dataset_parameters.pt", "metrics.json", "model.ckpt", "report_data.json"]
 with tarfile.open(model) as tar:
     files = sorted(m.name.removeprefix("./") for m in tar.getmembers() if m.isfile())
     assert files == expected, f"{model} holds {files}, expected {expected}"
@@ -375,6 +375,7 @@ with tarfile.open(output) as tar:
 summaries = [n for n in names if "training-summary-" in n]
 assert len(summaries) == hosts, f"training summaries {summaries}, expected {hosts}"
 assert not any(n.endswith("failure") for n in names), f"a failure file in {output}"
+assert any(n.endswith("report.html") for n in names), f"no report.html in {output}"
 print(f"  model.tar.gz: {' '.join(files)}; world_size {hosts}, val_MAE {metrics['val_MAE']:.3g}")
 PY
 }

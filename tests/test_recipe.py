@@ -91,8 +91,8 @@ def test_epoch_length(windows: int, batch: int, limit: float, epoch: int) -> Non
     ("windows", "batch", "epoch", "epochs"),
     [
         (640, 32, 20, 15),  # 6 passes = 120 steps: raised to the 300-step floor
-        (6_400, 64, 100, 5),  # 6 passes = 600 steps: capped at 500
-        (3_200, 32, 100, 5),  # 6 passes = 600 steps: capped at 500
+        (12_800, 64, 100, 8),  # 6 passes = 1,200 steps: capped at 800
+        (3_200, 32, 100, 6),  # 6 passes = 600 steps in epochs of 100
         (4_000, 64, 63, 6),  # 6 passes = 378 steps in epochs of 63
         (1_000, 32, 32, 10),  # 6 passes = 192 steps: 300 in epochs of 32
     ],

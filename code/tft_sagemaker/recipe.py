@@ -36,7 +36,9 @@ DRIFT_THRESHOLD = 0.5  # recent level this many series standard deviations from 
 MIN_BATCH, MAX_BATCH = 32, 256
 BATCHES_PER_PASS = 100  # a batch about this many times smaller than the training windows
 MAX_EPOCH_STEPS = 100  # validate at least this often
-PASSES, MIN_STEPS, MAX_STEPS = 6, 300, 500
+# The cap binds from about 34,000 windows on (batch 256). US employment (52k windows, seed 42)
+# reached validation MAE 37.1 at 500 steps and 33.4 at 800 (naive 89.5).
+PASSES, MIN_STEPS, MAX_STEPS = 6, 300, 800
 PATIENCE_STEPS = 300  # early stopping waits at least this many steps (and 6 epochs)
 SMALL_DATA_WINDOWS, LARGE_DATA_WINDOWS = 5_000, 100_000
 REFERENCE_LEARNING_RATE, REFERENCE_BATCH = 0.007, 256  # the stallion preset's, tuned there
