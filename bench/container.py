@@ -62,8 +62,8 @@ def worker(data: str, epochs: int, batches: int) -> dict[str, Any]:
 
     from tft_sagemaker.config import build_config
     from tft_sagemaker.job import build_job, fit, plan_for
-    from tft_sagemaker.paths import JobPaths
     from tft_sagemaker.presets import PRESET_VALUES
+    from tft_sagemaker.sagemaker.paths import JobPaths
 
     class CpuTime(pl.Callback):
         """CPU seconds of this process during the training phase of epochs 2+."""

@@ -177,8 +177,8 @@ def worker_ours(
 
     from tft_sagemaker.config import build_config
     from tft_sagemaker.job import build_job, fit, plan_for
-    from tft_sagemaker.paths import JobPaths
     from tft_sagemaker.presets import PRESET_VALUES
+    from tft_sagemaker.sagemaker.paths import JobPaths
 
     # "throughput": the tutorial's model and batch with this project's defaults;
     # "preset throughput": the stallion preset's model and batch, on the throughput budget;

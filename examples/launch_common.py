@@ -17,8 +17,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "code"))
 
-from tft_sagemaker.launch import HOSTS_PER_MACHINE_VAR  # noqa: E402
-from tft_sagemaker.metrics import METRIC_DEFINITIONS  # noqa: E402
+from tft_sagemaker.sagemaker.launch_plan import HOSTS_PER_MACHINE_VAR  # noqa: E402
+from tft_sagemaker.sagemaker.metric_lines import METRIC_DEFINITIONS  # noqa: E402
 
 # Where the training code writes TensorBoard event files and checkpoints (the SDKs' defaults).
 TENSORBOARD_LOCAL_PATH = "/opt/ml/output/tensorboard"

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from conftest import SYNTHETIC_SHORT, TINY, JobRun, SageMakerDir, record_error
 
-from tft_sagemaker.errors import FAILURE_LIMIT
+from tft_sagemaker.sagemaker.failure import FAILURE_LIMIT
 
 # The synthetic preset, short windows: one window needs 6 + 1 steps, plus 4 held out = 11.
 HP = {**SYNTHETIC_SHORT, **TINY}

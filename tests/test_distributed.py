@@ -82,7 +82,7 @@ def start(base: Path) -> subprocess.Popen:
     log = (base / "job.log").open("w")
     toolkit = str(Path(sys.executable).parent / "train")
     return subprocess.Popen(
-        [sys.executable, "-m", "tft_sagemaker.supervise", toolkit],
+        [sys.executable, "-m", "tft_sagemaker.sagemaker.supervise", toolkit],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -19,8 +19,8 @@ import torch
 from conftest import CODE_DIR, SYNTHETIC_SHORT, TINY, JobRun, SageMakerDir, to_cli
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from tft_sagemaker.checkpoints import AtomicCheckpointIO, RelocatableModelCheckpoint
 from tft_sagemaker.errors import JobError
+from tft_sagemaker.sagemaker.checkpoints import AtomicCheckpointIO, RelocatableModelCheckpoint
 
 HP = {**SYNTHETIC_SHORT, **TINY}
 

@@ -42,8 +42,8 @@ from tft_sagemaker.dataset import (
 )
 from tft_sagemaker.evaluate import forecast
 from tft_sagemaker.model import build_model
-from tft_sagemaker.paths import JobPaths
 from tft_sagemaker.presets import PRESET_VALUES
+from tft_sagemaker.sagemaker.paths import JobPaths
 
 SHORT = {"max_encoder_length": 12, "min_encoder_length": 6, "max_prediction_length": 4}
 

@@ -11,7 +11,8 @@ import json
 import pytest
 
 from tft_sagemaker.errors import ConfigError, JobError
-from tft_sagemaker.launch import (
+from tft_sagemaker.model import scaled_learning_rate
+from tft_sagemaker.sagemaker.launch_plan import (
     HOSTS_PER_MACHINE_VAR,
     choose_interface,
     plan_launch,
@@ -21,7 +22,6 @@ from tft_sagemaker.launch import (
     usable_cpus,
     wait_for_hosts,
 )
-from tft_sagemaker.model import scaled_learning_rate
 
 
 def hosts_env(n: int, current: int = 1) -> dict[str, str]:
@@ -335,8 +335,8 @@ def test_a_cluster_that_cannot_form_says_what_was_tried(monkeypatch) -> None:
 
     import torch.distributed as dist
 
-    from tft_sagemaker.errors import failure_text
     from tft_sagemaker.job import _peer_failures
+    from tft_sagemaker.sagemaker.failure import failure_text
 
     plan = plan_launch(hosts_env(2, 1), None, gpus_per_host=0, cpus_per_host=2)
     plan = dataclasses.replace(plan, master_addr="127.0.0.1", master_port=29417)

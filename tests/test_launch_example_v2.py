@@ -19,8 +19,8 @@ import pytest
 sagemaker = pytest.importorskip("sagemaker", reason="needs the launch extra (sagemaker==2.257.7)")
 boto3 = pytest.importorskip("boto3")
 
-from tft_sagemaker.launch import HOSTS_PER_MACHINE_VAR  # noqa: E402
-from tft_sagemaker.metrics import METRIC_DEFINITIONS  # noqa: E402
+from tft_sagemaker.sagemaker.launch_plan import HOSTS_PER_MACHINE_VAR  # noqa: E402
+from tft_sagemaker.sagemaker.metric_lines import METRIC_DEFINITIONS  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "launch_sagemaker_v2.py"
 IMAGE = "111122223333.dkr.ecr.eu-west-1.amazonaws.com/tft-sagemaker:abc1234"

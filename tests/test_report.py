@@ -426,8 +426,8 @@ def test_dropped_series_are_listed_with_their_reason(
 ) -> None:
     from tft_sagemaker.config import build_config
     from tft_sagemaker.data import load_job_data
-    from tft_sagemaker.paths import JobPaths
     from tft_sagemaker.presets import PRESET_VALUES
+    from tft_sagemaker.sagemaker.paths import JobPaths
 
     first = tiny_panel["store"].eq("store_000") & tiny_panel["product"].eq("product_00")
     short = tiny_panel[~first | (tiny_panel["week"] >= tiny_panel["week"].unique()[50])]

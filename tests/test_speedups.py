@@ -35,8 +35,8 @@ from tft_sagemaker.dataset import build_training_dataset
 from tft_sagemaker.job import Job, build_job, fit, plan_for
 from tft_sagemaker.loaders import make_loader
 from tft_sagemaker.model import build_model
-from tft_sagemaker.paths import JobPaths
 from tft_sagemaker.presets import PRESET_VALUES
+from tft_sagemaker.sagemaker.paths import JobPaths
 from tft_sagemaker.speedups import GUARDS, LEVERS, Outcome, Report, allocator, engage, guards
 from tft_sagemaker.speedups.batches import WindowBatcher
 from tft_sagemaker.speedups.dropout import FastDropout

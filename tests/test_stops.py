@@ -26,8 +26,8 @@ from conftest import CODE_DIR, VENV_BIN, files_under, to_cli
 from tft_sagemaker.config import build_config
 from tft_sagemaker.data import load_job_data
 from tft_sagemaker.dataset import build_training_dataset
-from tft_sagemaker.paths import JobPaths
 from tft_sagemaker.presets import PRESET_VALUES
+from tft_sagemaker.sagemaker.paths import JobPaths
 from tft_sagemaker.synthetic import make_panel
 
 pytestmark = pytest.mark.slow
@@ -90,7 +90,12 @@ def run_job(base: Path, stop: dict[str, str], supervised: bool = False) -> int:
         **stop,
     }
     if supervised:
-        command = [sys.executable, "-m", "tft_sagemaker.supervise", str(VENV_BIN / "train")]
+        command = [
+            sys.executable,
+            "-m",
+            "tft_sagemaker.sagemaker.supervise",
+            str(VENV_BIN / "train"),
+        ]
     else:
         command = [sys.executable, str(base / "code" / "train.py"), *to_cli(QUICK)]
     with (base / "job.log").open("a") as log:

@@ -29,9 +29,9 @@ from tft_sagemaker import predict
 from tft_sagemaker.artifacts import load_trained_model
 from tft_sagemaker.config import build_config
 from tft_sagemaker.data import prepare_frame, time_axis_for
-from tft_sagemaker.errors import FAILURE_LIMIT
-from tft_sagemaker.metrics import METRIC_DEFINITIONS
 from tft_sagemaker.presets import PRESET_VALUES, STALLION_SPECIAL_DAYS
+from tft_sagemaker.sagemaker.failure import FAILURE_LIMIT
+from tft_sagemaker.sagemaker.metric_lines import METRIC_DEFINITIONS
 
 MODEL_FILES = {
     "model.ckpt",

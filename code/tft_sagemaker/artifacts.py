@@ -27,12 +27,12 @@ from typing import Any
 
 import torch
 
-from . import stops
 from .config import JobConfig, build_config
 from .data import TimeAxis
 from .errors import JobError, writing
 from .model import JobTemporalFusionTransformer
 from .presets import PRESET_VALUES
+from .sagemaker import stops
 from .speedups import engage
 
 MODEL_FILE = "model.ckpt"

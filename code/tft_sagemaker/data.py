@@ -27,8 +27,8 @@ from pandas.tseries.offsets import Tick
 
 from .config import DataConfig
 from .errors import ConfigError, DataError
-from .paths import JobPaths
 from .presets import PRESETS
+from .sagemaker.paths import JobPaths
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,8 @@ import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pytorch_forecasting import TimeSeriesDataSet
 
-from . import stops
 from .artifacts import METRICS_FILE, write_model_artifacts
 from .baselines import against_baselines, describe
-from .checkpoints import find_resume_checkpoint, fingerprint
 from .config import JobConfig, build_config, describe_hyperparameters, parse_cli
 from .console import setup_logging
 from .data import (
@@ -42,10 +40,19 @@ from .data import (
     read_channel,
 )
 from .dataset import build_training_dataset, build_validation_dataset, user_names
-from .errors import JobError, write_failure
+from .errors import JobError
 from .evaluate import forecast, score
 from .interpret import InterpretationSum, largest_series
-from .launch import (
+from .loaders import LoaderSettings, make_loader
+from .model import JobTemporalFusionTransformer, build_model, scaled_learning_rate
+from .predict import PredictionInput, forecast_table, prepare_prediction, write_forecasts
+from .presets import PRESET_VALUES
+from .recipe import resolve_data, resolve_training
+from .report import check_report_series, data_summary, plotted_series, write_job_report
+from .sagemaker import stops
+from .sagemaker.checkpoints import find_resume_checkpoint, fingerprint
+from .sagemaker.failure import write_failure
+from .sagemaker.launch_plan import (
     LaunchPlan,
     network_interface,
     plan_launch,
@@ -53,14 +60,8 @@ from .launch import (
     read_resource_config,
     wait_for_hosts,
 )
-from .loaders import LoaderSettings, make_loader
-from .metrics import format_metric_line
-from .model import JobTemporalFusionTransformer, build_model, scaled_learning_rate
-from .paths import JobPaths
-from .predict import PredictionInput, forecast_table, prepare_prediction, write_forecasts
-from .presets import PRESET_VALUES
-from .recipe import resolve_data, resolve_training
-from .report import check_report_series, data_summary, plotted_series, write_job_report
+from .sagemaker.metric_lines import format_metric_line
+from .sagemaker.paths import JobPaths
 from .speedups import engage
 from .trainer import MetricLines, build_trainer, log_final_results
 

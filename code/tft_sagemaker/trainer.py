@@ -35,14 +35,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from . import stops
-from .checkpoints import STAMP, AtomicCheckpointIO, RelocatableModelCheckpoint
 from .config import JobConfig
 from .errors import writing
-from .launch import LaunchPlan
 from .loaders import ShardedBatchSampler
-from .metrics import format_metric_line
-from .paths import JobPaths
+from .sagemaker import stops
+from .sagemaker.checkpoints import STAMP, AtomicCheckpointIO, RelocatableModelCheckpoint
+from .sagemaker.launch_plan import LaunchPlan
+from .sagemaker.metric_lines import format_metric_line
+from .sagemaker.paths import JobPaths
 
 log = logging.getLogger(__name__)
 

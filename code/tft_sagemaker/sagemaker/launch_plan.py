@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, JobError
+from ..errors import ConfigError, JobError
 
 log = logging.getLogger(__name__)
 

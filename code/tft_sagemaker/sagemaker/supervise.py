@@ -15,7 +15,7 @@ terminal's Ctrl-C), the shell and the toolkit may die before training has saved 
 supervisor is a child subreaper, so training processes orphaned that way stay its children: it
 waits for them before it exits, since the container ends, and kills them, when it does.
 
-    python -m tft_sagemaker.supervise COMMAND [ARGS ...]
+    python -m tft_sagemaker.sagemaker.supervise COMMAND [ARGS ...]
 """
 
 from __future__ import annotations
@@ -90,7 +90,9 @@ def exit_status(returncode: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     command = list(sys.argv[1:] if argv is None else argv)
     if not command:
-        print("usage: python -m tft_sagemaker.supervise COMMAND [ARGS ...]", file=sys.stderr)
+        print(
+            "usage: python -m tft_sagemaker.sagemaker.supervise COMMAND [ARGS ...]", file=sys.stderr
+        )
         return 2
     program = os.environ.get("SAGEMAKER_PROGRAM", "train.py")
     _become_subreaper()

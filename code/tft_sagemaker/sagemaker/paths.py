@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import writing
+from ..errors import writing
 
 
 @dataclass(frozen=True)

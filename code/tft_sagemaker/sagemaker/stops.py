@@ -50,7 +50,7 @@ PHASES = (
 _SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
 _TARGETS = ("self", "supervisor", "group")
 _ARRIVAL_TIMEOUT_S = 60.0
-SUPERVISOR_MODULE = "tft_sagemaker.supervise"
+SUPERVISOR_MODULE = "tft_sagemaker.sagemaker.supervise"
 
 
 class Stopped(BaseException):

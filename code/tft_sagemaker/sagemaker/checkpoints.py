@@ -19,8 +19,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .config import JobConfig
-from .errors import JobError, writing
+from ..config import JobConfig
+from ..errors import JobError, writing
 
 log = logging.getLogger(__name__)
 
