@@ -18,7 +18,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TINY, SageMakerDir, process_state_kept, sagemaker_environment
-from lightning.pytorch.callbacks import WeightAveraging
 from pytorch_forecasting import TimeSeriesDataSet
 from pytorch_forecasting.models.nn.embeddings import TimeDistributedEmbeddingBag
 from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
@@ -26,7 +25,6 @@ from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
     VariableSelectionNetwork,
 )
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from tft_sagemaker.config import build_config
@@ -42,8 +40,6 @@ from tft_sagemaker.speedups.batches import WindowBatcher
 from tft_sagemaker.speedups.dropout import FastDropout
 from tft_sagemaker.speedups.embedding_bags import CountMatmulEmbeddingBag
 from tft_sagemaker.speedups.variable_selection import FusedVariableSelectionNetwork
-from tft_sagemaker.speedups.weight_average import FlatEmaModel
-from tft_sagemaker.trainer import ExponentialMovingAverage
 
 # The synthetic preset with what every lever applies to: a group of categoricals (embedded by
 # a summing bag) and weight averaging.
@@ -162,13 +158,6 @@ def test_flat_gradients(built: Built) -> None:
     assert len(model._flat_gradients.parameters) == len(trainable) > 100
 
 
-def test_flat_weight_average(built: Built) -> None:
-    (average,) = [c for c in built.job.trainer.callbacks if isinstance(c, ExponentialMovingAverage)]
-    assert type(average._average_model) is FlatEmaModel
-    assert int(average._average_model.n_averaged) == 2  # the two training steps
-    assert built.engaged["flat_weight_average"] == "1 average"
-
-
 def test_allocator_thresholds(built: Built) -> None:
     assert "allocator_thresholds" in built.engaged
 
@@ -222,20 +211,12 @@ def change_the_libraries(monkeypatch: pytest.MonkeyPatch) -> None:
         optimizer.zero_grad(set_to_none=set_to_none)
 
     monkeypatch.setattr(pl.LightningModule, "optimizer_zero_grad", optimizer_zero_grad)
-    # Lightning: the weight average's model is built when fitting starts, not in setup
-    setup = WeightAveraging.setup
-    monkeypatch.setattr(WeightAveraging, "setup", lambda self, *args, **kwargs: None)
-    monkeypatch.setattr(
-        WeightAveraging,
-        "on_fit_start",
-        lambda self, trainer, module: setup(self, trainer, module, "fit"),
-    )
 
-    # the C library is not glibc
-    def no_glibc(name: str) -> None:
-        raise OSError(f"{name}: cannot open shared object file")
+    # the C library is not glibc (only the allocator's view: other libraries load theirs)
+    def no_glibc() -> None:
+        raise OSError("libc.so.6: cannot open shared object file")
 
-    monkeypatch.setattr(allocator.ctypes, "CDLL", no_glibc)
+    monkeypatch.setattr(allocator, "load_libc", no_glibc)
 
 
 @pytest.mark.usefixtures("fresh_guards")
@@ -268,9 +249,6 @@ def test_changed_libraries_fall_back(
     assert fell_back["fast_embedding_bags"] == "count sums differ from the library's embedding bag"
     assert fell_back["fast_dropout"] == "nn.Dropout does not scale kept elements by 1 / (1 - p)"
     assert fell_back["flat_gradients"].startswith("LightningModule.optimizer_zero_grad(")
-    assert fell_back["flat_weight_average"] == (
-        "Lightning's WeightAveraging keeps no adoptable _average_model"
-    )
     assert fell_back["allocator_thresholds"] == "the C library is not glibc"
     assert list(levers_in(lines["levers off"], "off")) == list(LEVERS)
     # Falling back is running the library's path: the same training, to the last bit.
@@ -317,51 +295,6 @@ def test_report_line() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# The weight average as one lerp (weight_average.py)
-# --------------------------------------------------------------------------------------------
-def live_net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
-
-
-def test_flat_ema_equals_torch_ema() -> None:
-    live = live_net()
-    expected = AveragedModel(live, multi_avg_fn=get_ema_multi_avg_fn(0.9))
-    flat = AveragedModel(live, multi_avg_fn=get_ema_multi_avg_fn(0.9))
-    assert FlatEmaModel.adopt(flat, 0.9) is None
-    assert type(flat) is FlatEmaModel and type(expected) is AveragedModel
-    storage = flat.flat.untyped_storage().data_ptr()
-    assert all(p.untyped_storage().data_ptr() == storage for p in flat.module.parameters())
-    for step in range(4):
-        with torch.no_grad():
-            for p in live.parameters():
-                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(step)))
-        expected.update_parameters(live)
-        flat.update_parameters(live)
-        for p, q in zip(flat.module.parameters(), expected.module.parameters(), strict=True):
-            assert torch.equal(p, q)  # bit for bit
-    assert flat.state_dict().keys() == expected.state_dict().keys()
-    assert int(flat.n_averaged) == 4
-
-
-def test_flat_ema_takes_torchs_update_for_other_parameters() -> None:
-    """Another model with as many elements, in other shapes: torch's own update."""
-    live = live_net()
-    flat = AveragedModel(live, multi_avg_fn=get_ema_multi_avg_fn(0.9))
-    FlatEmaModel.adopt(flat, 0.9)
-    other = nn.Sequential(nn.Linear(8, 3), nn.Linear(4, 8))  # the same tensors, in another order
-    assert sum(p.numel() for p in other.parameters()) == flat.flat.numel()
-    with pytest.raises(RuntimeError):  # torch's update: shapes that do not match
-        flat.update_parameters(other)
-
-
-def test_flat_ema_leaves_models_with_buffers_to_torch() -> None:
-    average = AveragedModel(nn.BatchNorm1d(3), multi_avg_fn=get_ema_multi_avg_fn(0.9))
-    assert FlatEmaModel.adopt(average, 0.9) == "the model has buffers"
-    assert type(average) is AveragedModel
-
-
-# --------------------------------------------------------------------------------------------
 # Allocator thresholds (allocator.py)
 # --------------------------------------------------------------------------------------------
 class FakeLibc:
@@ -395,7 +328,7 @@ def test_keep_freed_memory(
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name: libc)
+    monkeypatch.setattr(allocator, "load_libc", lambda: libc)
     assert allocator.keep_freed_memory() == reason
     assert libc.calls == expected
 
@@ -405,6 +338,6 @@ def test_keep_freed_memory_without_glibc(monkeypatch: pytest.MonkeyPatch) -> Non
     del libc.gnu_get_libc_version  # musl, for instance
     for name in allocator._USER_SETTINGS:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name: libc)
+    monkeypatch.setattr(allocator, "load_libc", lambda: libc)
     assert allocator.keep_freed_memory() == "the C library is not glibc"
     assert libc.calls == []

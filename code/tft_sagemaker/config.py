@@ -273,9 +273,6 @@ class SpeedupConfig:
     flat_gradients: bool = _opt(
         True, "Gradients in one flat buffer: zeroing and norm clipping as one op each."
     )
-    flat_weight_average: bool = _opt(
-        True, "The ema_decay average updated as one lerp over one flat tensor."
-    )
     allocator_thresholds: bool = _opt(
         True, "glibc malloc thresholds that keep freed activations for the next step."
     )

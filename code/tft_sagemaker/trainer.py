@@ -260,7 +260,7 @@ class ExponentialMovingAverage(WeightAveraging):
     """An exponential moving average of the weights, updated after every optimizer step.
     Validation, checkpoints (hence early stopping, the best model and the learning-rate
     schedule) and the final model see the averaged weights, which are far less noisy from
-    epoch to epoch than the raw ones. (`decay` is read by speedups.weight_average.)"""
+    epoch to epoch than the raw ones."""
 
     def __init__(self, decay: float) -> None:
         super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay))

@@ -7,7 +7,6 @@ equivalents, each switched on in one place (`engage`) and reported in one log li
 | fast_embedding_bags      | the summing EmbeddingBag's CPU kernel       | embedding_bags.py     |
 | fast_dropout             | F.dropout's per-element CPU mask draws      | dropout.py            |
 | flat_gradients           | per-tensor zeroing and norm clipping        | gradients.py          |
-| flat_weight_average      | AveragedModel's per-tensor EMA update       | weight_average.py     |
 | allocator_thresholds     | glibc's adaptive mmap/trim thresholds       | allocator.py          |
 
 Each lever has a switch (`SpeedupConfig`, the [speedups] hyperparameters) and a guard
@@ -22,7 +21,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import WeightAveraging
 from pytorch_forecasting import TimeSeriesDataSet
 from torch import nn
 
@@ -33,7 +31,6 @@ from .dropout import dropout_guard, use_fast_dropout
 from .embedding_bags import embedding_bags_guard, use_count_matmul
 from .gradients import FlatGradientHooks, flat_gradients_guard
 from .variable_selection import fuse_variable_selection, variable_selection_guard
-from .weight_average import FlatEmaModel, FlatWeightAverage, weight_average_guard
 
 __all__ = ["GUARDS", "LEVERS", "Outcome", "Report", "engage"]
 
@@ -45,7 +42,6 @@ GUARDS: dict[str, Callable[[], str | None]] = {
     "fast_embedding_bags": embedding_bags_guard,
     "fast_dropout": dropout_guard,
     "flat_gradients": flat_gradients_guard,
-    "flat_weight_average": weight_average_guard,
 }
 
 
@@ -121,19 +117,6 @@ def engage(
         model.flat_gradients_on = True
         return Outcome("engaged")
 
-    def weight_average() -> Outcome:
-        # the job's ExponentialMovingAverage (trainer.py), which keeps its decay
-        averages = [
-            callback
-            for callback in trainer.callbacks
-            if isinstance(callback, WeightAveraging)
-            and isinstance(getattr(callback, "decay", None), float)
-        ]
-        if averages and (reason := FlatEmaModel.unsupported(model)):
-            return Outcome("fell back", reason)
-        trainer.callbacks.extend(FlatWeightAverage(a, a.decay) for a in averages)
-        return _counted(len(averages), "average", "no ema_decay")
-
     def allocator() -> Outcome:
         reason = keep_freed_memory()
         return Outcome("fell back", reason) if reason else Outcome("engaged")
@@ -151,6 +134,5 @@ def engage(
     lever("fast_dropout", lambda: _counted(use_fast_dropout(model), "module", "no dropout"))
     if trainer is not None:
         lever("flat_gradients", gradients)
-        lever("flat_weight_average", weight_average)
         lever("allocator_thresholds", allocator)
     return report

@@ -23,13 +23,18 @@ MMAP_THRESHOLD = 256 << 20
 TRIM_THRESHOLD = 1 << 30
 
 
+def load_libc() -> ctypes.CDLL:
+    """The process's C library (tests replace this to simulate another one)."""
+    return ctypes.CDLL("libc.so.6")
+
+
 def keep_freed_memory() -> str | None:
     """Set the thresholds for this process; None when set, else why not."""
     user = [name for name in _USER_SETTINGS if name in os.environ]
     if user:
         return f"{user[0]} is set"
     try:
-        libc = ctypes.CDLL("libc.so.6")
+        libc = load_libc()
         libc.gnu_get_libc_version  # noqa: B018  (glibc's own: musl and others lack it)
         mallopt = libc.mallopt
     except (OSError, AttributeError):
