@@ -18,7 +18,6 @@ Writes bench/results/ablation.json (or --output) and the README's table beside i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -28,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "code"), str(ROOT / "bench")]
 
-from throughput import machine, measure  # noqa: E402
+from throughput import machine, measure, write_results  # noqa: E402
 
 from tft_sagemaker.speedups import LEVERS  # noqa: E402
 
@@ -131,10 +130,7 @@ def main() -> int:
             for model, side in runs.items()
         },
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    args.output.with_suffix(".md").write_text(table(results))
-    print(table(results))
+    write_results(args.output, results, table(results))
     return 0
 
 

@@ -315,10 +315,9 @@ def main() -> int:
         "compose_two_node_s": {k: statistics.median(v) for k, v in compose.items()},
         "compose_two_node_runs_s": compose,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    args.output.with_suffix(".md").write_text(table(results))
-    print(table(results))
+    from throughput import write_results
+
+    write_results(args.output, results, table(results))
     return 0
 
 

@@ -376,6 +376,14 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_results(output: Path, results: dict[str, Any], table: str) -> None:
+    """`results` as JSON at `output` and the markdown `table` beside it (.md), printed too."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    output.with_suffix(".md").write_text(table)
+    print(table)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -474,10 +482,7 @@ def main() -> int:
             results["scaling"].append(row)
             print(f"data prep {n} series: {row}", flush=True)
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    args.output.with_suffix(".md").write_text(table(results))
-    print(table(results))
+    write_results(args.output, results, table(results))
     return 0
 
 
