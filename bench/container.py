@@ -57,42 +57,21 @@ def hyperparameters(epochs: int, batches: int) -> dict[str, str]:
 # Worker: one training process (on the host or in a container)
 # --------------------------------------------------------------------------------------------
 def worker(data: str, epochs: int, batches: int) -> dict[str, Any]:
-    import lightning.pytorch as pl
-    from throughput import _timer_class
+    from throughput import _timer_class, fit_on_stallion
 
     from tft_sagemaker.config import build_config
-    from tft_sagemaker.job import build_job, fit, plan_for
     from tft_sagemaker.presets import PRESET_VALUES
-    from tft_sagemaker.sagemaker.paths import JobPaths
-
-    class CpuTime(pl.Callback):
-        """CPU seconds of this process during the training phase of epochs 2+."""
-
-        def __init__(self) -> None:
-            self.seconds = 0.0
-
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            self.started = time.process_time()
-
-        def on_validation_start(self, trainer, pl_module) -> None:
-            if not trainer.sanity_checking and trainer.current_epoch > 0:
-                self.seconds += time.process_time() - self.started
 
     config = build_config(hyperparameters(epochs, batches), None, PRESET_VALUES)
-    timer, cpu = _timer_class()(False), CpuTime()
-    with tempfile.TemporaryDirectory() as base:
-        channel = Path(base) / "input" / "data" / "train"
-        channel.mkdir(parents=True)
-        shutil.copy(data, channel / "stallion.parquet")
-        paths = JobPaths.from_env({"SAGEMAKER_BASE_DIR": base})
-        job = build_job(config, plan_for(config, paths), paths)
-        job.trainer.callbacks.extend([timer, cpu])
-        fit(job)
+    timer = _timer_class()(False)
+    job = fit_on_stallion(config, data, timer)
     summary = timer.summary()
-    train_s = sum(e["train_s"] for e in timer.epochs[1:])
+    steady = timer.epochs[1:]  # the timer's own CPU seconds over the training phase
+    train_s = sum(e["train_s"] for e in steady)
+    cpu_s = sum(e["cpu_s"] for e in steady)
     return {
         "windows_per_s": round(summary["windows_per_s"], 1),
-        "cpu_per_train_s": round(cpu.seconds / train_s, 2),
+        "cpu_per_train_s": round(cpu_s / train_s, 2),
         "threads": job.plan.threads_per_process,
     }
 

@@ -171,14 +171,8 @@ def worker_ours(
 ) -> dict[str, Any]:
     """`levers_off`: speed-up levers switched off; `threads`: torch threads (default: the
     job's choice for the host)."""
-    import shutil
-
-    import torch
-
     from tft_sagemaker.config import build_config
-    from tft_sagemaker.job import build_job, fit, plan_for
     from tft_sagemaker.presets import PRESET_VALUES
-    from tft_sagemaker.sagemaker.paths import JobPaths
 
     # "throughput": the tutorial's model and batch with this project's defaults;
     # "preset throughput": the stallion preset's model and batch, on the throughput budget;
@@ -203,6 +197,20 @@ def worker_ours(
     hyperparameters |= dict.fromkeys(levers_off, "false")
     config = build_config(hyperparameters, None, PRESET_VALUES)
     timer = _timer_class()(device == "cuda", stop_at_target)
+    fit_on_stallion(config, data, timer, threads)
+    return timer.summary()
+
+
+def fit_on_stallion(config: Any, data: str, timer: Any, threads: int | None = None) -> Any:
+    """The real job's build and fit on the Stallion file in a fresh /opt/ml-shaped directory,
+    timed by `timer` (`threads`: torch threads instead of the job's choice); the job."""
+    import shutil
+
+    import torch
+
+    from tft_sagemaker.job import build_job, fit, plan_for
+    from tft_sagemaker.sagemaker.paths import JobPaths
+
     with tempfile.TemporaryDirectory() as base:
         channel = Path(base) / "input" / "data" / "train"
         channel.mkdir(parents=True)
@@ -213,7 +221,7 @@ def worker_ours(
             torch.set_num_threads(threads)
         job.trainer.callbacks.append(timer)
         fit(job)
-    return timer.summary()
+    return job
 
 
 def worker_scaling(n_series: int) -> dict[str, Any]:
