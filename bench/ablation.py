@@ -27,7 +27,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "code"), str(ROOT / "bench")]
 
-from throughput import machine, measure, write_results  # noqa: E402
+from jobs import machine  # noqa: E402
+from throughput import measure, write_results  # noqa: E402
 
 from tft_sagemaker.speedups import LEVERS  # noqa: E402
 

@@ -14,54 +14,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from jobs import ROOT, machine, run_training_job, train_channel
+
 RESULTS = ROOT / "bench" / "results"
 TARGET_MAE = 262.0
 
 
-def machine() -> dict[str, object]:
-    import torch
-
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-
-
 def run_seed(data: Path, seed: int, overrides: list[str], workdir: Path) -> dict[str, float]:
     base = workdir / f"seed-{seed}"
-    (base / "input" / "data" / "train").mkdir(parents=True)
-    (base / "model").mkdir()
-    (base / "output" / "data").mkdir(parents=True)
-    shutil.copy(data, base / "input" / "data" / "train" / "stallion.parquet")
-    args = ["--preset", "stallion", "--seed", str(seed)]
-    for pair in overrides:
-        key, _, value = pair.partition("=")
-        args += [f"--{key}", value]
-    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "PYTHONPATH": str(ROOT / "code")}
+    shutil.copy(data, train_channel(base) / "stallion.parquet")
+    hyperparameters = {"preset": "stallion", "seed": str(seed)}
+    hyperparameters |= dict(pair.partition("=")[::2] for pair in overrides)
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "code" / "train.py"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-        raise SystemExit(f"seed {seed} failed: {(base / 'output' / 'failure').read_text()}")
-    metrics = json.loads((base / "model" / "metrics.json").read_text())
+    metrics = run_training_job(base, hyperparameters)
     metrics["wall_s"] = round(time.monotonic() - started, 1)
     return metrics
 

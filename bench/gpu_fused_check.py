@@ -18,10 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "code"))
 
 from tft_sagemaker.config import build_config  # noqa: E402
-from tft_sagemaker.data import prepare_frame, split_holdout, time_axis_for  # noqa: E402
 from tft_sagemaker.dataset import build_training_dataset  # noqa: E402
+from tft_sagemaker.job_data import split_holdout  # noqa: E402
 from tft_sagemaker.model import build_model  # noqa: E402
+from tft_sagemaker.preparation import prepare_training_frame  # noqa: E402
 from tft_sagemaker.presets import PRESET_VALUES  # noqa: E402
+from tft_sagemaker.recipe import settle  # noqa: E402
 from tft_sagemaker.speedups.variable_selection import fuse_variable_selection  # noqa: E402
 
 
@@ -33,11 +35,11 @@ def main() -> int:
     args = parser.parse_args()
     config = build_config({"preset": "stallion", "dropout": "0"}, None, PRESET_VALUES)
     raw = pd.read_parquet(args.data)
-    frame = prepare_frame(raw, config.data, "train", time_axis_for(raw, config.data, "train"))
+    frame = prepare_training_frame(raw, config.data)[0]
     dataset = build_training_dataset(split_holdout(frame, config.data), config.data)
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    plain = build_model(dataset, config.model).to(device)
+    plain = build_model(dataset, settle(config, len(dataset))).to(device)
     fused = copy.deepcopy(plain)
     fuse_variable_selection(fused)
     x, y = next(iter(dataset.to_dataloader(train=True, batch_size=128)))

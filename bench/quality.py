@@ -24,17 +24,15 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from accuracy import machine
+from jobs import ROOT, machine, run_training_job, train_channel
 from panels import PANELS, PUBLIC
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 METHODS = {  # metrics.json prefix of each method's MAE and MASE
     "tft": ("val_MAE", "val_MASE"),
@@ -54,32 +52,12 @@ def run_job(panel: str, seed: int, overrides: list[str], cpus: int, workdir: Pat
         return json.loads(done.read_text())
     shutil.rmtree(base, ignore_errors=True)  # an interrupted run starts again
     frame, schema = PANELS[panel].load()
-    (base / "input" / "data" / "train").mkdir(parents=True)
-    (base / "model").mkdir()
-    (base / "output" / "data").mkdir(parents=True)
-    frame.to_parquet(base / "input" / "data" / "train" / "data.parquet", index=False)
+    frame.to_parquet(train_channel(base) / "data.parquet", index=False)
     hyperparameters = {k: v if isinstance(v, str) else json.dumps(v) for k, v in schema.items()}
     hyperparameters["seed"] = str(seed)
-    for pair in overrides:
-        key, _, value = pair.partition("=")
-        hyperparameters[key] = value
-    args = [a for key, value in sorted(hyperparameters.items()) for a in (f"--{key}", value)]
-    env = {
-        **os.environ,
-        "SAGEMAKER_BASE_DIR": str(base),
-        "PYTHONPATH": str(ROOT / "code"),
-        "TFT_HOSTS_PER_MACHINE": str(max(1, (os.cpu_count() or 1) // cpus)),
-    }
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "code" / "train.py"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-        raise SystemExit(f"{panel} seed {seed} failed: {(base / 'output' / 'failure').read_text()}")
-    return json.loads(done.read_text())
+    hyperparameters |= dict(pair.partition("=")[::2] for pair in overrides)
+    sharing = str(max(1, (os.cpu_count() or 1) // cpus))
+    return run_training_job(base, hyperparameters, {"TFT_HOSTS_PER_MACHINE": sharing})
 
 
 def summarise(panel: str, runs: dict[int, dict]) -> dict[str, Any]:

@@ -17,9 +17,11 @@ from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
 from pytorch_forecasting.data import GroupNormalizer
 from pytorch_forecasting.metrics import QuantileLoss
 
-from tft_sagemaker.presets import STALLION_SPECIAL_DAYS
+from tft_sagemaker.presets import STALLION, STALLION_SPECIAL_DAYS
 
 SPECIAL_DAYS = STALLION_SPECIAL_DAYS  # the tutorial's list of holiday columns
+# The tutorial's columns and their roles, which the `stallion` preset took from it as they are.
+SCHEMA = STALLION.values
 
 
 def tutorial_data(path: str) -> pd.DataFrame:
@@ -52,26 +54,18 @@ def tutorial_datasets(data: pd.DataFrame) -> tuple[TimeSeriesDataSet, TimeSeries
         data[lambda x: x.time_idx <= training_cutoff],
         time_idx="time_idx",
         target="volume",
-        group_ids=["agency", "sku"],
+        group_ids=SCHEMA["group_ids"],
         min_encoder_length=max_encoder_length // 2,
         max_encoder_length=max_encoder_length,
         min_prediction_length=1,
         max_prediction_length=max_prediction_length,
-        static_categoricals=["agency", "sku"],
-        static_reals=["avg_population_2017", "avg_yearly_household_income_2017"],
-        time_varying_known_categoricals=["special_days", "month"],
-        variable_groups={"special_days": SPECIAL_DAYS},
-        time_varying_known_reals=["time_idx", "price_regular", "discount_in_percent"],
+        static_categoricals=SCHEMA["static_categoricals"],
+        static_reals=SCHEMA["static_reals"],
+        time_varying_known_categoricals=SCHEMA["time_varying_known_categoricals"],
+        variable_groups=SCHEMA["variable_groups"],
+        time_varying_known_reals=SCHEMA["time_varying_known_reals"],
         time_varying_unknown_categoricals=[],
-        time_varying_unknown_reals=[
-            "volume",
-            "log_volume",
-            "industry_volume",
-            "soda_volume",
-            "avg_max_temp",
-            "avg_volume_by_agency",
-            "avg_volume_by_sku",
-        ],
+        time_varying_unknown_reals=SCHEMA["time_varying_unknown_reals"],
         target_normalizer=GroupNormalizer(groups=["agency", "sku"], transformation="softplus"),
         add_relative_time_idx=True,
         add_target_scales=True,

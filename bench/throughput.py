@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -36,6 +35,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "code"), str(ROOT / "bench")]
+from jobs import machine  # noqa: E402
+
 TARGET_MAE = 262.0
 BATCH_SIZE = 128
 
@@ -228,19 +229,20 @@ def worker_scaling(n_series: int) -> dict[str, Any]:
     import torch
 
     from tft_sagemaker.config import build_config
-    from tft_sagemaker.data import prepare_frame, split_holdout, time_axis_for, validate_frame
     from tft_sagemaker.dataset import build_training_dataset, build_validation_dataset
+    from tft_sagemaker.job_data import split_holdout
+    from tft_sagemaker.preparation import prepare_training_frame
     from tft_sagemaker.presets import PRESET_VALUES
     from tft_sagemaker.speedups.batches import WindowBatcher
     from tft_sagemaker.synthetic import make_panel
+    from tft_sagemaker.validation import validate_frame
 
     frame = make_panel(n_stores=n_series // 10, n_products=10, n_weeks=60)
     rows = len(frame)
     config = build_config({"preset": "synthetic"}, None, PRESET_VALUES).data
     before = _peak_rss_gb()
     started = time.perf_counter()
-    axis = time_axis_for(frame, config, "train")
-    prepared = validate_frame(prepare_frame(frame, config, "train", axis), config, "train", 30)
+    prepared = validate_frame(prepare_training_frame(frame, config)[0], config, "train", 30)
     training = build_training_dataset(split_holdout(prepared, config), config)
     validation = build_validation_dataset(training, prepared, config)
     WindowBatcher(training, device=torch.device("cpu"))
@@ -281,18 +283,6 @@ def run_worker(kind: str, kwargs: dict[str, Any]) -> None:
     )
     result["peak_rss_gb"] = result.get("peak_rss_gb") or _peak_rss_gb()
     print(json.dumps(result))
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:

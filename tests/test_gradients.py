@@ -18,10 +18,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tft_sagemaker.config import build_config
-from tft_sagemaker.data import prepare_frame, time_axis_for
 from tft_sagemaker.dataset import build_training_dataset
 from tft_sagemaker.model import build_model
+from tft_sagemaker.preparation import prepare_training_frame
 from tft_sagemaker.presets import PRESET_VALUES
+from tft_sagemaker.recipe import settle
 from tft_sagemaker.speedups.gradients import FlatGradients
 
 
@@ -115,10 +116,10 @@ def test_mixed_dtypes_are_not_flattened() -> None:
 # ---------------------------------------------------------------------------------------------
 def fit_steps(panel: pd.DataFrame, flat: bool) -> nn.Module:
     config = build_config({"preset": "synthetic", "dropout": "0"}, {}, PRESET_VALUES)
-    frame = prepare_frame(panel, config.data, "train", time_axis_for(panel, config.data, "train"))
+    frame = prepare_training_frame(panel, config.data)[0]
     dataset = build_training_dataset(frame, config.data)
     torch.manual_seed(0)
-    model = build_model(dataset, config.model).double()
+    model = build_model(dataset, settle(config, len(dataset))).double()
     model.flat_gradients_on = flat  # what the speed-up layer switches on
     loader = dataset.to_dataloader(train=False, batch_size=32, num_workers=0)
     batches = [

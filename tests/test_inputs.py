@@ -20,18 +20,8 @@ from conftest import TINY, SageMakerDir
 
 from tft_sagemaker import predict
 from tft_sagemaker.artifacts import load_trained_model
+from tft_sagemaker.channels import read_files, undeclared_channel_dirs
 from tft_sagemaker.config import DataConfig, build_config, parse_cli
-from tft_sagemaker.data import (
-    as_labels,
-    load_job_data,
-    normalize_freq,
-    parse_dates,
-    prepare_frame,
-    read_files,
-    time_axis_for,
-    undeclared_channel_dirs,
-    validate_frame,
-)
 from tft_sagemaker.dataset import (
     build_prediction_dataset,
     build_training_dataset,
@@ -41,9 +31,14 @@ from tft_sagemaker.dataset import (
     user_names,
 )
 from tft_sagemaker.evaluate import forecast
+from tft_sagemaker.job_data import load_job_data
 from tft_sagemaker.model import build_model
+from tft_sagemaker.preparation import as_labels, prepare_frame, prepare_training_frame
 from tft_sagemaker.presets import PRESET_VALUES
+from tft_sagemaker.recipe import settle
 from tft_sagemaker.sagemaker.paths import JobPaths
+from tft_sagemaker.time_axis import normalize_freq, parse_dates
+from tft_sagemaker.validation import validate_frame
 
 SHORT = {"max_encoder_length": 12, "min_encoder_length": 6, "max_prediction_length": 4}
 
@@ -168,9 +163,9 @@ def test_daily_text_dates_with_a_time_axis() -> None:
         }
     )
     config = DataConfig(target="y", group_ids=["id"], date_column="day", freq="D", dayfirst=True)
-    axis = time_axis_for(frame, config, "train")
+    prepared, axis = prepare_training_frame(frame, config)
     assert axis is not None and axis.origin == "2023-01-02T00:00:00"
-    prepared = prepare_frame(frame, config, "train", axis)
+
     assert list(prepared["time_idx"]) == [0, 1, 2, 3]
 
 
@@ -195,8 +190,7 @@ def test_calendar_variables_in_training_and_in_forecasts_of_unseen_months() -> N
         target_normalizer="group",
         calendar_features=["day_of_week", "month"],
     )
-    axis = time_axis_for(frame, config, "train")
-    prepared = prepare_frame(frame, config, "train", axis)
+    prepared, axis = prepare_training_frame(frame, config)
     training = build_training_dataset(prepared, config)
     known = training.time_varying_known_categoricals
     assert known == ["calendar_day_of_week", "calendar_month_"]
@@ -243,11 +237,13 @@ def test_numeric_categoricals_and_ids(small_panel: pd.DataFrame) -> None:
         store=small_panel["store"].str[-3:].astype(int).astype(float),  # 0.0, 1.0, 2.0
     )
     config = synthetic()
-    prepared = prepare_frame(frame, config, "train", time_axis_for(frame, config, "train"))
+    prepared = prepare_training_frame(frame, config)[0]
     assert sorted(prepared["store"].unique()) == ["0", "1", "2"]
     assert set(prepared["month"].unique()) == {str(m) for m in range(1, 13)}
     validated = validate_frame(prepared, config, "train", 11)
-    build_training_dataset(validated, config)  # the library takes them as categories
+    dataset = build_training_dataset(validated, config)  # the library takes them as categories
+    stores = dataset.get_parameters()["categorical_encoders"]["store"].classes_
+    assert set(stores) == {"nan", "0", "1", "2"}
 
 
 def test_whole_float_time_index(small_panel: pd.DataFrame) -> None:
@@ -258,7 +254,8 @@ def test_whole_float_time_index(small_panel: pd.DataFrame) -> None:
     )
     prepared = prepare_frame(frame, config, "train", None)
     assert prepared["t"].dtype == np.int64
-    build_training_dataset(validate_frame(prepared, config, "train", 11), config)
+    dataset = build_training_dataset(validate_frame(prepared, config, "train", 11), config)
+    assert dataset.data["time"].max() == weeks.max()  # the library's time index: whole weeks
 
 
 def test_target_of_zeros_with_softplus(small_panel: pd.DataFrame) -> None:
@@ -266,8 +263,9 @@ def test_target_of_zeros_with_softplus(small_panel: pd.DataFrame) -> None:
     frame = small_panel.copy()
     frame.loc[frame.index[::7], "sales"] = 0.0
     config = synthetic(target_transformation="softplus")
-    prepared = prepare_frame(frame, config, "train", time_axis_for(frame, config, "train"))
-    build_training_dataset(validate_frame(prepared, config, "train", 11), config)
+    prepared = prepare_training_frame(frame, config)[0]
+    dataset = build_training_dataset(validate_frame(prepared, config, "train", 11), config)
+    assert (dataset.data["target"][0] == 0).sum() == (frame["sales"] == 0).sum()
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,8 +376,9 @@ def test_new_series_in_validation_with_per_window_scaling(
     training = build_training_dataset(data.train, config)
     validation = build_validation_dataset(training, data.validation, config)
     # The final evaluation names each window's series (x_to_index raised KeyError here).
-    model = build_model(training, build_config({}, {"preset": "synthetic"}, PRESET_VALUES).model)
-    index = forecast(model, validation).index
+    preset = build_config({}, {"preset": "synthetic"}, PRESET_VALUES)
+    model = build_model(training, settle(preset, len(training)))
+    index = forecast(model, validation, vectorised=False).index  # per window: encoder scaling
     assert sorted(index["store"].unique()) == ["store_002"] and len(index) == 10
 
 

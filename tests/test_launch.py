@@ -11,16 +11,13 @@ import json
 import pytest
 
 from tft_sagemaker.errors import ConfigError, JobError
-from tft_sagemaker.model import scaled_learning_rate
 from tft_sagemaker.sagemaker.launch_plan import (
     HOSTS_PER_MACHINE_VAR,
-    choose_interface,
+    launched_by_launcher,
     plan_launch,
     read_cpu_max,
     read_hosts,
-    route_interface,
     usable_cpus,
-    wait_for_hosts,
 )
 
 
@@ -71,12 +68,20 @@ def test_generic_estimator_runs_once_per_host(n_hosts: int, gpus: int) -> None:
         assert plan.launcher == ("single" if plan.world_size == 1 else "lightning")
         assert plan.master_addr == ("algo-1" if n_hosts > 1 else "127.0.0.1")
         assert plan.threads_per_process == 8 // devices
-        if plan.launcher == "lightning":
-            assert plan.lightning_env() == {
-                "MASTER_ADDR": plan.master_addr,
-                "MASTER_PORT": "29500",
-                "NODE_RANK": str(current - 1),
-            }
+        assert (plan.master_port, plan.local_rank) == (29500, 0)
+        assert plan.global_rank == (current - 1) * devices
+        assert not plan.external_launcher  # Lightning starts the node's further processes
+
+
+@pytest.mark.parametrize("local", [1, 3])
+def test_a_process_lightning_started_for_a_further_device(local: int) -> None:
+    """Lightning's launcher starts devices - 1 more processes per node, each with LOCAL_RANK
+    (and NODE_RANK, WORLD_SIZE, MASTER_*) set: the plan ranks them from it."""
+    env = hosts_env(2, 2) | {"LOCAL_RANK": str(local), "NODE_RANK": "1", "WORLD_SIZE": "8"}
+    plan = plan_launch(env, None, gpus_per_host=4, cpus_per_host=16)
+    assert (plan.launcher, plan.node_rank, plan.local_rank) == ("lightning", 1, local)
+    assert plan.global_rank == 4 + local
+    assert launched_by_launcher(env) and not launched_by_launcher(hosts_env(2, 2))
 
 
 def test_hosts_are_parsed_not_counted_as_characters() -> None:
@@ -118,7 +123,7 @@ def test_torch_distributed_launcher(n_hosts: int, gpus: int) -> None:
         local,
     )
     assert (plan.master_addr, plan.master_port) == ("algo-1", 7777)
-    assert plan.lightning_env() == {}  # torchrun's own variables are what Lightning reads
+    assert plan.external_launcher
 
 
 @pytest.mark.parametrize("n_hosts", [1, 2, 4])
@@ -131,14 +136,22 @@ def test_mpi_launcher(n_hosts: int) -> None:
         n_hosts - 1,
         (n_hosts - 1) * 8 + 3,
     )
-    assert plan.lightning_env() == {
-        "MASTER_ADDR": "algo-1",
-        "MASTER_PORT": "29500",
-        "NODE_RANK": str(n_hosts - 1),
-        "LOCAL_RANK": "3",
-        "RANK": str((n_hosts - 1) * 8 + 3),
-        "WORLD_SIZE": str(n_hosts * 8),
-    }
+    assert (plan.local_rank, plan.master_addr, plan.master_port) == (3, "algo-1", 29500)
+    assert plan.external_launcher
+
+
+@pytest.mark.parametrize("env", [torchrun_env(2, 4, 1, 2), mpi_env(2, 4, 1, 2)])
+def test_launcher_ranks_that_disagree_are_refused(env: dict[str, str]) -> None:
+    rank = "RANK" if "RANK" in env else "OMPI_COMM_WORLD_RANK"
+    with pytest.raises(JobError, match="Launcher ranks disagree: global rank 5"):
+        plan_launch(env | {rank: "5"}, None, 4, 32)
+
+
+def test_the_resource_config_names_the_interface_for_the_cluster() -> None:
+    config = {"current_host": "algo-1", "hosts": ["algo-1", "algo-2"]}
+    named = plan_launch({}, config | {"network_interface_name": "eth0"}, 0, 4)
+    assert named.network_interface_name == "eth0"
+    assert plan_launch({}, config, 0, 4).network_interface_name is None
 
 
 def test_smddp_is_opt_in_and_needs_its_launcher() -> None:
@@ -188,26 +201,6 @@ def test_bad_launcher_variables_name_the_variable() -> None:
     env = torchrun_env(1, 2, 0, 0) | {"LOCAL_WORLD_SIZE": "two"}
     with pytest.raises(JobError, match="LOCAL_WORLD_SIZE"):
         plan_launch(env, None, 2, 8)
-
-
-def test_wait_for_hosts_is_bounded() -> None:
-    wait_for_hosts(("localhost", "127.0.0.1"), timeout_s=1)
-    with pytest.raises(JobError, match="did not resolve within 0 s"):
-        wait_for_hosts(("algo-1.invalid",), timeout_s=0, interval_s=0)
-
-
-@pytest.mark.parametrize(
-    ("world", "rule", "expected"),
-    [
-        (1, "sqrt", 0.01),
-        (4, "sqrt", 0.02),
-        (16, "sqrt", 0.04),
-        (8, "linear", 0.08),
-        (8, "none", 0.01),
-    ],
-)
-def test_learning_rate_grows_with_the_global_batch(world: int, rule: str, expected: float) -> None:
-    assert scaled_learning_rate(0.01, world, rule) == pytest.approx(expected)
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,91 +254,3 @@ def test_containers_sharing_a_machine_share_its_cpus(sharing, devices, threads) 
 def test_hosts_per_machine_must_be_a_count(value) -> None:
     with pytest.raises(ConfigError, match=HOSTS_PER_MACHINE_VAR):
         plan_launch(hosts_env(2) | {HOSTS_PER_MACHINE_VAR: value}, None, 0, 8)
-
-
-# --------------------------------------------------------------------------------------------
-# The network interface of the process group
-# --------------------------------------------------------------------------------------------
-# /proc/net/route of a container on a compose network 172.18.0.0/16 with a second network
-# 10.0.0.0/8 on eth1 (addresses are little-endian hexadecimal on x86).
-ROUTES = """\
-Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
-eth0\t00000000\t010012AC\t0003\t0\t0\t0\t00000000\t0\t0\t0
-eth0\t000012AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
-eth1\t0000000A\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0
-eth2\t0000000A\t00000000\t0000\t0\t0\t0\t0000FFFF\t0\t0\t0
-"""
-
-
-@pytest.mark.parametrize(
-    ("address", "expected"),
-    [
-        ("172.18.0.2", "eth0"),  # the compose network
-        ("10.1.2.3", "eth1"),  # the second network; eth2's more specific route is down
-        ("8.8.8.8", "eth0"),  # the default route
-        ("algo-1", None),  # not an IPv4 address
-    ],
-)
-def test_route_interface(address, expected) -> None:
-    assert route_interface(ROUTES, address) == expected
-
-
-def test_route_interface_prefers_the_most_specific_then_the_lowest_metric() -> None:
-    more = ROUTES + "eth3\t0000000A\t00000000\t0001\t0\t0\t5\t0000FFFF\t0\t0\t0\n"
-    assert route_interface(more, "10.0.9.9") == "eth3"  # /16 beats /8
-    more += "eth4\t0000000A\t00000000\t0001\t0\t0\t1\t0000FFFF\t0\t0\t0\n"
-    assert route_interface(more, "10.0.9.9") == "eth4"  # same /16, lower metric
-    assert route_interface(ROUTES.splitlines()[0], "10.0.9.9") is None  # no routes at all
-
-
-@pytest.mark.parametrize(
-    ("configured", "existing", "route", "expected"),
-    [
-        # SageMaker: the configured interface exists.
-        ("eth0", ["lo", "eth0"], "eth0", "eth0"),
-        ("ethwe", ["lo", "ethwe", "eth0"], "eth0", "ethwe"),
-        # SDK v3 local mode: "ethwe" is configured, the container has eth0 only.
-        ("ethwe", ["lo", "eth0"], "eth0", "eth0"),
-        # Missing from the resource config: the route to the master.
-        (None, ["lo", "eth0"], "eth0", "eth0"),
-        ("", ["lo", "eth0"], "eth0", "eth0"),
-        # Several interfaces: the one that leads to the master, not the first.
-        ("ethwe", ["lo", "eth0", "eth1"], "eth1", "eth1"),
-        (None, ["lo", "eth0", "eth1"], "eth1", "eth1"),
-        # Nothing that works is known: leave it to gloo / NCCL.
-        ("ethwe", ["lo", "eth0"], None, None),
-        (None, ["lo", "eth0"], None, None),
-        ("ethwe", ["lo", "eth0"], "eth9", None),  # a route over an interface not seen here
-    ],
-)
-def test_choose_interface(configured, existing, route, expected) -> None:
-    choice = choose_interface(configured, existing, route)
-    assert choice.name == expected
-    if configured and configured not in existing:
-        assert repr(configured) in choice.reason  # the log says what was configured and why not
-    if choice.name is None:
-        assert choice.reason.endswith("left unset")
-    elif choice.name != configured:
-        assert choice.reason.endswith("using the interface of the route to the master")
-
-
-def test_a_cluster_that_cannot_form_says_what_was_tried(monkeypatch) -> None:
-    """The failure SDK v3 local mode met: gloo told to use an interface that is not there."""
-    import dataclasses
-
-    import torch.distributed as dist
-
-    from tft_sagemaker.job import _peer_failures
-    from tft_sagemaker.sagemaker.failure import failure_text
-
-    plan = plan_launch(hosts_env(2, 1), None, gpus_per_host=0, cpus_per_host=2)
-    plan = dataclasses.replace(plan, master_addr="127.0.0.1", master_port=29417)
-    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "ethwe")
-    with pytest.raises(JobError) as caught, _peer_failures(plan, timeout_s=30):
-        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29417", world_size=1, rank=0)
-    first_line = failure_text(caught.value).splitlines()[0]
-    assert first_line.startswith("The training cluster did not form: host algo-1 (node 0 of 2)")
-    assert "master 127.0.0.1 at 127.0.0.1:29417 over interface ethwe (GLOO_SOCKET_IFNAME)" in (
-        first_line
-    )
-    assert first_line.endswith("Unable to find address for: ethwe")

@@ -11,10 +11,11 @@ import torch
 from pytorch_forecasting import TemporalFusionTransformer
 
 from tft_sagemaker.config import build_config
-from tft_sagemaker.data import prepare_frame, time_axis_for
 from tft_sagemaker.dataset import build_training_dataset
 from tft_sagemaker.model import JobTemporalFusionTransformer, build_model
+from tft_sagemaker.preparation import prepare_training_frame
 from tft_sagemaker.presets import PRESET_VALUES
+from tft_sagemaker.recipe import settle
 
 
 class TemporalFusionTransformerDDP(TemporalFusionTransformer):
@@ -25,9 +26,8 @@ def test_checkpoints_of_other_classes_load(tmp_path: Path, small_panel: pd.DataF
     """Lightning checkpoints hold the hyperparameters and weights, no class: a checkpoint of the
     library's TFT, or of this class under its earlier name, loads into the job's class."""
     config = build_config({"preset": "synthetic", "hidden_size": "8"}, None, PRESET_VALUES)
-    axis = time_axis_for(small_panel, config.data, "train")
     dataset = build_training_dataset(
-        prepare_frame(small_panel, config.data, "train", axis), config.data
+        prepare_training_frame(small_panel, config.data)[0], config.data
     )
     old = TemporalFusionTransformerDDP.from_dataset(dataset, hidden_size=8, log_interval=-1)
     trainer = pl.Trainer(
@@ -55,13 +55,12 @@ def test_checkpoints_of_other_classes_load(tmp_path: Path, small_panel: pd.DataF
 def test_learning_rate_is_logged_as_learning_rate(small_panel: pd.DataFrame) -> None:
     """LearningRateMonitor tags the curve with the scheduler's name (else `lr-Adam`)."""
     config = build_config({"preset": "synthetic"}, None, PRESET_VALUES)
-    axis = time_axis_for(small_panel, config.data, "train")
     dataset = build_training_dataset(
-        prepare_frame(small_panel, config.data, "train", axis), config.data
+        prepare_training_frame(small_panel, config.data)[0], config.data
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optimizers = build_model(dataset, config.model).configure_optimizers()
+        optimizers = build_model(dataset, settle(config, len(dataset))).configure_optimizers()
     assert type(optimizers["optimizer"]) is torch.optim.Adam
     assert optimizers["optimizer"].defaults["fused"]
     assert optimizers["lr_scheduler"]["name"] == "learning_rate"

@@ -3,6 +3,8 @@ values win over it, and presets fix everything it would choose."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -207,6 +209,43 @@ def test_resolve_data_chooses_the_calendar_only_when_auto(
     data, choices = recipe.resolve_data(config, panel({"a": np.ones(30)}))
     assert data.calendar_features == resolved
     assert [c.name for c in choices] == (["calendar_features"] if chosen else [])
+
+
+@pytest.mark.parametrize(
+    ("world", "rule", "expected"),
+    [
+        (1, "sqrt", 0.01),
+        (4, "sqrt", 0.02),
+        (16, "sqrt", 0.04),
+        (8, "linear", 0.08),
+        (8, "none", 0.01),
+    ],
+)
+def test_learning_rate_grows_with_the_global_batch(world: int, rule: str, expected: float) -> None:
+    assert recipe.scaled_learning_rate(0.01, world, rule) == pytest.approx(expected)
+
+
+def test_settle_makes_every_remaining_choice_once() -> None:
+    config = build_config({**BASE, "learning_rate": "0.01", "learning_rate_scaling": "sqrt"})
+    data, data_choices = recipe.resolve_data(config.data, panel({"a": np.ones(30)}))
+    settings = recipe.settle(
+        dataclasses.replace(config, data=data), 5_000, world_size=4, data_choices=data_choices
+    )
+    names = [choice.name for choice in settings.choices]
+    assert names[: len(data_choices)] == [c.name for c in data_choices]
+    assert "val_batch_size" in names and names[-1] == "learning_rate"
+    assert settings.config.training.val_batch_size == 8 * settings.config.training.batch_size
+    # The per-process rate stays in the configuration (checkpoints are stamped with it); the
+    # optimizer starts at the rate for 4 processes.
+    assert settings.config.model.learning_rate == 0.01
+    assert settings.learning_rate == pytest.approx(0.02)
+    assert str(settings.choices[-1]).startswith("learning_rate=0.02: 0.01 for 4 processes")
+    assert recipe.settle(settings.config, 5_000).learning_rate == 0.01  # one process: as given
+
+
+def test_settings_cannot_hold_an_unmade_choice() -> None:
+    with pytest.raises(ValueError, match="batch_size, limit_train_batches, max_epochs"):
+        recipe.Settings(build_config(BASE), 0.01, ())
 
 
 @pytest.mark.parametrize("name", sorted(PRESET_VALUES))

@@ -28,12 +28,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tft_sagemaker.config import build_config
-from tft_sagemaker.data import prepare_frame, time_axis_for
 from tft_sagemaker.dataset import build_training_dataset
 from tft_sagemaker.job import Job, build_job, fit, plan_for
 from tft_sagemaker.loaders import make_loader
 from tft_sagemaker.model import build_model
+from tft_sagemaker.preparation import prepare_training_frame
 from tft_sagemaker.presets import PRESET_VALUES
+from tft_sagemaker.recipe import settle
 from tft_sagemaker.sagemaker.paths import JobPaths
 from tft_sagemaker.speedups import GUARDS, LEVERS, Outcome, Report, allocator, engage, guards
 from tft_sagemaker.speedups.batches import WindowBatcher
@@ -115,7 +116,9 @@ def built(tmp_path_factory: pytest.TempPathFactory, small_panel: pd.DataFrame) -
         paths = JobPaths.from_env()
         config = build_config(HYPERPARAMETERS, None, PRESET_VALUES)
         job = build_job(config, plan_for(config, paths), paths)
-        loader = make_loader(job.training, job.loaders, train=True)
+        loader = make_loader(
+            job.training, job.loaders, train=True, vectorised=job.speedups.vectorised["training"]
+        )
         flat_steps = FlatSteps()
         job.trainer.callbacks.append(flat_steps)
         fit(job)
@@ -261,10 +264,9 @@ def test_untested_versions_fall_back(
 ) -> None:
     monkeypatch.setitem(guards.TESTED, "torch", ("1.0",))
     config = build_config({"preset": "synthetic"}, None, PRESET_VALUES)
-    frame = prepare_frame(
-        small_panel, config.data, "train", time_axis_for(small_panel, config.data, "train")
-    )
-    model = build_model(build_training_dataset(frame, config.data), config.model)
+    frame = prepare_training_frame(small_panel, config.data)[0]
+    dataset = build_training_dataset(frame, config.data)
+    model = build_model(dataset, settle(config, len(dataset)))
     report = engage(config.speedups, model)
     reason = f"torch {torch.__version__}: written and tested against 1.0"
     assert report.outcomes == {

@@ -24,8 +24,8 @@ import pytest
 from conftest import CODE_DIR, VENV_BIN, files_under, to_cli
 
 from tft_sagemaker.config import build_config
-from tft_sagemaker.data import load_job_data
 from tft_sagemaker.dataset import build_training_dataset
+from tft_sagemaker.job_data import load_job_data
 from tft_sagemaker.presets import PRESET_VALUES
 from tft_sagemaker.sagemaker.paths import JobPaths
 from tft_sagemaker.synthetic import make_panel

@@ -28,7 +28,7 @@ from reference import tutorial_features  # bench/reference.py: the tutorial, as 
 from tft_sagemaker import predict
 from tft_sagemaker.artifacts import load_trained_model
 from tft_sagemaker.config import build_config
-from tft_sagemaker.data import prepare_frame, time_axis_for
+from tft_sagemaker.preparation import prepare_training_frame
 from tft_sagemaker.presets import PRESET_VALUES, STALLION_SPECIAL_DAYS
 from tft_sagemaker.sagemaker.failure import FAILURE_LIMIT
 from tft_sagemaker.sagemaker.metric_lines import METRIC_DEFINITIONS
@@ -455,7 +455,7 @@ def test_predict_rejects_something_that_is_not_a_model(
 def test_stallion_feature_engineering(stallion_path: Path) -> None:
     raw = pd.read_parquet(stallion_path)
     config = build_config({"preset": "stallion"}, {}, PRESET_VALUES).data
-    ours = prepare_frame(raw, config, "train", time_axis_for(raw, config, "train"))
+    ours = prepare_training_frame(raw, config)[0]
     theirs = tutorial_features(raw)
 
     assert len(ours) == 21_000

@@ -28,12 +28,11 @@ from typing import Any
 import torch
 
 from .config import JobConfig, build_config
-from .data import TimeAxis
 from .errors import JobError, writing
-from .model import JobTemporalFusionTransformer
+from .model import JobTemporalFusionTransformer, load_model
 from .presets import PRESET_VALUES
 from .sagemaker import stops
-from .speedups import engage
+from .time_axis import TimeAxis
 
 MODEL_FILE = "model.ckpt"
 DATASET_FILE = "dataset_parameters.pt"
@@ -134,13 +133,10 @@ def load_trained_model(path: str | os.PathLike[str]) -> TrainedModel:
         config = build_config(
             {}, {k: v for s in saved["config"].values() for k, v in s.items()}, PRESET_VALUES
         )
-        # Both files were written by a training job of this project (trusted pickles).
-        model = JobTemporalFusionTransformer.load_from_checkpoint(
-            directory / MODEL_FILE, map_location="cpu", weights_only=False
-        ).eval()
-        engage(config.speedups, model)  # the same results, faster
+        _, model = load_model(directory / MODEL_FILE, config.speedups)
         return TrainedModel(
             model=model,
+            # Written by a training job of this project (a trusted pickle).
             dataset_parameters=torch.load(directory / DATASET_FILE, weights_only=False),
             config=config,
             time_axis=TimeAxis(**saved["time_axis"]) if saved["time_axis"] else None,

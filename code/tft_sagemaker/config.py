@@ -7,7 +7,9 @@ files (JSON/YAML) give native values. Every one of those is accepted here; anyth
 `ConfigError` that names the key and, for unknown keys, the nearest valid one.
 
 Precedence, lowest first: field defaults < preset < configuration file < hyperparameters.
-Everything in this module is pure: no I/O, no environment.
+Everything in this module is pure (no I/O, no environment) but `load_config` at the end, which
+reads the configuration file a channel holds and builds the configuration from it and the
+command line: the one place configuration is loaded.
 """
 
 import ast
@@ -17,9 +19,12 @@ import json
 import math
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .errors import ConfigError
 
@@ -28,6 +33,11 @@ _FOREIGN_KEY_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
 _NONE_WORDS = {"none", "null", "auto", ""}
 _TRUE_WORDS = {"true", "1", "yes", "y", "on"}
 _FALSE_WORDS = {"false", "0", "no", "n", "off"}
+
+
+def unique(items: Iterable[str | None]) -> list[str]:
+    """The names in `items`, each once, in order; None and "" (an unset name) left out."""
+    return [name for name in dict.fromkeys(items) if name]
 
 
 def _opt(default: Any, help: str, **checks: Any) -> Any:
@@ -143,11 +153,11 @@ class DataConfig:
             + self.time_varying_known_categoricals
             + self.time_varying_unknown_categoricals
         )
-        return _unique(c for name in names for c in self.variable_groups.get(name, [name]))
+        return unique(c for name in names for c in self.variable_groups.get(name, [name]))
 
     @property
     def reals(self) -> list[str]:
-        return _unique(
+        return unique(
             self.static_reals + self.time_varying_known_reals + self.time_varying_unknown_reals
         )
 
@@ -156,10 +166,15 @@ class DataConfig:
         """Every column the data must have, in a stable order (time_idx is derived from
         date_column when that is set)."""
         time = [self.date_column] if self.date_column else [self.time_idx]
-        extra = [self.weight] if self.weight else []
-        target = [self.target] if self.target else []
-        columns = self.group_ids + time + target + self.categoricals + self.reals + extra
-        return [c for c in _unique(columns) if not (self.date_column and c == self.time_idx)]
+        columns = [
+            *self.group_ids,
+            *time,
+            self.target,
+            *self.categoricals,
+            *self.reals,
+            self.weight,
+        ]
+        return [c for c in unique(columns) if not (self.date_column and c == self.time_idx)]
 
 
 @dataclass
@@ -382,10 +397,6 @@ def parse_cli(argv: Iterable[str]) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 # Raw values → typed values
 # --------------------------------------------------------------------------------------------
-def _unique(items: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(items))
-
-
 def _unquote(text: str) -> str:
     """Undo one level of JSON string encoding: '"abc"' → 'abc'."""
     text = text.strip()
@@ -686,3 +697,59 @@ def describe_hyperparameters() -> str:
         for f in dataclasses.fields(cls):
             lines.append(f"  {f.name} = {getattr(defaults, f.name)!r}\n      {f.metadata['help']}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: the command line and the configuration file → JobConfig (reads files)
+# --------------------------------------------------------------------------------------------
+CONFIG_FILE_NAMES = ("tft_config.json", "tft_config.yaml", "tft_config.yml")
+CONFIG_CHANNELS = ("config", "train")  # where a configuration file is looked for, in order
+
+
+def find_config_file(channels: Mapping[str, Path], name: str | None) -> Path | None:
+    """The configuration file named by `config_file`, or a tft_config.* found in a channel."""
+    if name:
+        candidate = Path(name)
+        if candidate.is_absolute():
+            if candidate.is_file():
+                return candidate
+        else:
+            for channel in channels.values():
+                if (channel / candidate).is_file():
+                    return channel / candidate
+        raise ConfigError(
+            f"config_file={name!r} was not found (looked in channels: "
+            f"{', '.join(sorted(channels)) or 'none'})."
+        )
+    for channel in CONFIG_CHANNELS:
+        directory = channels.get(channel)
+        for file_name in CONFIG_FILE_NAMES:
+            if directory is not None and (directory / file_name).is_file():
+                return directory / file_name
+    return None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise ConfigError(f"Configuration file {path} cannot be read: {err}".strip()) from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"Configuration file {path} must hold a mapping of hyperparameters.")
+    return values
+
+
+def load_config(
+    argv: Sequence[str],
+    channels: Mapping[str, Path],
+    presets: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[JobConfig, Path | None]:
+    """The job's configuration from its command line and the configuration file (the one named
+    by `config_file`, else a tft_config.* in the config or train channel), and that file."""
+    hyperparameters = parse_cli(argv)
+    path = find_config_file(channels, hyperparameters.get("config_file"))
+    file_values = read_config_file(path) if path else {}
+    return build_config(hyperparameters, file_values, presets, str(path)), path

@@ -33,7 +33,7 @@ class Forecast:
 
 
 def _batches(
-    dataset: TimeSeriesDataSet, batch_size: int, device: torch.device
+    dataset: TimeSeriesDataSet, vectorised: bool, batch_size: int, device: torch.device
 ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
     settings = LoaderSettings(
         batch_size=batch_size,
@@ -41,12 +41,11 @@ def _batches(
         rank=0,
         world_size=1,
         seed=0,
-        fast_batches=True,
         num_workers=0,
         device=device,
         threads_per_process=1,
     )
-    for x, (target, _weight) in make_loader(dataset, settings, train=False):
+    for x, (target, _weight) in make_loader(dataset, settings, train=False, vectorised=vectorised):
         yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in x.items()}, target
 
 
@@ -79,6 +78,7 @@ BatchObserver = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], Non
 def forecast(
     model: TemporalFusionTransformer,
     dataset: TimeSeriesDataSet,
+    vectorised: bool,
     batch_size: int = 1024,
     device: torch.device | str = "cpu",
     observe: BatchObserver | None = None,
@@ -87,7 +87,7 @@ def forecast(
     model = model.to(device).eval()
     baseline = Baseline()
     index, quantiles, naive, actuals, lengths = [], [], [], [], []
-    for x, target in _batches(dataset, batch_size, device):
+    for x, target in _batches(dataset, vectorised, batch_size, device):
         out = model(x)
         if observe is not None:
             observe(x, out)

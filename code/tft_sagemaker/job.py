@@ -1,4 +1,5 @@
-"""The training job, start to end: configuration → data → dataset → model → trainer → artifacts.
+"""The training job, start to end:
+configuration → data → dataset → settings → model → trainer → fit → evaluation → publication.
 
 `main` is what SageMaker's `train` runs (through code/train.py). Anything that goes wrong ends
 as a one-line cause at the top of /opt/ml/output/failure and a non-zero exit code; input is
@@ -11,11 +12,9 @@ import dataclasses
 import json
 import logging
 import os
-import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,59 +26,41 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pytorch_forecasting import TimeSeriesDataSet
 
 from .artifacts import METRICS_FILE, write_model_artifacts
-from .baselines import against_baselines, describe
-from .config import JobConfig, build_config, describe_hyperparameters, parse_cli
+from .baselines import Comparison, against_baselines, describe
+from .channels import channel_data_files, read_channel
+from .config import JobConfig, describe_hyperparameters, load_config
 from .console import setup_logging
-from .data import (
-    JobData,
-    channel_data_files,
-    describe_frame,
-    find_config_file,
-    load_config_file,
-    load_job_data,
-    read_channel,
-)
 from .dataset import build_training_dataset, build_validation_dataset, user_names
-from .errors import JobError
-from .evaluate import forecast, score
+from .errors import JobError, writing
+from .evaluate import Forecast, forecast, score
 from .interpret import InterpretationSum, largest_series
+from .job_data import JobData, describe_frame, load_job_data
 from .loaders import LoaderSettings, make_loader
-from .model import JobTemporalFusionTransformer, build_model, scaled_learning_rate
+from .model import JobTemporalFusionTransformer, build_model, load_model
 from .predict import PredictionInput, forecast_table, prepare_prediction, write_forecasts
 from .presets import PRESET_VALUES
-from .recipe import resolve_data, resolve_training
+from .recipe import Settings, resolve_data, settle
 from .report import check_report_series, data_summary, plotted_series, write_job_report
 from .sagemaker import stops
 from .sagemaker.checkpoints import find_resume_checkpoint, fingerprint
+from .sagemaker.cluster import cluster_failures, configure_process, wait_for_hosts
 from .sagemaker.failure import write_failure
 from .sagemaker.launch_plan import (
     LaunchPlan,
-    network_interface,
+    launched_by_launcher,
     plan_launch,
     process_cpus,
     read_resource_config,
-    wait_for_hosts,
 )
 from .sagemaker.metric_lines import format_metric_line
 from .sagemaker.paths import JobPaths
-from .speedups import engage
+from .speedups import Report, engage
 from .trainer import MetricLines, build_trainer, log_final_results
 
 log = logging.getLogger("tft_sagemaker")
 
 FORECAST_CHANNEL = "forecast"
 FORECAST_FILE = "forecast.parquet"
-
-
-def load_config(argv: Sequence[str], paths: JobPaths) -> JobConfig:
-    # The train channel may hold the configuration file: without it or data, say that first.
-    channel_data_files(paths, "train", required=True)
-    hyperparameters = parse_cli(argv)
-    config_file = find_config_file(paths, hyperparameters.get("config_file"))
-    file_values = load_config_file(config_file) if config_file else {}
-    if config_file:
-        log.info("configuration file: %s", config_file)
-    return build_config(hyperparameters, file_values, PRESET_VALUES, str(config_file))
 
 
 def plan_for(config: JobConfig, paths: JobPaths) -> LaunchPlan:
@@ -96,84 +77,12 @@ def plan_for(config: JobConfig, paths: JobPaths) -> LaunchPlan:
     )
 
 
-def _configure_process(plan: LaunchPlan, paths: JobPaths) -> None:
-    """Environment every process of the plan needs before the process group forms."""
-    # Several processes per host each taking every core is ~10x slower on CPUs.
-    torch.set_num_threads(plan.threads_per_process)
-    os.environ.setdefault("OMP_NUM_THREADS", str(plan.threads_per_process))
-    # A dead peer then fails the collectives at the timeout instead of hanging forever.
-    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-    if plan.num_nodes > 1:
-        configured = (read_resource_config(paths.input_config_dir) or {}).get(
-            "network_interface_name"
-        )
-        interface = network_interface(configured, plan.master_addr)
-        log.info("network interface: %s (%s)", interface.name or "unset", interface.reason)
-        if interface.name:
-            os.environ.setdefault("NCCL_SOCKET_IFNAME", interface.name)
-            os.environ.setdefault("GLOO_SOCKET_IFNAME", interface.name)
-    os.environ.update(plan.lightning_env())
-    if plan.backend == "smddp":
-        try:
-            import smdistributed.dataparallel.torch.torch_smddp  # noqa: F401  (registers smddp)
-        except ImportError as err:
-            raise JobError(
-                "backend=smddp needs smdistributed-dataparallel (SageMaker PyTorch images up to "
-                "2.3); use backend=nccl with torch_distributed on current images."
-            ) from err
-
-
-_PEER_LOST = ("closed by peer", "reset by peer", "broken pipe", "timed out", "timeout", "nccl")
-
-
-@contextmanager
-def _peer_failures(plan: LaunchPlan, timeout_s: int) -> Iterator[None]:
-    """Turn a collective that broke because another process died into a cause one can act on."""
-    try:
-        yield
-    except (RuntimeError, dist.DistError) as err:
-        if not plan.distributed:
-            raise
-        first_line = str(err).strip().splitlines()[0][:300]
-        if not dist.is_initialized():  # the process group never formed
-            raise JobError(_cluster_not_formed(plan, first_line)) from err
-        if not any(marker in str(err).lower() for marker in _PEER_LOST):
-            raise
-        raise JobError(
-            f"Lost a peer of the training group ({plan.world_size} processes on "
-            f"{', '.join(plan.hosts)}): this host stopped within collective_timeout_s="
-            f"{timeout_s}. The root cause is in the first failing host's log. ({first_line})"
-        ) from err
-
-
-def _cluster_not_formed(plan: LaunchPlan, cause: str) -> str:
-    """What was tried, first: which host met which master, where, over which interface."""
-    try:
-        address = socket.gethostbyname(plan.master_addr)
-    except OSError:
-        address = "unresolved"
-    variable = "NCCL_SOCKET_IFNAME" if plan.backend == "nccl" else "GLOO_SOCKET_IFNAME"
-    interface = os.environ.get(variable)
-    tried = f"{interface} ({variable})" if interface else f"chosen by {plan.backend}"
-    return (
-        f"The training cluster did not form: host {plan.current_host} (node {plan.node_rank} "
-        f"of {plan.num_nodes}) tried master {plan.master_addr} at {address}:{plan.master_port} "
-        f"over interface {tried}: {cause}"
-    )
-
-
-def _is_launching_process() -> bool:
-    """True in the process SageMaker started, before any launcher child exists."""
-    return not any(
-        k in os.environ for k in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "OMPI_COMM_WORLD_RANK")
-    )
-
-
 @dataclass
 class Job:
-    """Everything `fit` needs, built by `build_job` (the benchmarks reuse it as it is)."""
+    """Everything `fit`, `evaluate` and `publish` need, built by `build_job` (the benchmarks
+    reuse it as it is)."""
 
-    config: JobConfig
+    settings: Settings
     plan: LaunchPlan
     paths: JobPaths
     data: JobData
@@ -182,30 +91,37 @@ class Job:
     model: JobTemporalFusionTransformer
     trainer: pl.Trainer
     loaders: LoaderSettings
+    speedups: Report  # what the speed-up layer engaged, batching of each dataset included
+    fingerprint: dict[str, Any]  # what checkpoints are stamped with and resumed by
     forecast_input: PredictionInput | None  # the `forecast` channel, checked
+
+    @property
+    def config(self) -> JobConfig:
+        return self.settings.config
 
 
 def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
-    """configuration → data → dataset → model → trainer, in every process alike."""
-    local_rank = plan.local_rank or int(os.environ.get("LOCAL_RANK", 0))
-    setup_logging(rank=plan.node_rank * plan.devices + local_rank)
+    """configuration → data → dataset → settings → model → trainer, in every process alike."""
+    setup_logging(rank=plan.global_rank)
     log.info("launch plan: %s", json.dumps(plan.summary()))
     log.info("configuration: %s", json.dumps(config.flat()))
     if plan.num_nodes > 1:
         wait_for_hosts(plan.hosts, config.distributed.host_wait_timeout_s)
-    _configure_process(plan, paths)  # after the hosts resolve: it looks up the route to the master
+    configure_process(plan)  # after the hosts resolve: it looks up the route to the master
 
     paths.check_writable()
     data = load_job_data(paths, config.data)
     log.info("training data: %s", describe_frame(data.train, config.data))
-    data_config, choices = resolve_data(config.data, data.train)
-    config = dataclasses.replace(config, data=data_config)
+    data_config, data_choices = resolve_data(config.data, data.train)
     pl.seed_everything(config.training.seed, workers=True, verbose=False)
-    training = build_training_dataset(data.train, config.data)
-    validation = build_validation_dataset(training, data.validation, config.data)
+    training = build_training_dataset(data.train, data_config)
+    validation = build_validation_dataset(training, data.validation, data_config)
     log.info("windows: %d training, %d validation", len(training), len(validation))
-    config, training_choices = resolve_training(config, len(training))
-    for choice in choices + training_choices:
+    settings = settle(
+        dataclasses.replace(config, data=data_config), len(training), plan.world_size, data_choices
+    )
+    config = settings.config
+    for choice in settings.choices:
         log.info("recipe: %s", choice)
     if config.report.report:
         check_report_series(data.validation, config)
@@ -219,73 +135,89 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
         )
     )
 
-    model = build_model(training, config.model)
-    trainer = build_trainer(config, plan, paths, fingerprint(config))
-    if trainer.world_size != plan.world_size:
-        raise JobError(
-            f"Lightning formed a world of {trainer.world_size} processes, the plan has "
-            f"{plan.world_size} ({plan.num_nodes} node(s) x {plan.devices} device(s))."
-        )
-    if trainer.world_size > 1:
-        model.hparams.learning_rate = scaled_learning_rate(
-            config.model.learning_rate, trainer.world_size, config.training.learning_rate_scaling
-        )
-        log.info(
-            "learning rate %.4g for %d processes (learning_rate_scaling=%s)",
-            model.hparams.learning_rate,
-            trainer.world_size,
-            config.training.learning_rate_scaling,
-        )
-    speedups = engage(
-        config.speedups, model, trainer, {"training": training, "validation": validation}
-    )
+    model = build_model(training, settings)
+    stamp = fingerprint(config)
+    trainer = build_trainer(settings, plan, paths, stamp)
+    datasets = {"training": training, "validation": validation}
+    if forecast_input is not None:
+        datasets[FORECAST_CHANNEL] = forecast_input.dataset
+    speedups = engage(config.speedups, model, trainer, datasets)
     log.info(speedups.line())
     loaders = LoaderSettings(
         batch_size=config.training.batch_size,
-        val_batch_size=config.training.val_batch_size or 8 * config.training.batch_size,
+        val_batch_size=config.training.val_batch_size,
         rank=trainer.global_rank,
         world_size=trainer.world_size,
         seed=config.training.seed,
-        fast_batches=config.speedups.fast_batches,
         num_workers=config.training.num_workers,
         device=trainer.strategy.root_device,
         threads_per_process=plan.threads_per_process,
     )
     return Job(
-        config, plan, paths, data, training, validation, model, trainer, loaders, forecast_input
+        settings,
+        plan,
+        paths,
+        data,
+        training,
+        validation,
+        model,
+        trainer,
+        loaders,
+        speedups,
+        stamp,
+        forecast_input,
     )
 
 
 def fit(job: Job, resume: Path | None = None) -> None:
     model = torch.compile(job.model, dynamic=True) if job.config.training.compile else job.model
-    with _peer_failures(job.plan, job.config.distributed.collective_timeout_s):
+    with cluster_failures(job.plan, job.config.distributed.collective_timeout_s):
         job.trainer.fit(
             model,
-            train_dataloaders=make_loader(job.training, job.loaders, train=True),
-            val_dataloaders=make_loader(job.validation, job.loaders, train=False),
+            train_dataloaders=make_loader(
+                job.training,
+                job.loaders,
+                train=True,
+                vectorised=job.speedups.vectorised["training"],
+            ),
+            val_dataloaders=make_loader(
+                job.validation,
+                job.loaders,
+                train=False,
+                vectorised=job.speedups.vectorised["validation"],
+            ),
             ckpt_path=resume,
             weights_only=False,  # our own checkpoints pickle the loss and dataset parameters
         )
 
 
-def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, Any]:
+@dataclass
+class Evaluation:
+    """The best checkpoint scored on every validation window, beside the baselines."""
+
+    checkpoint: dict[str, Any]  # the best checkpoint's contents (the saved model is made of it)
+    model: JobTemporalFusionTransformer  # loaded from it, as `predict` loads a saved model
+    forecast: Forecast  # the validation windows' forecasts, in the data's names
+    comparison: Comparison  # against the baselines on the same windows
+    metrics: dict[str, Any]  # metrics.json
+    interpretation: InterpretationSum | None  # summed in the same pass (report=true)
+
+    @property
+    def beats_baselines(self) -> bool:
+        return self.comparison.beats_baselines
+
+
+def evaluate(job: Job, timings: dict[str, float]) -> Evaluation:
     """Global rank 0: the best checkpoint and the baselines on the validation windows, in one
-    process, interpreted in the same pass (unless report=false); then the model directory
-    (unless require_beating_baseline holds it back), the `forecast` channel's forecasts, the
-    report and the final TensorBoard entries."""
+    process, interpreted in the same pass (unless report=false); prints the final metric line."""
     stops.reached("evaluation")
     config = job.config
     best = Path(job.trainer.checkpoint_callback.best_model_path)
     log.info("evaluating %s on %d validation windows", best.name, len(job.validation))
-    # Checkpoints pickle the loss and dataset parameters: this job wrote this one (trusted).
-    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
-    best_model = JobTemporalFusionTransformer.load_from_checkpoint(
-        best, map_location="cpu", weights_only=False
-    )
-    device = job.trainer.strategy.root_device
+    checkpoint, model = load_model(best, config.speedups)
     interpretation = (
         InterpretationSum(
-            best_model,
+            model,
             job.validation,
             largest_series(job.data.validation, config.data),
             config.data.target,
@@ -294,9 +226,15 @@ def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, Any]:
         if config.report.report
         else None
     )
-    predicted = forecast(best_model, job.validation, device=device, observe=interpretation)
+    predicted = forecast(
+        model,
+        job.validation,
+        job.speedups.vectorised["validation"],
+        device=job.trainer.strategy.root_device,
+        observe=interpretation,
+    )
     predicted.index = predicted.index.rename(columns=user_names(config.data))  # as in the data
-    results = score(predicted, config.model.quantiles)
+    metrics = score(predicted, config.model.quantiles)
     baselines_started = time.monotonic()
     comparison = against_baselines(
         predicted,
@@ -306,9 +244,9 @@ def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, Any]:
         config.training.baseline_max_series,
         config.training.seed,
     )
-    results |= comparison.metrics | {"baselines_s": round(time.monotonic() - baselines_started, 2)}
+    metrics |= comparison.metrics | {"baselines_s": round(time.monotonic() - baselines_started, 2)}
     (log.info if comparison.beats_baselines else log.warning)("%s", describe(comparison))
-    results |= {
+    metrics |= {
         "best_epoch": checkpoint["epoch"],
         "epochs_trained": job.trainer.current_epoch,
         "world_size": job.plan.world_size,
@@ -316,43 +254,46 @@ def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, Any]:
     }
     final = {
         f"final_{k}" if k.startswith("val_") else k: v
-        for k, v in results.items()
+        for k, v in metrics.items()
         if "val_" in k or k in ("baseline_margin", "beats_baselines")
     }
     print(format_metric_line(final), flush=True)
-    if config.training.require_beating_baseline and not comparison.beats_baselines:
-        # A pipeline that must not ship this model finds none; the figures stay in output/.
-        job.paths.output_data_dir.mkdir(parents=True, exist_ok=True)
-        (job.paths.output_data_dir / METRICS_FILE).write_text(json.dumps(results, indent=2))
-        return results
+    return Evaluation(checkpoint, model, predicted, comparison, metrics, interpretation)
+
+
+def publish(job: Job, evaluation: Evaluation) -> None:
+    """The model directory, the `forecast` channel's forecasts, the report and the final
+    TensorBoard entries, from the evaluation of the best checkpoint."""
+    config = job.config
     history = next(c for c in job.trainer.callbacks if isinstance(c, MetricLines)).history
     report_data = {"history": history, "data": data_summary(job.data, config.data)}
     interpretation_s = 0.0  # the time interpreting and choosing the plotted series takes
-    if interpretation is not None:
+    if evaluation.interpretation is not None:
         started = time.monotonic()
         report_data |= {
-            "interpretation": interpretation.result(),
-            "series": plotted_series(predicted, job.data.validation, config),
+            "interpretation": evaluation.interpretation.result(),
+            "series": plotted_series(evaluation.forecast, job.data.validation, config),
         }
-        interpretation_s = interpretation.seconds + time.monotonic() - started
+        interpretation_s = evaluation.interpretation.seconds + time.monotonic() - started
     write_model_artifacts(
         job.paths.model_dir,
-        checkpoint,
+        evaluation.checkpoint,
         job.training.get_parameters(),
         config,
         job.data.time_axis,
-        results,
+        evaluation.metrics,
         report_data,
     )
     log.info("model written to %s", job.paths.model_dir)
     if job.forecast_input is not None:
         forecasts = forecast_table(
-            best_model,
+            evaluation.model,
             job.forecast_input,
             config.data,
             config.model.quantiles,
             job.data.time_axis,
-            device=device,
+            job.speedups.vectorised[FORECAST_CHANNEL],
+            device=job.trainer.strategy.root_device,
         )
         write_forecasts(forecasts, job.paths.output_data_dir / FORECAST_FILE, config.data)
     figures = (
@@ -360,43 +301,56 @@ def evaluate_and_save(job: Job, timings: dict[str, float]) -> dict[str, Any]:
         if config.report.report
         else {}
     )
-    log_final_results(job.trainer, results["val_MAE"], figures)
-    return results
+    log_final_results(job.trainer, evaluation.metrics["val_MAE"], figures)
+
+
+def hold_back(job: Job, evaluation: Evaluation) -> JobError:
+    """require_beating_baseline refused the model: its figures go to output/data (where a
+    pipeline that must not ship it finds them, and no model), and the cause is returned."""
+    path = job.paths.output_data_dir / METRICS_FILE
+    with writing("the metrics", path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(evaluation.metrics, indent=2))
+    metrics = evaluation.metrics
+    return JobError(
+        f"require_beating_baseline: the TFT's validation MAE ({metrics['val_MAE']:.6g}) is "
+        f"{metrics['baseline_margin']:.1%} above the {metrics['best_baseline']} baseline's "
+        "on the same windows; no model was written (figures in output/data/metrics.json)."
+    )
 
 
 def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, Any]:
     started = time.monotonic()
     stops.reached("data preparation")
     job = build_job(config, plan, paths)
-    config = job.config  # with the recipe's choices
     resume = (
-        find_resume_checkpoint(paths.checkpoint_dir, fingerprint(config))
-        if config.training.resume
+        find_resume_checkpoint(paths.checkpoint_dir, job.fingerprint)
+        if job.config.training.resume
         else None
     )
     fit_started = time.monotonic()
     fit(job, resume)
     if (signum := stops.received()) is not None:
         raise stops.Stopped(signum)  # after Lightning's last look: every epoch is checkpointed
-    results: dict[str, Any] = {}
+    refused: JobError | None = None
+    metrics: dict[str, Any] = {}
     if job.trainer.is_global_zero:
-        results = evaluate_and_save(
-            job,
-            {
-                "fit_s": round(time.monotonic() - fit_started, 2),
-                "job_s": round(time.monotonic() - started, 2),
-            },
-        )
+        timings = {
+            "fit_s": round(time.monotonic() - fit_started, 2),
+            "job_s": round(time.monotonic() - started, 2),
+        }
+        evaluation = evaluate(job, timings)
+        metrics = evaluation.metrics
+        if job.config.training.require_beating_baseline and not evaluation.beats_baselines:
+            refused = hold_back(job, evaluation)
+        else:
+            publish(job, evaluation)
     if plan.distributed and dist.is_initialized():
-        with _peer_failures(plan, config.distributed.collective_timeout_s):
+        with cluster_failures(plan, job.config.distributed.collective_timeout_s):
             dist.barrier()  # every host finishes together (SageMaker local mode needs it)
-    if results and not results["beats_baselines"] and config.training.require_beating_baseline:
-        raise JobError(
-            f"require_beating_baseline: the TFT's validation MAE ({results['val_MAE']:.6g}) is "
-            f"{results['baseline_margin']:.1%} above the {results['best_baseline']} baseline's "
-            "on the same windows; no model was written (figures in output/data/metrics.json)."
-        )
-    return results
+    if refused is not None:
+        raise refused
+    return metrics
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -407,11 +361,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     with stops.handling():
         paths = JobPaths.from_env()
-        if _is_launching_process():
+        if not launched_by_launcher(os.environ):
             paths.failure_file.unlink(missing_ok=True)  # a stale one from an earlier local run
         try:
-            config = load_config(argv, paths)
-            paths = JobPaths.from_env(checkpoint_dir=config.training.checkpoint_dir)
+            # The train channel may hold the configuration file: without it or data, say that.
+            channel_data_files(paths, "train", required=True)
+            config, config_file = load_config(argv, paths.channels, PRESET_VALUES)
+            if config_file:
+                log.info("configuration file: %s", config_file)
+            paths = paths.with_checkpoint_dir(config.training.checkpoint_dir)
             run(config, plan_for(config, paths), paths)
             return 0
         except (SIGTERMException, stops.Stopped) as err:

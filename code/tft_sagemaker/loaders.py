@@ -7,9 +7,9 @@ once per epoch, and every rank yields the same number of batches, so DDP never w
 batch that does not come. The sampler's position is checkpointed, so a run resumed mid-epoch
 (after SIGTERM on a spot instance) continues with the batches it had not yet trained on.
 
-Batches come from `WindowBatcher` (vectorised, see speedups/batches.py) where it reproduces the
-dataset's own batches exactly, otherwise from pytorch-forecasting's per-window `__getitem__` +
-collate (the job's speed-ups log line says which, and why).
+Batches come from `WindowBatcher` (vectorised, see speedups/batches.py) where `speedups.engage`
+found that it reproduces the dataset's own batches exactly, otherwise from pytorch-forecasting's
+per-window `__getitem__` + collate (the job's speed-ups log line says which, and why).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pytorch_forecasting import TimeSeriesDataSet
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import JobError
-from .speedups.batches import WindowBatcher, unsupported_reason
+from .speedups.batches import WindowBatcher
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,6 @@ class LoaderSettings:
     rank: int
     world_size: int
     seed: int
-    fast_batches: bool
     num_workers: int | None  # None: fitted to the host
     device: torch.device  # where vectorised batches are assembled
     threads_per_process: int
@@ -164,10 +163,16 @@ def auto_num_workers(settings: LoaderSettings, vectorised: bool) -> int:
     return min(4, max(0, settings.threads_per_process - 1))
 
 
-def make_loader(dataset: TimeSeriesDataSet, settings: LoaderSettings, train: bool) -> DataLoader:
-    """The DataLoader of this rank for `dataset` (training: shuffled; validation: in order)."""
-    reason = unsupported_reason(dataset) if settings.fast_batches else "fast_batches=false"
-    vectorised = reason is None
+def library_collate(dataset: TimeSeriesDataSet) -> Any:
+    """The collate function pytorch-forecasting's own loaders use for `dataset`."""
+    return dataset.to_dataloader(train=False, batch_size=1, num_workers=0).collate_fn
+
+
+def make_loader(
+    dataset: TimeSeriesDataSet, settings: LoaderSettings, train: bool, vectorised: bool
+) -> DataLoader:
+    """The DataLoader of this rank for `dataset` (training: shuffled; validation: in order),
+    its batches assembled by gathers where `vectorised` (speedups.engage decides it)."""
     sampler = ShardedBatchSampler(
         len(dataset),
         settings.batch_size if train else settings.val_batch_size,
@@ -182,10 +187,7 @@ def make_loader(dataset: TimeSeriesDataSet, settings: LoaderSettings, train: boo
         source: Dataset = _BatchedWindows(WindowBatcher(dataset, device=device))
         collate = _whole_batch
     else:
-        log.debug(
-            "per-window batches for %s data: %s", "training" if train else "validation", reason
-        )
-        source, collate = dataset, TimeSeriesDataSet._collate_fn
+        source, collate = dataset, library_collate(dataset)
     loader_class = StatefulDataLoader if train else DataLoader
     return loader_class(
         source,

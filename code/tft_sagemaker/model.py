@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import logging
+from pathlib import Path
 from typing import Any
 
+import torch
 from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
 from pytorch_forecasting.metrics import MAE, MAPE, RMSE, SMAPE, QuantileLoss
 from torch import nn
 
-from .config import ModelConfig
+from .config import SpeedupConfig
+from .recipe import Settings
+from .speedups import engage
 from .speedups.gradients import FlatGradientHooks
 
 log = logging.getLogger(__name__)
@@ -59,8 +64,9 @@ def logging_metrics(dataset: TimeSeriesDataSet) -> nn.ModuleList:
     return nn.ModuleList(metrics)
 
 
-def build_model(dataset: TimeSeriesDataSet, config: ModelConfig) -> JobTemporalFusionTransformer:
+def build_model(dataset: TimeSeriesDataSet, settings: Settings) -> JobTemporalFusionTransformer:
     """The TFT for `dataset`, as the library builds it (the speed-up layer engages later)."""
+    config = settings.config.model
     # Fused Adam/AdamW/SGD updates all parameters in one kernel instead of several per tensor.
     return JobTemporalFusionTransformer.from_dataset(
         dataset,
@@ -71,7 +77,7 @@ def build_model(dataset: TimeSeriesDataSet, config: ModelConfig) -> JobTemporalF
         dropout=config.dropout,
         loss=QuantileLoss(quantiles=config.quantiles),
         logging_metrics=logging_metrics(dataset),
-        learning_rate=config.learning_rate,
+        learning_rate=settings.learning_rate,
         optimizer=config.optimizer,
         optimizer_params={"fused": True},
         weight_decay=config.weight_decay,
@@ -80,9 +86,18 @@ def build_model(dataset: TimeSeriesDataSet, config: ModelConfig) -> JobTemporalF
     )
 
 
-def scaled_learning_rate(learning_rate: float, world_size: int, rule: str) -> float:
-    """The learning rate for `world_size` data-parallel processes, each with the batch size
-    `learning_rate` was chosen for: the global batch grows with the world, and so, by `rule`,
-    does the step (sqrt: the usual safe choice for Adam; linear: Goyal et al. for SGD)."""
-    factor = {"none": 1.0, "sqrt": world_size**0.5, "linear": float(world_size)}[rule]
-    return learning_rate * factor
+def load_model(
+    path: Path, switches: SpeedupConfig
+) -> tuple[dict[str, Any], JobTemporalFusionTransformer]:
+    """A checkpoint this project wrote (the job's best, or a saved model.ckpt) as its contents
+    and as the model in eval mode with the speed-up layer engaged: how the final evaluation and
+    `predict` both load a model, so that they forecast alike. The file is read once."""
+    content = io.BytesIO(path.read_bytes())
+    # Checkpoints pickle the loss and dataset parameters; this project wrote them (trusted).
+    checkpoint = torch.load(content, map_location="cpu", weights_only=False)
+    content.seek(0)
+    model = JobTemporalFusionTransformer.load_from_checkpoint(
+        content, map_location="cpu", weights_only=False
+    ).eval()
+    engage(switches, model)  # the same results, faster
+    return checkpoint, model

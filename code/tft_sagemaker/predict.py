@@ -36,17 +36,9 @@ from pandas.tseries.frequencies import to_offset
 from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
 
 from .artifacts import TrainedModel, load_trained_model
+from .channels import channel_files, read_files, source_of
 from .config import DataConfig
 from .console import setup_logging
-from .data import (
-    TimeAxis,
-    as_labels,
-    channel_files,
-    prepare_frame,
-    read_files,
-    source_of,
-    validate_frame,
-)
 from .dataset import (
     build_prediction_dataset,
     internal_names,
@@ -55,6 +47,10 @@ from .dataset import (
 )
 from .errors import DataError, JobError
 from .evaluate import forecast, to_frame
+from .preparation import as_labels, prepare_frame
+from .speedups import batches_reason
+from .time_axis import TimeAxis
+from .validation import validate_frame
 
 log = logging.getLogger(__name__)
 CHANNEL = "The prediction data"  # how messages name it
@@ -188,12 +184,14 @@ def forecast_table(
     config: DataConfig,
     quantiles: list[float],
     time_axis: TimeAxis | None,
+    vectorised: bool,
     batch_size: int = 1024,
     device: torch.device | str = "cpu",
 ) -> pd.DataFrame:
     """The forecasts of `model` for prepared data, in the user's names and ids: what
-    `predict` and the job's `forecast` channel write."""
-    result = forecast(model, data.dataset, batch_size=batch_size, device=device)
+    `predict` and the job's `forecast` channel write (`vectorised`: batches by gathers, as
+    `speedups.batches_reason` decides)."""
+    result = forecast(model, data.dataset, vectorised, batch_size=batch_size, device=device)
     internal_time_idx = internal_names(config)[config.time_idx]
     out = to_frame(result, quantiles, internal_time_idx).rename(columns=user_names(config))
     keys = [*config.group_ids, config.time_idx]
@@ -221,6 +219,7 @@ def predict_frame(
         config.data,
         config.model.quantiles,
         trained.time_axis,
+        batches_reason(config.speedups, data.dataset) is None,
         batch_size,
         device,
     )

@@ -15,7 +15,12 @@ the value and the reason, which the job logs:
 - model width and dropout from the number of windows;
 - a learning rate scaled from the one tuned on Stallion (0.007 at batch 256, the square-root
   rule for Adam), halved on plateaus, with a moving average of the weights over about an epoch,
-  which makes the validated weights far less noisy from one epoch to the next.
+  which makes the validated weights far less noisy from one epoch to the next;
+- the validation batch, and the learning rate for data-parallel processes.
+
+`resolve_data` settles the dataset's choices (before the datasets are built), `settle` the rest
+(from the number of training windows and processes): it returns the `Settings` that the model
+and the trainer are built from, with nothing left to choose.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import pandas as pd
 from pandas.tseries.frequencies import to_offset
 
 from .config import DataConfig, JobConfig
-from .data import normalize_freq
+from .time_axis import normalize_freq
 
 DRIFT_THRESHOLD = 0.5  # recent level this many series standard deviations from the overall mean
 MIN_BATCH, MAX_BATCH = 32, 256
@@ -267,6 +272,67 @@ def resolve_data(config: DataConfig, frame: pd.DataFrame) -> tuple[DataConfig, l
     elif config.calendar_features == ["none"]:
         config = dataclasses.replace(config, calendar_features=[])
     return config, made
+
+
+def choose_val_batch_size(batch_size: int) -> Choice:
+    return Choice("val_batch_size", 8 * batch_size, "8 x batch_size: validation keeps no gradients")
+
+
+def scaled_learning_rate(learning_rate: float, world_size: int, rule: str) -> float:
+    """The learning rate for `world_size` data-parallel processes, each with the batch size
+    `learning_rate` was chosen for: the global batch grows with the world, and so, by `rule`,
+    does the step (sqrt: the usual safe choice for Adam; linear: Goyal et al. for SGD)."""
+    factor = {"none": 1.0, "sqrt": world_size**0.5, "linear": float(world_size)}[rule]
+    return learning_rate * factor
+
+
+def choose_process_learning_rate(learning_rate: float, world_size: int, rule: str) -> Choice:
+    rate = scaled_learning_rate(learning_rate, world_size, rule)
+    return Choice(
+        "learning_rate",
+        rate,
+        f"{learning_rate:g} for {world_size} processes (learning_rate_scaling={rule}: the "
+        f"global batch is {world_size} x batch_size)",
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the job trains with, every automatic choice made: what `model.build_model` and
+    `trainer.build_trainer` take. `config` holds no unset automatic value; `learning_rate` is
+    the optimizer's initial rate for this world (`config`'s is the one per process, which
+    checkpoints are stamped with: a resumed job may run on another number of processes)."""
+
+    config: JobConfig
+    learning_rate: float
+    choices: tuple[Choice, ...]
+
+    def __post_init__(self) -> None:
+        unset = [
+            name for name in (*AUTOMATIC, "val_batch_size") if self.config.flat()[name] is None
+        ]
+        if unset:
+            raise ValueError(f"settings with {', '.join(unset)} unset: recipe.settle sets them")
+
+
+def settle(
+    config: JobConfig, windows: int, world_size: int = 1, data_choices: Sequence[Choice] = ()
+) -> Settings:
+    """`config` (its data section resolved by `resolve_data`, which made `data_choices`) with
+    every remaining automatic choice made, for `windows` training windows and `world_size`
+    data-parallel processes."""
+    config, made = resolve_training(config, windows)
+    made = [*data_choices, *made]
+    training = _fill(config.training, choose_val_batch_size(config.training.batch_size), made)
+    config = dataclasses.replace(config, training=training)
+    learning_rate = config.model.learning_rate
+    if world_size > 1:
+        choice = choose_process_learning_rate(
+            learning_rate, world_size, config.training.learning_rate_scaling
+        )
+        learning_rate = choice.value
+        made.append(choice)
+    return Settings(config, learning_rate, tuple(made))
 
 
 def resolve_training(config: JobConfig, windows: int) -> tuple[JobConfig, list[Choice]]:

@@ -36,10 +36,10 @@ import pandas as pd
 from . import plots
 from .artifacts import CONFIG_FILE, METRICS_FILE, REPORT_DATA_FILE, model_directory
 from .config import FIELDS, DataConfig, JobConfig
-from .data import JobData
 from .errors import DataError, JobError
 from .evaluate import Forecast, window_errors
 from .interpret import GROUPS, series_names
+from .job_data import JobData
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.fabric.plugins.environments import LightningEnvironment, TorchElasticEnvironment
 from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
@@ -35,11 +34,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from .config import JobConfig
 from .errors import writing
 from .loaders import ShardedBatchSampler
+from .recipe import Settings
 from .sagemaker import stops
 from .sagemaker.checkpoints import STAMP, AtomicCheckpointIO, RelocatableModelCheckpoint
+from .sagemaker.cluster import SageMakerEnvironment
 from .sagemaker.launch_plan import LaunchPlan
 from .sagemaker.metric_lines import format_metric_line
 from .sagemaker.paths import JobPaths
@@ -278,22 +278,20 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 def _strategy(plan: LaunchPlan, timeout_s: int) -> str | DDPStrategy:
     if not plan.distributed:
         return "auto"
-    environment = (
-        TorchElasticEnvironment() if plan.launcher == "torchrun" else LightningEnvironment()
-    )
     return DDPStrategy(
-        cluster_environment=environment,
+        cluster_environment=SageMakerEnvironment(plan),
         process_group_backend=plan.backend,
         timeout=timedelta(seconds=timeout_s),
     )
 
 
 def build_trainer(
-    config: JobConfig,
+    settings: Settings,
     plan: LaunchPlan,
     paths: JobPaths,
     fingerprint: dict[str, Any],
 ) -> pl.Trainer:
+    config = settings.config
     training = config.training
     checkpoint_dir = paths.checkpoint_dir
     callbacks: list[Callback] = [

@@ -11,10 +11,10 @@ How the processes of a job came to be decides who forms the process group:
 - ``single``: one process, one device (or the CPU), nothing to form.
 
 `plan_launch` is pure: it reads only the mappings it is given, so tests feed it environments.
-So are the two decisions beside it that depend on the machine, each with a thin reader of the
-machine for the job: how many CPUs a process gets (`usable_cpus`: affinity, cgroup CPU quota,
-training containers sharing the machine) and which network interface the process group uses
-(`choose_interface`: the resource config's name if it exists here, else the route to the master).
+So is the one decision beside it that depends on the machine, how many CPUs a process gets
+(`usable_cpus`: affinity, cgroup CPU quota, training containers sharing the machine); the
+readers of the machine (`process_cpus`, `read_cpu_max`, `read_resource_config`) are apart.
+How the planned processes then form a group is `cluster.py`'s.
 """
 
 from __future__ import annotations
@@ -23,10 +23,7 @@ import json
 import logging
 import math
 import os
-import socket
-import struct
-import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,44 +52,36 @@ class LaunchPlan:
     master_addr: str
     master_port: int
     threads_per_process: int
-    # Set only when an external launcher (torchrun, mpirun) started this process.
-    global_rank: int | None = None
-    local_rank: int | None = None
+    local_rank: int = 0  # this process on its node (Lightning's children get LOCAL_RANK)
+    # The resource config's network_interface_name (cluster.choose_interface checks it).
+    network_interface_name: str | None = None
 
     @property
     def world_size(self) -> int:
         return self.num_nodes * self.devices
 
     @property
+    def global_rank(self) -> int:
+        return self.node_rank * self.devices + self.local_rank
+
+    @property
     def distributed(self) -> bool:
         return self.world_size > 1
 
     @property
-    def is_leader_host(self) -> bool:
-        return self.node_rank == 0
+    def external_launcher(self) -> bool:
+        """Whether a launcher (torchrun, mpirun) started every process of the job; else
+        Lightning starts this node's processes beyond the first."""
+        return self.launcher in ("torchrun", "mpi")
 
     def summary(self) -> dict[str, Any]:
-        return {**asdict(self), "world_size": self.world_size}
+        return {**asdict(self), "world_size": self.world_size, "global_rank": self.global_rank}
 
-    def lightning_env(self) -> dict[str, str]:
-        """Variables Lightning's environment reads; with them set, its ``ddp`` strategy starts
-        the per-device processes of this node itself (``lightning``) or joins the processes an
-        external launcher started (``mpi``; torchrun sets its own)."""
-        if self.launcher not in ("lightning", "mpi"):
-            return {}
-        env = {
-            "MASTER_ADDR": self.master_addr,
-            "MASTER_PORT": str(self.master_port),
-            "NODE_RANK": str(self.node_rank),
-        }
-        if self.launcher == "mpi":
-            assert self.global_rank is not None and self.local_rank is not None
-            env |= {
-                "LOCAL_RANK": str(self.local_rank),
-                "RANK": str(self.global_rank),
-                "WORLD_SIZE": str(self.world_size),
-            }
-        return env
+
+def launched_by_launcher(env: Mapping[str, str]) -> bool:
+    """Whether this process was started by a launcher (torchrun, mpirun, or Lightning for a
+    node's further devices) rather than by SageMaker itself."""
+    return any(k in env for k in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "OMPI_COMM_WORLD_RANK"))
 
 
 def read_hosts(
@@ -156,44 +145,43 @@ def plan_launch(
         backend = "nccl" if use_gpu else "gloo"
     if backend in ("nccl", "smddp") and not use_gpu:
         raise ConfigError(f"backend={backend} needs GPUs; use gloo (or auto) on CPU instances.")
-    common = {"accelerator": "gpu" if use_gpu else "cpu", "backend": backend}
+    common = {
+        "accelerator": "gpu" if use_gpu else "cpu",
+        "backend": backend,
+        "network_interface_name": (resource_config or {}).get("network_interface_name"),
+    }
 
-    if "TORCHELASTIC_RUN_ID" in env or ("LOCAL_WORLD_SIZE" in env and "GROUP_RANK" in env):
-        world, local_size = _int(env, "WORLD_SIZE"), _int(env, "LOCAL_WORLD_SIZE")
-        if world % local_size:
-            raise JobError(f"torchrun WORLD_SIZE={world} is not a multiple of {local_size}.")
-        plan = LaunchPlan(
-            launcher="torchrun",
-            hosts=tuple(hosts),
-            current_host=current,
-            node_rank=_int(env, "GROUP_RANK"),
-            num_nodes=world // local_size,
-            devices=local_size,
-            master_addr=env.get("MASTER_ADDR", hosts[0]),
-            master_port=int(env.get("MASTER_PORT", master_port)),
-            threads_per_process=max(1, cpus_per_host // local_size),
-            global_rank=_int(env, "RANK"),
-            local_rank=_int(env, "LOCAL_RANK"),
-            **common,
+    torchrun = "TORCHELASTIC_RUN_ID" in env or ("LOCAL_WORLD_SIZE" in env and "GROUP_RANK" in env)
+    if torchrun or "OMPI_COMM_WORLD_SIZE" in env:
+        # torchrun's variables, or Open MPI's under the names torchrun would give them.
+        names = (
+            ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "RANK", "LOCAL_RANK")
+            if torchrun
+            else tuple(f"OMPI_COMM_WORLD_{n}" for n in ("SIZE", "LOCAL_SIZE", "RANK", "LOCAL_RANK"))
         )
-    elif "OMPI_COMM_WORLD_SIZE" in env:
-        world = _int(env, "OMPI_COMM_WORLD_SIZE")
-        local_size = _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE")
-        rank = _int(env, "OMPI_COMM_WORLD_RANK")
+        world, local_size, rank, local_rank = (_int(env, name) for name in names)
         if world % local_size:
-            raise JobError(f"mpirun world size {world} is not a multiple of {local_size}.")
+            raise JobError(
+                f"{'torchrun' if torchrun else 'mpirun'} started {world} processes, not a "
+                f"multiple of the {local_size} per node."
+            )
+        node_rank = _int(env, "GROUP_RANK") if torchrun else rank // local_size
+        if rank != node_rank * local_size + local_rank:
+            raise JobError(
+                f"Launcher ranks disagree: global rank {rank} is not node {node_rank} x "
+                f"{local_size} + local rank {local_rank}."
+            )
         plan = LaunchPlan(
-            launcher="mpi",
+            launcher="torchrun" if torchrun else "mpi",
             hosts=tuple(hosts),
             current_host=current,
-            node_rank=rank // local_size,
+            node_rank=node_rank,
             num_nodes=world // local_size,
             devices=local_size,
-            master_addr=hosts[0],
-            master_port=master_port,
+            master_addr=env.get("MASTER_ADDR", hosts[0]) if torchrun else hosts[0],
+            master_port=int(env.get("MASTER_PORT", master_port)) if torchrun else master_port,
             threads_per_process=max(1, cpus_per_host // local_size),
-            global_rank=rank,
-            local_rank=_int(env, "OMPI_COMM_WORLD_LOCAL_RANK"),
+            local_rank=local_rank,
             **common,
         )
     else:
@@ -217,6 +205,7 @@ def plan_launch(
             master_addr=hosts[0] if len(hosts) > 1 else "127.0.0.1",
             master_port=master_port,
             threads_per_process=max(1, cpus_per_host // devices),
+            local_rank=int(env.get("LOCAL_RANK", 0)),  # set by Lightning in its children
             **common,
         )
     if plan.num_nodes != len(hosts):
@@ -282,64 +271,6 @@ def process_cpus() -> int:
     return usable_cpus(os.sched_getaffinity(0), read_cpu_max(), os.cpu_count() or 1)
 
 
-@dataclass(frozen=True)
-class InterfaceChoice:
-    name: str | None  # for GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME; None: leave them unset
-    reason: str
-
-
-def choose_interface(
-    configured: str | None, existing: Sequence[str], route: str | None
-) -> InterfaceChoice:
-    """The network interface for the process group: the resource config's
-    `network_interface_name` when this container has it, else the interface of the route to
-    the master, else none (gloo and NCCL then pick one themselves).
-
-    SageMaker names an interface that exists; SDK v3 local mode writes "ethwe" while its
-    containers only have eth0, and gloo fails on a name that does not exist.
-    """
-    if configured and configured in existing:
-        return InterfaceChoice(configured, "the resource config's network_interface_name")
-    missing = (
-        f"the resource config's network_interface_name {configured!r} does not exist here "
-        f"(interfaces: {', '.join(existing) or 'none'})"
-        if configured
-        else "the resource config names no interface"
-    )
-    if route and route in existing:
-        return InterfaceChoice(route, f"{missing}: using the interface of the route to the master")
-    return InterfaceChoice(None, f"{missing}, and no route to the master was found: left unset")
-
-
-def route_interface(route_table: str, address: str) -> str | None:
-    """The interface of the most specific IPv4 route to `address`, from the text of
-    /proc/net/route (addresses in host byte order, as hexadecimal); None if none matches."""
-    try:
-        target = struct.unpack("=I", socket.inet_aton(address))[0]
-    except OSError:
-        return None  # not an IPv4 address
-    best: tuple[int, int, str] | None = None  # (-prefix length, metric, interface)
-    for line in route_table.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) < 8 or not int(fields[3], 16) & 1:  # RTF_UP
-            continue
-        destination, mask = int(fields[1], 16), int(fields[7], 16)
-        if target & mask == destination:
-            candidate = (-bin(mask).count("1"), int(fields[6]), fields[0])
-            best = min(best, candidate) if best else candidate
-    return best[2] if best else None
-
-
-def network_interface(configured: str | None, master_addr: str) -> InterfaceChoice:
-    """`choose_interface` for this container: its interfaces and its route to the master."""
-    existing = [name for _, name in socket.if_nameindex()]
-    try:
-        table, address = Path("/proc/net/route").read_text(), socket.gethostbyname(master_addr)
-    except OSError:  # no routing table to read, or the master does not resolve: no route known
-        return choose_interface(configured, existing, None)
-    return choose_interface(configured, existing, route_interface(table, address))
-
-
 def read_resource_config(config_dir: Path) -> dict[str, Any] | None:
     path = config_dir / "resourceconfig.json"
     if not path.is_file():
@@ -348,24 +279,3 @@ def read_resource_config(config_dir: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except ValueError as err:
         raise JobError(f"{path} is not valid JSON: {err}") from None
-
-
-def wait_for_hosts(hosts: tuple[str, ...], timeout_s: float, interval_s: float = 2.0) -> None:
-    """Block until every host name resolves (bounded), so that rendezvous never waits on DNS."""
-    deadline = time.monotonic() + timeout_s
-    pending = list(hosts)
-    while True:
-        for host in list(pending):
-            try:
-                socket.gethostbyname(host)
-                pending.remove(host)
-            except OSError:
-                pass
-        if not pending:
-            return
-        if time.monotonic() >= deadline:
-            raise JobError(
-                f"Host(s) {', '.join(pending)} did not resolve within {timeout_s:.0f} s "
-                "(host_wait_timeout_s): the cluster cannot form."
-            )
-        time.sleep(interval_s)

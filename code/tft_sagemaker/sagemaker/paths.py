@@ -6,6 +6,7 @@ found under `SAGEMAKER_BASE_DIR` (default `/opt/ml`), as the toolkit itself does
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from collections.abc import Mapping
@@ -45,10 +46,14 @@ class JobPaths:
                 (directory / probe).write_bytes(b"\0" * 4096)
                 (directory / probe).unlink()
 
+    def with_checkpoint_dir(self, checkpoint_dir: str | None) -> JobPaths:
+        """These paths with the configured checkpoint_dir (None: SageMaker's)."""
+        if not checkpoint_dir:
+            return self
+        return dataclasses.replace(self, checkpoint_dir=Path(checkpoint_dir))
+
     @classmethod
-    def from_env(
-        cls, env: Mapping[str, str] | None = None, checkpoint_dir: str | None = None
-    ) -> JobPaths:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> JobPaths:
         env = os.environ if env is None else env
         base = Path(env.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
         data_dir = base / "input" / "data"
@@ -69,6 +74,6 @@ class JobPaths:
             output_data_dir=Path(env.get("SM_OUTPUT_DATA_DIR", output_dir / "data")),
             input_config_dir=Path(env.get("SM_INPUT_CONFIG_DIR", base / "input" / "config")),
             channels=channels,
-            checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else base / "checkpoints",
+            checkpoint_dir=base / "checkpoints",
             tensorboard_dir=output_dir / "tensorboard",
         )

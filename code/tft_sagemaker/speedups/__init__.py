@@ -32,7 +32,7 @@ from .embedding_bags import embedding_bags_guard, use_count_matmul
 from .gradients import FlatGradientHooks, flat_gradients_guard
 from .variable_selection import fuse_variable_selection, variable_selection_guard
 
-__all__ = ["GUARDS", "LEVERS", "Outcome", "Report", "engage"]
+__all__ = ["GUARDS", "LEVERS", "Outcome", "Report", "batches_reason", "engage"]
 
 LEVERS = tuple(SpeedupConfig.__dataclass_fields__)
 # What each lever that reaches into a library checks first (the allocator's checks are its own).
@@ -56,6 +56,8 @@ class Report:
     """What `engage` did, lever by lever."""
 
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    # Per dataset given to `engage`: whether its batches are assembled by WindowBatcher.
+    vectorised: dict[str, bool] = field(default_factory=dict)
 
     def line(self) -> str:
         """`speed-ups engaged: a, b (note); fell back: c (why); off: d (why)`."""
@@ -78,6 +80,13 @@ def _counted(count: int, what: str, missing: str) -> Outcome:
     return Outcome("engaged", f"{count} {what}{'' if count == 1 else 's'}")
 
 
+def batches_reason(switches: SpeedupConfig, dataset: TimeSeriesDataSet) -> str | None:
+    """None when `dataset`'s batches are assembled by gathers (`fast_batches`); else why they
+    come window by window from the library. `engage` decides the job's datasets with it, and
+    `predict` a prediction dataset."""
+    return "fast_batches=false" if not switches.fast_batches else unsupported_reason(dataset)
+
+
 def engage(
     switches: SpeedupConfig,
     model: nn.Module,
@@ -87,11 +96,12 @@ def engage(
     """Apply every lever that is switched on and whose guard passes, in place.
 
     `model`: the TFT (module levers; flat gradients need `FlatGradientHooks` in its class).
-    `trainer`: given in a training process (flat gradients and weight average, allocator).
-    `datasets`: by name, those the loaders will batch (`loaders.make_loader` decides each with
-    the same `unsupported_reason`).
+    `trainer`: given in a training process (flat gradients, allocator).
+    `datasets`: by name, those the loaders will batch: `Report.vectorised` says how.
     """
     report = Report()
+    reasons = {name: batches_reason(switches, d) for name, d in (datasets or {}).items()}
+    report.vectorised = {name: reason is None for name, reason in reasons.items()}
 
     def lever(name: str, apply: Callable[[], Outcome]) -> None:
         if not getattr(switches, name):
@@ -102,12 +112,8 @@ def engage(
             report.outcomes[name] = apply()
 
     def batches() -> Outcome:
-        refused = [
-            f"{name}: {why}"
-            for name, dataset in (datasets or {}).items()
-            if (why := unsupported_reason(dataset))
-        ]
-        if len(refused) == len(datasets or {}):
+        refused = [f"{name}: {why}" for name, why in reasons.items() if why]
+        if len(refused) == len(reasons):
             return Outcome("fell back", "; ".join(refused))
         return Outcome("engaged", "; ".join(f"per window for {r}" for r in refused))
 
