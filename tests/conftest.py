@@ -301,6 +301,21 @@ def record_error(section: str, message: str) -> None:
     _recorded.setdefault(test, []).append((section, message))
 
 
+@pytest.fixture(autouse=True)
+def _rank_zero_restored() -> Iterator[None]:
+    """A trainer built for a plan whose process is not rank 0 (tests/test_cluster.py) sets
+    Lightning's process-wide rank, which silences the loggers of every later in-process job:
+    restored after each test."""
+    import lightning.pytorch.utilities.rank_zero as trainer_rank
+    import lightning_utilities.core.rank_zero as utilities_rank
+
+    holders = (trainer_rank.rank_zero_only, utilities_rank.rank_zero_only)
+    ranks = [getattr(holder, "rank", 0) for holder in holders]
+    yield
+    for holder, rank in zip(holders, ranks, strict=True):
+        holder.rank = rank
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _errors_doc_paths(tmp_path_factory: pytest.TempPathFactory) -> None:
     _basetemp.append(tmp_path_factory.getbasetemp().resolve())
