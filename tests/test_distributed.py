@@ -190,6 +190,11 @@ def test_two_devices_on_one_node(tmp_path, panel):
     parts = summaries(base)
     assert [(p["global_rank"], p["world_size"]) for p in parts] == [(0, 2), (1, 2)]
     assert_epochs_cover_every_window_once(parts)
+    # One preparation on the host: the second process maps it and never reads the channel.
+    log = (base / "job.log").read_text()
+    assert log.count("training data: ") == 1
+    assert log.count("data: prepared once for this host") == 1
+    assert log.count("data: mapped from") == 1
     assert (base / "model" / "model.ckpt").exists()
     assert_one_interpretation_of_every_series([base], panel)
 

@@ -17,6 +17,7 @@ import dataclasses
 import re
 import warnings
 from collections.abc import Callable
+from copy import deepcopy
 from typing import Any
 
 import pandas as pd
@@ -25,6 +26,7 @@ from pytorch_forecasting import TimeSeriesDataSet
 from pytorch_forecasting.data import EncoderNormalizer, GroupNormalizer, NaNLabelEncoder
 from pytorch_forecasting.data.encoders import TorchNormalizer
 
+from .columnar import CHUNK_ROWS, Allocate, build_columnar, fit_parameters, in_memory, series_bounds
 from .config import DataConfig
 from .errors import DataError
 
@@ -187,10 +189,10 @@ def _categorical_encoders(config: DataConfig) -> dict[str, NaNLabelEncoder]:
     return {name: NaNLabelEncoder(add_nan=True) for name in dict.fromkeys(names)}
 
 
-def build_training_dataset(frame: pd.DataFrame, config: DataConfig) -> TimeSeriesDataSet:
+def dataset_parameters(config: DataConfig) -> dict[str, Any]:
+    """The TimeSeriesDataSet keyword arguments of the training dataset (nothing fitted)."""
     internal = internal_config(config)
-    return TimeSeriesDataSet(
-        to_internal(frame, config),
+    return dict(
         time_idx=internal.time_idx,
         target=internal.target,
         group_ids=internal.group_ids,
@@ -213,6 +215,43 @@ def build_training_dataset(frame: pd.DataFrame, config: DataConfig) -> TimeSerie
         add_encoder_length=internal.add_encoder_length,
         allow_missing_timesteps=internal.allow_missing_timesteps,
     )
+
+
+def build_training_dataset(frame: pd.DataFrame, config: DataConfig) -> TimeSeriesDataSet:
+    """The library's own dataset over the whole frame (the reference `build_columnar_training`
+    reproduces)."""
+    return TimeSeriesDataSet(to_internal(frame, config), **dataset_parameters(config))
+
+
+def _sorted_internal(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
+    """`to_internal(frame)`, sorted by series and time as the library sorts it."""
+    names = internal_names(config)
+    keys = [names[g] for g in config.group_ids] + [names[config.time_idx]]
+    return to_internal(frame, config).sort_values(keys)
+
+
+def build_columnar_training(
+    frame: pd.DataFrame, config: DataConfig, allocate: Allocate = in_memory
+) -> TimeSeriesDataSet:
+    """`build_training_dataset`'s dataset, fitted on whole columns and built chunk by chunk
+    into `allocate`'s arrays (columnar.py)."""
+    kwargs = dataset_parameters(config)
+    data = _sorted_internal(frame, config)
+    first = series_bounds(data.iloc[:CHUNK_ROWS], kwargs["group_ids"])
+    skeleton = TimeSeriesDataSet(data.iloc[: first[1]], **deepcopy(kwargs))
+    return build_columnar(data, fit_parameters(data, skeleton, kwargs), False, allocate)
+
+
+def build_columnar_validation(
+    training: TimeSeriesDataSet,
+    frame: pd.DataFrame,
+    config: DataConfig,
+    allocate: Allocate = in_memory,
+) -> TimeSeriesDataSet:
+    """`build_validation_dataset`'s dataset, built chunk by chunk into `allocate`'s arrays."""
+    parameters = training.get_parameters()
+    refuse_unscaled_series(parameters, frame, config, "Channel 'validation'", "'train'")
+    return build_columnar(_sorted_internal(frame, config), parameters, True, allocate)
 
 
 def unscaled_series(

@@ -30,9 +30,10 @@ from .baselines import Comparison, against_baselines, describe
 from .channels import channel_data_files, read_channel
 from .config import JobConfig, describe_hyperparameters, load_config
 from .console import setup_logging
-from .dataset import build_training_dataset, build_validation_dataset, user_names
+from .dataset import build_columnar_training, build_columnar_validation, user_names
 from .errors import JobError, writing
 from .evaluate import Forecast, forecast, score
+from .host_panel import HostPanel, Prepared, bytes_per_row
 from .interpret import InterpretationSum, largest_series
 from .job_data import JobData, describe_frame, load_job_data
 from .loaders import LoaderSettings, make_loader
@@ -85,7 +86,7 @@ class Job:
     settings: Settings
     plan: LaunchPlan
     paths: JobPaths
-    data: JobData
+    data: JobData | None  # in the host's first process only (the others map its panel)
     training: TimeSeriesDataSet
     validation: TimeSeriesDataSet
     model: JobTemporalFusionTransformer
@@ -100,6 +101,33 @@ class Job:
         return self.settings.config
 
 
+def prepare_data(
+    config: JobConfig, plan: LaunchPlan, paths: JobPaths
+) -> tuple[JobData | None, Prepared]:
+    """data → datasets, once per host: the host's first process reads, validates and builds
+    them into the host's panel (host_panel.py), the others map it (and get no JobData)."""
+    panel = HostPanel.for_job(paths, config.data)
+    if plan.local_rank != 0:
+        return None, panel.wait(config.distributed.collective_timeout_s)
+    with panel.preparing():
+        data = load_job_data(paths, config.data)
+        log.info("training data: %s", describe_frame(data.train, config.data))
+        data_config, choices = resolve_data(config.data, data.train)
+        if config.report.report:
+            check_report_series(data.validation, dataclasses.replace(config, data=data_config))
+        if panel.complete():
+            log.info("data: the panel this host prepared before, in %s", panel.directory)
+            return data, panel.load()
+        training = build_columnar_training(data.train, data_config, panel.allocate("training"))
+        log.info("memory: %s", bytes_per_row(training))
+        validation = build_columnar_validation(
+            training, data.validation, data_config, panel.allocate("validation")
+        )
+        prepared = Prepared(data_config, choices, training, validation)
+        panel.publish(prepared)
+    return data, prepared
+
+
 def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
     """configuration → data → dataset → settings → model → trainer, in every process alike."""
     setup_logging(rank=plan.global_rank)
@@ -110,26 +138,25 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
     configure_process(plan)  # after the hosts resolve: it looks up the route to the master
 
     paths.check_writable()
-    data = load_job_data(paths, config.data)
-    log.info("training data: %s", describe_frame(data.train, config.data))
-    data_config, data_choices = resolve_data(config.data, data.train)
-    pl.seed_everything(config.training.seed, workers=True, verbose=False)
-    training = build_training_dataset(data.train, data_config)
-    validation = build_validation_dataset(training, data.validation, data_config)
+    data, prepared = prepare_data(config, plan, paths)
+    training, validation = prepared.training, prepared.validation
     log.info("windows: %d training, %d validation", len(training), len(validation))
+    pl.seed_everything(config.training.seed, workers=True, verbose=False)
     settings = settle(
-        dataclasses.replace(config, data=data_config), len(training), plan.world_size, data_choices
+        dataclasses.replace(config, data=prepared.config),
+        len(training),
+        plan.world_size,
+        prepared.choices,
     )
     config = settings.config
     for choice in settings.choices:
         log.info("recipe: %s", choice)
-    if config.report.report:
-        check_report_series(data.validation, config)
     # Checked before training, so that a bad channel costs no training time.
-    raw_forecast = read_channel(paths, FORECAST_CHANNEL, required=False)
+    # Only the host's first process has the data (global rank 0, which publishes, among them).
+    raw_forecast = None if data is None else read_channel(paths, FORECAST_CHANNEL, required=False)
     forecast_input = (
         None
-        if raw_forecast is None
+        if data is None or raw_forecast is None
         else prepare_prediction(
             raw_forecast, training.get_parameters(), config.data, data.time_axis, FORECAST_CHANNEL
         )
@@ -211,7 +238,8 @@ def evaluate(job: Job, timings: dict[str, float]) -> Evaluation:
     """Global rank 0: the best checkpoint and the baselines on the validation windows, in one
     process, interpreted in the same pass (unless report=false); prints the final metric line."""
     stops.reached("evaluation")
-    config = job.config
+    config, data = job.config, job.data
+    assert data is not None  # global rank 0 is a host's first process
     best = Path(job.trainer.checkpoint_callback.best_model_path)
     log.info("evaluating %s on %d validation windows", best.name, len(job.validation))
     checkpoint, model = load_model(best, config.speedups)
@@ -219,7 +247,7 @@ def evaluate(job: Job, timings: dict[str, float]) -> Evaluation:
         InterpretationSum(
             model,
             job.validation,
-            largest_series(job.data.validation, config.data),
+            largest_series(data.validation, config.data),
             config.data.target,
             user_names(config.data),
         )
@@ -238,7 +266,7 @@ def evaluate(job: Job, timings: dict[str, float]) -> Evaluation:
     baselines_started = time.monotonic()
     comparison = against_baselines(
         predicted,
-        job.data.validation,
+        data.validation,
         config.data,
         config.model.quantiles,
         config.training.baseline_max_series,
@@ -264,15 +292,16 @@ def evaluate(job: Job, timings: dict[str, float]) -> Evaluation:
 def publish(job: Job, evaluation: Evaluation) -> None:
     """The model directory, the `forecast` channel's forecasts, the report and the final
     TensorBoard entries, from the evaluation of the best checkpoint."""
-    config = job.config
+    config, data = job.config, job.data
+    assert data is not None  # global rank 0 is a host's first process
     history = next(c for c in job.trainer.callbacks if isinstance(c, MetricLines)).history
-    report_data = {"history": history, "data": data_summary(job.data, config.data)}
+    report_data = {"history": history, "data": data_summary(data, config.data)}
     interpretation_s = 0.0  # the time interpreting and choosing the plotted series takes
     if evaluation.interpretation is not None:
         started = time.monotonic()
         report_data |= {
             "interpretation": evaluation.interpretation.result(),
-            "series": plotted_series(evaluation.forecast, job.data.validation, config),
+            "series": plotted_series(evaluation.forecast, data.validation, config),
         }
         interpretation_s = evaluation.interpretation.seconds + time.monotonic() - started
     write_model_artifacts(
@@ -280,7 +309,7 @@ def publish(job: Job, evaluation: Evaluation) -> None:
         evaluation.checkpoint,
         job.training.get_parameters(),
         config,
-        job.data.time_axis,
+        data.time_axis,
         evaluation.metrics,
         report_data,
     )
@@ -291,7 +320,7 @@ def publish(job: Job, evaluation: Evaluation) -> None:
             job.forecast_input,
             config.data,
             config.model.quantiles,
-            job.data.time_axis,
+            data.time_axis,
             job.speedups.vectorised[FORECAST_CHANNEL],
             device=job.trainer.strategy.root_device,
         )

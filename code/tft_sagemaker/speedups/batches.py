@@ -65,11 +65,6 @@ def _unsupported_features(dataset: TimeSeriesDataSet) -> str | None:
     return None
 
 
-def _with_zero_row(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """`tensor` with one row of zeros appended: padded positions gather that row."""
-    return torch.cat([tensor, tensor.new_zeros((1, *tensor.shape[1:]))]).to(device)
-
-
 def _stack_scale(values: list[Any]) -> torch.Tensor:
     """One target's scales stacked as `_collate_fn` stacks them: tensors as they are,
     anything else (numpy arrays from GroupNormalizer, NaNLabelEncoder) as float32."""
@@ -87,14 +82,18 @@ def _stack_scales(values: list[Any]) -> Tensors:
 
 class _Part:
     """Row indices of the encoder or decoder part of a batch of windows, padded to the
-    longest part in the batch. Padded positions point at the appended zero row (`pad_row`)."""
+    longest part in the batch. Padded positions point at row 0; `gather` zeroes them."""
 
-    def __init__(
-        self, first: torch.Tensor, lengths: torch.Tensor, max_length: int, pad_row: int
-    ) -> None:
+    def __init__(self, first: torch.Tensor, lengths: torch.Tensor, max_length: int) -> None:
         self.steps = torch.arange(max_length, device=first.device)
         self.valid = self.steps < lengths.unsqueeze(1)
-        self.rows = torch.where(self.valid, first.unsqueeze(1) + self.steps, pad_row)
+        self.rows = torch.where(self.valid, first.unsqueeze(1) + self.steps, 0)
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """`values`' rows of this part, zeros where padded (as `_collate_fn` pads)."""
+        gathered = values[self.rows]
+        mask = self.valid if gathered.dim() == 2 else self.valid.unsqueeze(-1)
+        return gathered.masked_fill_(~mask, 0)
 
 
 class WindowBatcher:
@@ -126,14 +125,11 @@ class WindowBatcher:
         window_groups = data["groups"][start]
         self._groups = window_groups.to(self.device)
 
-        # Per row, with a zero row appended for padding.
-        self._pad_row = len(data["time"])
-        self._reals = _with_zero_row(data["reals"], self.device)
-        self._categoricals = _with_zero_row(data["categoricals"], self.device)
-        self._targets = [_with_zero_row(t, self.device) for t in data["target"]]
-        self._weight = (
-            None if data["weight"] is None else _with_zero_row(data["weight"], self.device)
-        )
+        # Per row, as the dataset holds them (on the CPU: the same memory, not a copy).
+        self._reals = data["reals"].to(self.device)
+        self._categoricals = data["categoricals"].to(self.device)
+        self._targets = [t.to(self.device) for t in data["target"]]
+        self._weight = None if data["weight"] is None else data["weight"].to(self.device)
 
         # The two reals __getitem__ overwrites per window, as lookup tables computed with its
         # arithmetic on the CPU (a CUDA division by a scalar may round differently), each
@@ -190,11 +186,11 @@ class WindowBatcher:
         start = self._start[windows]
         encoder_length = self._encoder_length[windows]
         decoder_length = self._decoder_length[windows]
-        encoder = _Part(start, encoder_length, max_encoder, self._pad_row)
-        decoder = _Part(start + encoder_length, decoder_length, max_decoder, self._pad_row)
+        encoder = _Part(start, encoder_length, max_encoder)
+        decoder = _Part(start + encoder_length, decoder_length, max_decoder)
 
-        encoder_cont = self._reals[encoder.rows]
-        decoder_cont = self._reals[decoder.rows]
+        encoder_cont = encoder.gather(self._reals)
+        decoder_cont = decoder.gather(self._reals)
         if self._relative_time_column is not None:
             pad = 2 * self._span  # the table's trailing 0
             encoder_relative = encoder.steps - encoder_length.unsqueeze(1) + self._span
@@ -215,23 +211,23 @@ class WindowBatcher:
                 torch.where(decoder.valid, lengths, pad)
             ]
 
-        encoder_target: Tensors = [t[encoder.rows] for t in self._targets]
-        target: Tensors = [t[decoder.rows] for t in self._targets]
+        encoder_target: Tensors = [encoder.gather(t) for t in self._targets]
+        target: Tensors = [decoder.gather(t) for t in self._targets]
         if self._multi_target:
             target_scale = [s[self._series[windows]] for s in self._target_scale]
         else:
             encoder_target, target = encoder_target[0], target[0]
             target_scale = self._target_scale[self._series[windows]]
-        weight = None if self._weight is None else self._weight[decoder.rows]
+        weight = None if self._weight is None else decoder.gather(self._weight)
 
         # _collate_fn does not pad the time index: it counts on past each decoder's end.
         decoder_time_idx = (self._time_first[windows] + encoder_length).unsqueeze(1) + decoder.steps
         x = dict(
-            encoder_cat=self._categoricals[encoder.rows],
+            encoder_cat=encoder.gather(self._categoricals),
             encoder_cont=encoder_cont,
             encoder_target=encoder_target,
             encoder_lengths=encoder_length,
-            decoder_cat=self._categoricals[decoder.rows],
+            decoder_cat=decoder.gather(self._categoricals),
             decoder_cont=decoder_cont,
             decoder_target=target,
             decoder_lengths=decoder_length,

@@ -1,0 +1,286 @@
+"""A validated frame → a TimeSeriesDataSet built column by column, in chunks of series.
+
+pytorch-forecasting builds a dataset over the whole frame at once: `_preprocess_data` adds
+column after column to a copy of it, `_construct_index` groups it by series row by row, and
+`_data_to_tensors` copies it once more; a panel of millions of rows needs many times its own
+size. Here the same dataset is made in three steps whose memory is bounded by a chunk:
+
+1. `fit_parameters`: the library's encoders, scalers and target normalizer, fitted on the
+   whole columns exactly as `_preprocess_data` fits them (same objects, same values, in the
+   same order), and the parameters a dataset built on the whole frame would have;
+2. the tensors (`dataset.data`), made by the library itself from those fitted parameters
+   (`TimeSeriesDataSet.from_parameters`) chunk of series by chunk, written into arrays that
+   `allocate` provides (host_panel.py: memory-mapped files every process maps);
+3. `window_index`: the windows (`dataset.index`), computed with numpy over the whole time
+   column as `_construct_index` computes them over a grouped frame.
+
+`build_columnar` returns a library dataset whose `data` and `index` are those: the model,
+`get_parameters`, `__getitem__`, the collate function and WindowBatcher use it as they would
+the library's own, and its batches are the library's bit for bit (tests/test_columnar.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import warnings
+from collections.abc import Callable
+from copy import deepcopy
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from pytorch_forecasting import TimeSeriesDataSet
+from pytorch_forecasting.data.encoders import EncoderNormalizer, GroupNormalizer, NaNLabelEncoder
+from pytorch_forecasting.data.timeseries import _timeseries
+from sklearn.exceptions import NotFittedError
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted
+
+log = logging.getLogger(__name__)
+
+# Rows per chunk the library turns into tensors at a time (whole series, so a little more).
+CHUNK_ROWS = 200_000
+# (name, shape, dtype) → a writable array of that shape: where the tensors are written.
+Allocate = Callable[[str, tuple[int, ...], np.dtype], np.ndarray]
+
+
+def in_memory(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An `Allocate` that keeps the tensors in this process's memory."""
+    return np.empty(shape, dtype=dtype)
+
+
+def unsupported_reason(parameters: dict[str, Any]) -> str | None:
+    """None when `build_columnar` makes the library's dataset for these parameters."""
+    if getattr(_timeseries, "_find_end_indices", None) is None:
+        return "pytorch-forecasting has no _find_end_indices"
+    if parameters.get("lags"):
+        return "lags are set"
+    if not isinstance(parameters["target"], str):
+        return "several targets"
+    if parameters.get("scalers"):
+        return "scalers are given"
+    if parameters.get("min_prediction_idx") is not None:
+        return "min_prediction_idx is given"
+    return None
+
+
+def series_bounds(frame: pd.DataFrame, group_ids: list[str]) -> np.ndarray:
+    """Row offsets where each series of a frame sorted by series starts, and its length."""
+    change = np.zeros(len(frame), dtype=bool)
+    change[0] = True
+    for name in group_ids:
+        codes = pd.factorize(frame[name], use_na_sentinel=False)[0]
+        change[1:] |= codes[1:] != codes[:-1]
+    return np.append(np.flatnonzero(change), len(frame))
+
+
+def _chunks(bounds: np.ndarray, rows: int) -> list[tuple[int, int]]:
+    """(first row, end row) of consecutive whole series, about `rows` rows each."""
+    edges = [0]
+    for end in bounds[1:]:
+        if end - edges[-1] >= rows:
+            edges.append(int(end))
+    if edges[-1] != bounds[-1]:
+        edges.append(int(bounds[-1]))
+    return list(itertools.pairwise(edges))
+
+
+def fit_parameters(
+    data: pd.DataFrame, skeleton: TimeSeriesDataSet, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The parameters of `TimeSeriesDataSet(data, **kwargs)`, fitted on all of `data` (sorted
+    by series and time, as the library sorts it) as its `_preprocess_data` fits them.
+    `skeleton`: the same dataset built on a few series, for the variables the library derives
+    (reals, categoricals, internal group id names)."""
+    encoders: dict[str, Any] = dict(kwargs["categorical_encoders"])
+    group_columns: dict[str, np.ndarray] = {}
+    for name, group_name in skeleton._group_ids_mapping.items():
+        encoder = deepcopy(encoders.get(group_name, NaNLabelEncoder()))
+        encoders[group_name] = encoder.fit(data[name].to_numpy().reshape(-1), overwrite=False)
+    normalizer = deepcopy(kwargs["target_normalizer"])
+    group_normalized = isinstance(normalizer, GroupNormalizer)
+    to_encode = list(skeleton.group_ids) if group_normalized else []
+    for name in dict.fromkeys(to_encode + skeleton.categoricals):
+        if name in skeleton.variable_groups:
+            values = data[skeleton.variable_groups[name]].to_numpy().reshape(-1)
+        else:
+            values = data[name]
+        if name not in encoders:
+            encoders[name] = NaNLabelEncoder().fit(values)
+        elif encoders[name] is not None and name not in skeleton.target_names:
+            encoders[name] = _fitted(encoders[name], values)
+    for name in to_encode:
+        group_columns[name] = encoders[name].transform(data[name])
+    target = data[skeleton.target]
+    groups = pd.DataFrame(group_columns, index=data.index)
+    if isinstance(normalizer, EncoderNormalizer):
+        normalizer.fit(target)
+        # the library's approximation of the scales: one group normalizer over the whole time
+        common = inspect.signature(GroupNormalizer.__init__).parameters.keys() & set(
+            inspect.signature(EncoderNormalizer.__init__).parameters
+        )
+        approximation = GroupNormalizer(
+            groups=skeleton.group_ids,
+            **{n: getattr(normalizer, n) for n in common if n not in ("data", "self")},
+        )
+        _, scales = approximation.fit_transform(target, data[skeleton.group_ids], return_norm=True)
+    elif group_normalized:
+        normalizer.fit(target, groups)
+        _, scales = normalizer.transform(target, groups, return_norm=True)
+    else:
+        normalizer.fit(target)
+        _, scales = normalizer.transform(target, return_norm=True)
+    derived: dict[str, Any] = {"relative_time_idx": 0.0, "encoder_length": 0}
+    if skeleton.add_target_scales:
+        for scale_idx, suffix in enumerate(("center", "scale")):
+            derived[f"{skeleton.target}_{suffix}"] = scales[:, scale_idx].squeeze()
+    scalers = {}
+    for name in skeleton.reals:
+        if name not in skeleton.target_names:
+            column = (
+                pd.DataFrame({name: np.broadcast_to(derived[name], len(data))})
+                if name in derived
+                else data[[name]]
+            )
+            scalers[name] = StandardScaler().fit(column)
+    parameters = skeleton.get_parameters()
+    return parameters | {
+        "categorical_encoders": encoders,
+        "scalers": scalers,
+        "target_normalizer": normalizer,
+        "min_prediction_idx": data[skeleton.time_idx].min(),
+    }
+
+
+def _fitted(transformer: Any, values: Any) -> Any:
+    """`transformer` as it is when fitted, else fitted on `values` (as the library does)."""
+    try:
+        check_is_fitted(transformer)
+    except NotFittedError:
+        return transformer.fit(values)
+    return transformer
+
+
+def window_index(
+    time: np.ndarray, groups: np.ndarray, bounds: np.ndarray, dataset: TimeSeriesDataSet
+) -> pd.DataFrame:
+    """`dataset._construct_index` for rows whose time index is `time` and whose encoded group
+    ids are `groups`, series by series between `bounds`: the same windows in the same order,
+    computed over arrays (the library's own `_find_end_indices` finds where windows end)."""
+    starts, ends = bounds[:-1], bounds[1:]
+    series = np.repeat(np.arange(len(starts)), np.diff(bounds))
+    sequence = np.unique(groups[starts], axis=0, return_inverse=True)[1].reshape(-1)[series]
+    time_last = time[ends - 1][series]
+    to_next = np.ones(len(time), dtype=np.int64)
+    to_next[:-1] = time[1:] - time[:-1]
+    to_next[ends - 1] = 1
+    min_length = dataset.min_prediction_length + dataset.min_encoder_length
+    max_length = dataset.max_prediction_length + dataset.max_encoder_length
+    max_time = np.minimum(time + max_length - 1, time_last)
+    assert dataset.allow_missing_timesteps or (to_next == 1).all(), (
+        "Time difference between steps has been identified as larger than 1 - "
+        "set allow_missing_timesteps=True"
+    )
+    index_end, missing = _timeseries._find_end_indices(
+        diffs=to_next, max_lengths=max_time - time + 1, min_length=min_length
+    )
+    start = np.arange(len(time))
+    if len(missing):  # windows ending at every step: appended, as the library appends them
+        start = np.concatenate([start, missing[:, 0]])
+        index_end = np.concatenate([index_end, missing[:, 1]])
+    window_time = time[start]
+    length = time[index_end] - window_time + 1
+    keep = (length >= min_length) & (
+        length + window_time >= dataset.min_prediction_idx + dataset.min_prediction_length
+    )
+    if dataset.predict_mode:  # the longest window reaching each series' end
+        keep &= time_last[start] - window_time + 1 <= max_length
+    start, index_end, window_time, length = (
+        a[keep] for a in (start, index_end, window_time, length)
+    )
+    window_sequence = sequence[start]
+    if dataset.predict_mode:
+        order = np.lexsort((np.arange(len(start)), -length, window_sequence))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = window_sequence[order][1:] != window_sequence[order][:-1]
+        chosen = order[first]
+        start, index_end, window_time, length = (
+            a[chosen] for a in (start, index_end, window_time, length)
+        )
+        window_sequence = window_sequence[chosen]
+    dropped = len(starts) - len(np.unique(window_sequence))
+    if dropped:
+        warnings.warn(
+            "Min encoder length and/or min_prediction_idx and/or min prediction length and/or "
+            f"lags are too large for {dropped} series/groups which therefore are not present in "
+            "the dataset index. This means no predictions can be made for those series.",
+            UserWarning,
+            stacklevel=2,
+        )
+    assert len(start) > 0, (
+        "filters should not remove entries all entries - check encoder/decoder lengths and lags"
+    )
+    columns = ["index_start", "index_end", "sequence_length", "time", "sequence_id"]
+    if dataset.predict_mode:
+        columns.append("sequence_id")  # twice, as the library has it
+    index = pd.DataFrame(
+        {
+            "index_start": start,
+            "index_end": index_end,
+            "sequence_length": length,
+            "time": window_time,
+            "sequence_id": window_sequence,
+        }
+    )
+    return index[columns].astype("int32")
+
+
+def build_columnar(
+    data: pd.DataFrame,
+    parameters: dict[str, Any],
+    predict: bool,
+    allocate: Allocate = in_memory,
+) -> TimeSeriesDataSet:
+    """`TimeSeriesDataSet.from_parameters(parameters, data, predict=predict,
+    stop_randomization=predict)`, its tensors written chunk by chunk into `allocate`'s arrays.
+    `data`: sorted by series and time; `parameters`: fitted (`fit_parameters`)."""
+    bounds = series_bounds(data, parameters["group_ids"])
+    arrays: dict[str, np.ndarray] = {}
+    schema: TimeSeriesDataSet | None = None
+    for first, end in _chunks(bounds, CHUNK_ROWS):
+        part = TimeSeriesDataSet.from_parameters(
+            parameters, data.iloc[first:end], predict=predict, stop_randomization=predict
+        )
+        for name, tensor in _flat(part.data).items():
+            if name not in arrays:
+                shape = (len(data), *tensor.shape[1:])
+                arrays[name] = allocate(name, shape, tensor.numpy().dtype)
+            arrays[name][first:end] = tensor.numpy()
+        schema = schema or part
+    assert schema is not None
+    schema.data = tensors(arrays)
+    schema.index = window_index(arrays["time"], arrays["groups"], bounds, schema)
+    return schema
+
+
+def _flat(data: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A dataset's tensors by file name (`target_<i>` for each target, no absent weight)."""
+    flat = {k: v for k, v in data.items() if k != "target" and v is not None}
+    return flat | {f"target_{i}": t for i, t in enumerate(data["target"])}
+
+
+def tensors(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """`dataset.data` over `arrays` (no copy)."""
+    data: dict[str, Any] = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    targets = sorted((k for k in data if k.startswith("target_")), key=lambda k: int(k[7:]))
+    return {
+        "reals": data["reals"],
+        "categoricals": data["categoricals"],
+        "groups": data["groups"],
+        "target": [data.pop(k) for k in targets],
+        "weight": data.get("weight"),
+        "time": data["time"],
+    }
