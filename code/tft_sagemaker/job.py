@@ -36,6 +36,7 @@ from .evaluate import Forecast, forecast, score
 from .interpret import InterpretationSum, largest_series
 from .job_data import JobData, describe_frame, load_job_data
 from .loaders import LoaderSettings, make_loader
+from .memory import check_host_memory, log_held, rss_bytes
 from .model import JobTemporalFusionTransformer, build_model, load_model
 from .predict import PredictionInput, forecast_table, prepare_prediction, write_forecasts
 from .presets import PRESET_VALUES
@@ -110,6 +111,8 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
     configure_process(plan)  # after the hosts resolve: it looks up the route to the master
 
     paths.check_writable()
+    check_host_memory(paths, plan, config.training.memory_limit_gb)  # before reading the data
+    before = rss_bytes()
     data = load_job_data(paths, config.data)
     log.info("training data: %s", describe_frame(data.train, config.data))
     data_config, data_choices = resolve_data(config.data, data.train)
@@ -117,6 +120,7 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
     training = build_training_dataset(data.train, data_config)
     validation = build_validation_dataset(training, data.validation, data_config)
     log.info("windows: %d training, %d validation", len(training), len(validation))
+    log_held(len(data.train) + len(data.validation), before)
     settings = settle(
         dataclasses.replace(config, data=data_config), len(training), plan.world_size, data_choices
     )
