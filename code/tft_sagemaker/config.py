@@ -255,6 +255,13 @@ class TrainingConfig:
     )
     keep_checkpoints: int = _opt(2, "Epoch checkpoints kept besides the best one.", min=1)
     resume: bool = _opt(True, "Resume from the newest checkpoint in checkpoint_dir, if any.")
+    memory_limit_gb: float | None = _opt(
+        None,
+        "Memory this host may use, in GB (default: the container's cgroup limit, else the "
+        "machine's memory, shared by the containers a launcher put on it): a job whose "
+        "estimate (memory.py) exceeds it is refused before reading the data.",
+        exclusive_min=0.0,
+    )
     baseline_max_series: int = _opt(
         500,
         "Validation windows the classical baselines (ETS, Theta) are fitted on, one fit per "

@@ -37,6 +37,7 @@ from .host_panel import HostPanel, Prepared, bytes_per_row
 from .interpret import InterpretationSum, largest_series
 from .job_data import JobData, describe_frame, load_job_data
 from .loaders import LoaderSettings, make_loader
+from .memory import check_host_memory
 from .model import JobTemporalFusionTransformer, build_model, load_model
 from .predict import PredictionInput, forecast_table, prepare_prediction, write_forecasts
 from .presets import PRESET_VALUES
@@ -138,6 +139,7 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
     configure_process(plan)  # after the hosts resolve: it looks up the route to the master
 
     paths.check_writable()
+    check_host_memory(paths, plan, config.training.memory_limit_gb)  # before reading the data
     data, prepared = prepare_data(config, plan, paths)
     training, validation = prepared.training, prepared.validation
     log.info("windows: %d training, %d validation", len(training), len(validation))

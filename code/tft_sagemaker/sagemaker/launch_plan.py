@@ -13,7 +13,8 @@ How the processes of a job came to be decides who forms the process group:
 `plan_launch` is pure: it reads only the mappings it is given, so tests feed it environments.
 So is the one decision beside it that depends on the machine, how many CPUs a process gets
 (`usable_cpus`: affinity, cgroup CPU quota, training containers sharing the machine); the
-readers of the machine (`process_cpus`, `read_cpu_max`, `read_resource_config`) are apart.
+readers of the machine (`process_cpus`, `read_cpu_max`, `read_resource_config`) are apart;
+likewise the memory a container has (`host_memory`, pure; `process_memory` reads it).
 How the planned processes then form a group is `cluster.py`'s.
 """
 
@@ -264,6 +265,44 @@ def read_cpu_max(cgroup: Path = Path("/sys/fs/cgroup")) -> str | None:
             continue
         return f"{quota if quota > 0 else 'max'} {period}"
     return None
+
+
+def host_memory(cgroup_limit: str | None, meminfo: str) -> tuple[int, str]:
+    """Bytes this container may use, and where the figure comes from: its cgroup memory limit
+    (v2 `memory.max` or v1 `memory.limit_in_bytes` text) where one is set below the machine's
+    memory, else MemTotal of /proc/meminfo."""
+    total = next(
+        (
+            int(line.split()[1]) * 1024
+            for line in meminfo.splitlines()
+            if line.startswith("MemTotal:")
+        ),
+        0,
+    )
+    limit = (cgroup_limit or "max").strip()
+    if limit.isdigit() and (not total or int(limit) < total):
+        return int(limit), "the container's cgroup memory limit"
+    return total, "MemTotal of /proc/meminfo"
+
+
+def read_memory_limit(cgroup: Path = Path("/sys/fs/cgroup")) -> str | None:
+    """The container's cgroup memory limit as text (v2 `memory.max`, else v1's
+    `memory.limit_in_bytes`); None when neither is there."""
+    for path in (cgroup / "memory.max", cgroup / "memory" / "memory.limit_in_bytes"):
+        try:
+            return path.read_text().strip()
+        except OSError:
+            continue
+    return None
+
+
+def process_memory() -> tuple[int, str]:
+    """`host_memory` of this container."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        meminfo = ""
+    return host_memory(read_memory_limit(), meminfo)
 
 
 def process_cpus() -> int:
