@@ -168,11 +168,14 @@ def test_resolve_data_chooses_the_normalizer_only_when_auto() -> None:
     config = build_config(BASE)
     resolved, choices = recipe.resolve_data(config.data, trend)
     assert resolved.target_normalizer == "encoder" and [c.name for c in choices] == [
+        "target_unit",  # spreads 17 and 35: 1
         "target_normalizer",
         "calendar_features",  # no dates: none
     ]
-    assert resolved.calendar_features == []
-    fixed = build_config({**BASE, "target_normalizer": "group", "calendar_features": ""}).data
+    assert resolved.calendar_features == [] and resolved.target_unit == 1.0
+    fixed = build_config(
+        {**BASE, "target_normalizer": "group", "calendar_features": "", "target_unit": "1e-9"}
+    ).data
     assert recipe.resolve_data(fixed, trend) == (fixed, [])
 
 
@@ -205,6 +208,7 @@ def test_resolve_data_chooses_the_calendar_only_when_auto(
     given: str, resolved: list[str], chosen: bool
 ) -> None:
     daily = {**BASE, "date_column": "day", "freq": "D", "target_normalizer": "group"}
+    daily["target_unit"] = "1"
     config = build_config({**daily, "calendar_features": given}).data
     data, choices = recipe.resolve_data(config, panel({"a": np.ones(30)}))
     assert data.calendar_features == resolved
@@ -253,4 +257,6 @@ def test_presets_fix_everything_the_recipe_chooses(name: str) -> None:
     config = build_config({"preset": name}, {}, PRESET_VALUES)
     resolved, choices = recipe.resolve_training(config, windows=12_345)
     assert choices == [] and resolved == config
-    assert recipe.resolve_data(config.data, pd.DataFrame())[1] == []
+    # Everything but the target's unit, which is the data's (units.py).
+    data = dataclasses.replace(config.data, target_unit=1.0)
+    assert recipe.resolve_data(data, pd.DataFrame())[1] == []

@@ -117,6 +117,13 @@ class DataConfig:
         "Transformation before scaling: softplus, log, log1p, relu, logit (default none).",
         choices=(None, "softplus", "log", "log1p", "relu", "logit"),
     )
+    target_unit: float | None = _opt(
+        None,
+        "The model sees the target divided by this, forecasts are multiplied back (the unit "
+        "the target is measured in then changes nothing). Default: the power of ten that "
+        "brings the median series' standard deviation between 10 and 100 (units.py).",
+        exclusive_min=0.0,
+    )
     add_relative_time_idx: bool = _opt(True, "Add the position relative to the forecast start.")
     add_target_scales: bool = _opt(True, "Add the series' target center/scale as static reals.")
     add_encoder_length: bool = _opt(True, "Add the encoder length as a static real.")
@@ -144,6 +151,12 @@ class DataConfig:
         if self.min_encoder_length is None:
             return self.max_encoder_length // 2
         return self.min_encoder_length
+
+    @property
+    def resolved_target_unit(self) -> float:
+        """`target_unit`, 1 while unset: the job's recipe sets it; a model saved before it
+        existed, and a dataset built outside the job, have the target in the data's unit."""
+        return 1.0 if self.target_unit is None else self.target_unit
 
     @property
     def categoricals(self) -> list[str]:

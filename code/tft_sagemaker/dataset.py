@@ -29,6 +29,7 @@ from pytorch_forecasting.data.encoders import TorchNormalizer
 from .columnar import CHUNK_ROWS, Allocate, build_columnar, fit_parameters, in_memory, series_bounds
 from .config import DataConfig
 from .errors import DataError
+from .units import in_model_unit
 
 _EXAMPLES = 3
 # Columns pytorch-forecasting adds to the data itself (the target's scales are added below).
@@ -146,7 +147,8 @@ def internal_config(config: DataConfig) -> DataConfig:
 def to_internal(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
     """The columns the dataset uses, under their internal names, with the calendar columns
     added (the others are left out: the library refuses some names even in columns it does
-    not use)."""
+    not use), and the target in the model's unit (`units.py`)."""
+    frame = in_model_unit(frame, config.target, config.resolved_target_unit)
     calendar = calendar_columns(config)
     if calendar:  # text labels: categories the encoders know by name
         dates = frame[config.date_column]

@@ -23,13 +23,15 @@ from .loaders import LoaderSettings, make_loader
 @dataclass
 class Forecast:
     """Per window: the index (groups, first predicted time), quantiles (windows, horizon, q),
-    actuals and the horizon length of each window."""
+    actuals and the horizon length of each window; values in the data's unit, which is `unit`
+    times the model's (`units.py`)."""
 
     index: pd.DataFrame
     quantiles: torch.Tensor
     baseline: torch.Tensor
     actuals: torch.Tensor
     lengths: torch.Tensor
+    unit: float = 1.0
 
 
 def _batches(
@@ -82,7 +84,10 @@ def forecast(
     batch_size: int = 1024,
     device: torch.device | str = "cpu",
     observe: BatchObserver | None = None,
+    unit: float = 1.0,
 ) -> Forecast:
+    """The model's forecasts of every window of `dataset`, in the data's unit: `unit` is the
+    target unit the dataset was built with (`DataConfig.resolved_target_unit`)."""
     device = torch.device(device)
     model = model.to(device).eval()
     baseline = Baseline()
@@ -108,25 +113,30 @@ def forecast(
 
     return Forecast(
         index=pd.concat(index, ignore_index=True),
-        quantiles=pad(quantiles),
-        baseline=pad(naive),
-        actuals=pad(actuals),
+        quantiles=pad(quantiles) * unit,
+        baseline=pad(naive) * unit,
+        actuals=pad(actuals) * unit,
         lengths=torch.cat(lengths),
+        unit=unit,
     )
 
 
-def _target(result: Forecast) -> torch.Tensor | rnn.PackedSequence:
-    """Actuals as pytorch-forecasting's metrics take them: packed when horizons differ."""
+def _target(result: Forecast, unit: float = 1.0) -> torch.Tensor | rnn.PackedSequence:
+    """Actuals (divided by `unit`) as pytorch-forecasting's metrics take them: packed when
+    horizons differ."""
+    actuals = result.actuals / unit
     if bool((result.lengths < result.actuals.shape[1]).any()):
         return rnn.pack_padded_sequence(
-            result.actuals, result.lengths, batch_first=True, enforce_sorted=False
+            actuals, result.lengths, batch_first=True, enforce_sorted=False
         )
-    return result.actuals
+    return actuals
 
 
 def score(result: Forecast, quantiles: list[float]) -> dict[str, float]:
     """MAE / SMAPE / RMSE of the median and the quantile loss, for the model and the Baseline,
-    computed by pytorch-forecasting's own metrics (so they match the logged val_* values)."""
+    computed by pytorch-forecasting's own metrics (so they match the logged val_* values), in
+    the data's unit; SMAPE, which has none, in the model's, as in training: the library adds
+    1e-8 to its denominator, which would dominate values below about 1e-6."""
     median = result.quantiles[..., quantiles.index(0.5)]
     target = _target(result)
     baseline_quantiles = result.baseline.unsqueeze(-1).expand(-1, -1, len(quantiles))
@@ -136,7 +146,9 @@ def score(result: Forecast, quantiles: list[float]) -> dict[str, float]:
         ("baseline_", result.baseline, baseline_quantiles),
     ):
         metrics[f"{prefix}val_MAE"] = float(MAE()(point, target))
-        metrics[f"{prefix}val_SMAPE"] = float(SMAPE()(point, target))
+        metrics[f"{prefix}val_SMAPE"] = float(
+            SMAPE()(point / result.unit, _target(result, result.unit))
+        )
         metrics[f"{prefix}val_RMSE"] = float(RMSE()(point, target))
         metrics[f"{prefix}val_quantile_loss"] = float(QuantileLoss(quantiles)(q, target))
     metrics["validation_windows"] = len(result.index)

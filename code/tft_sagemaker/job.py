@@ -262,6 +262,7 @@ def evaluate(job: Job, timings: dict[str, float]) -> Evaluation:
         job.speedups.vectorised["validation"],
         device=job.trainer.strategy.root_device,
         observe=interpretation,
+        unit=config.data.resolved_target_unit,
     )
     predicted.index = predicted.index.rename(columns=user_names(config.data))  # as in the data
     metrics = score(predicted, config.model.quantiles)

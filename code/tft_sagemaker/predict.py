@@ -191,7 +191,14 @@ def forecast_table(
     """The forecasts of `model` for prepared data, in the user's names and ids: what
     `predict` and the job's `forecast` channel write (`vectorised`: batches by gathers, as
     `speedups.batches_reason` decides)."""
-    result = forecast(model, data.dataset, vectorised, batch_size=batch_size, device=device)
+    result = forecast(
+        model,
+        data.dataset,
+        vectorised,
+        batch_size=batch_size,
+        device=device,
+        unit=config.resolved_target_unit,
+    )
     internal_time_idx = internal_names(config)[config.time_idx]
     out = to_frame(result, quantiles, internal_time_idx).rename(columns=user_names(config))
     keys = [*config.group_ids, config.time_idx]

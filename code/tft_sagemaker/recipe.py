@@ -5,6 +5,8 @@ data; a value given by a preset, the configuration file or a hyperparameter is k
 (presets set every one of them). Every rule is a pure function of those statistics that returns
 the value and the reason, which the job logs:
 
+- the target's unit: a power of ten that gives the model values of the same size whatever
+  unit the target is measured in (`units.py`);
 - calendar variables (month, day of week, ...) from the frequency of the dates;
 - target scaling: per window (`encoder`) when series drift away from their overall level, so
   that the model forecasts relative to the recent past; else per series (`group`);
@@ -36,6 +38,7 @@ from pandas.tseries.frequencies import to_offset
 
 from .config import DataConfig, JobConfig
 from .time_axis import normalize_freq
+from .units import SPREAD, target_spread, unit_for
 
 DRIFT_THRESHOLD = 0.5  # recent level this many series standard deviations from the overall mean
 MIN_BATCH, MAX_BATCH = 32, 256
@@ -104,6 +107,19 @@ def choose_target_normalizer(drift: float, min_encoder_length: int) -> Choice:
         "group",
         f"series keep their level (median recent shift {drift:.2f} standard deviations "
         f"<= {DRIFT_THRESHOLD}): scaled per series",
+    )
+
+
+def choose_target_unit(spread: float, transformation: str | None) -> Choice:
+    if transformation == "logit":
+        return Choice("target_unit", 1.0, "target_transformation=logit needs values in (0, 1)")
+    unit = unit_for(spread)
+    return Choice(
+        "target_unit",
+        unit,
+        f"median series standard deviation {spread:.3g}: the model sees the target in units of "
+        f"{unit:g} (between {SPREAD:g} and {10 * SPREAD:g}), forecasts and metrics are in the "
+        "data's unit",
     )
 
 
@@ -258,6 +274,11 @@ def _fill(section: Any, choice: Choice, made: list[Choice]) -> Any:
 def resolve_data(config: DataConfig, frame: pd.DataFrame) -> tuple[DataConfig, list[Choice]]:
     """The dataset's automatic choices (before the TimeSeriesDataSet is built)."""
     made: list[Choice] = []
+    if config.target_unit is None:
+        spread = target_spread(frame, config.group_ids, config.target)
+        choice = choose_target_unit(spread, config.target_transformation)
+        config = dataclasses.replace(config, target_unit=choice.value)
+        made.append(choice)
     if config.target_normalizer == "auto":
         drift = level_drift(
             frame, config.group_ids, config.time_idx, config.target, config.max_encoder_length

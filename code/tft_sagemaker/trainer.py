@@ -53,17 +53,28 @@ MONITOR = "val_loss"
 
 class MetricLines(Callback):
     """Prints `[metrics] epoch=... train_loss=... val_loss=... val_MAE=...` after each epoch,
-    and keeps those values in `history` for the report's training curve. The history is
+    and keeps those values in `history` for the report's training curve, in the data's unit
+    (the model logs them in its own: `unit` times smaller, `units.py`). The history is
     checkpointed with the callback, so a resumed job reports the epochs before it too; as the
     epoch's checkpoints are saved when validation ends, the validation values are recorded
     then, and the epoch's entry is completed when it ends."""
 
-    def __init__(self) -> None:
+    # Logged values in the target's unit (SMAPE and the learning rate have none).
+    IN_TARGET_UNIT = ("train_loss", "val_loss", "val_MAE", "val_RMSE")
+
+    def __init__(self, unit: float = 1.0) -> None:
         self.started = time.monotonic()
+        self.unit = unit
         self.history: list[dict[str, float]] = []
 
+    def _in_data_unit(self, values: dict[str, float | None]) -> dict[str, float | None]:
+        return {
+            k: v * self.unit if k in self.IN_TARGET_UNIT and v is not None else v
+            for k, v in values.items()
+        }
+
     def _record(self, values: dict[str, float | None]) -> None:
-        entry = {k: v for k, v in values.items() if v is not None}
+        entry = {k: v for k, v in self._in_data_unit(values).items() if v is not None}
         if self.history and self.history[-1]["epoch"] == entry["epoch"]:
             self.history[-1] |= entry
         else:
@@ -97,7 +108,7 @@ class MetricLines(Callback):
             "elapsed_s": time.monotonic() - self.started,
         }
         self._record(values)
-        print(format_metric_line(values), flush=True)
+        print(format_metric_line(self._in_data_unit(values)), flush=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
@@ -295,7 +306,7 @@ def build_trainer(
     training = config.training
     checkpoint_dir = paths.checkpoint_dir
     callbacks: list[Callback] = [
-        MetricLines(),
+        MetricLines(config.data.resolved_target_unit),
         LoaderPosition(),
         TrainingSummary(paths.output_data_dir, plan.current_host),
         RankReport(),
