@@ -291,6 +291,17 @@ class SpeedupConfig:
     allocator_thresholds: bool = _opt(
         True, "glibc malloc thresholds that keep freed activations for the next step."
     )
+    static_shapes: bool = _opt(
+        True,
+        "On GPUs, training steps at fixed shapes (batches padded to the dataset's lengths, "
+        "lengths as masks, no host reads): what compile_mode compiles. CPUs: the library's step.",
+    )
+    compile_mode: str = _opt(
+        "auto",
+        "How the static_shapes step runs on GPUs: eager, or torch.compile's default, "
+        "reduce-overhead (CUDA graphs) or max-autotune; auto: reduce-overhead (the logged reason).",
+        choices=("auto", "eager", "default", "reduce-overhead", "max-autotune"),
+    )
 
 
 @dataclass
