@@ -11,6 +11,7 @@ Lightning fit.
 from __future__ import annotations
 
 import copy
+import functools
 import types
 from typing import Any
 
@@ -37,11 +38,14 @@ from tft_sagemaker.speedups.static_shapes import (
     StaticShapeHooks,
     _probe_dataset,
     choose_compile_mode,
+    encoder_state,
     library_loss,
+    lstm_weights,
     masked_lstm,
     pad_batch,
     static_shapes_guard,
     static_step,
+    step_weights,
     unsupported_model,
 )
 
@@ -61,7 +65,7 @@ def stallion_batches(dataset: TimeSeriesDataSet) -> list[Any]:
     torch.manual_seed(0)
     shuffled = next(iter(dataset.to_dataloader(train=True, batch_size=64, num_workers=0)))
     rng = np.random.default_rng(0)
-    windows = rng.choice(short, 48, replace=False)
+    windows = rng.choice(short, 64, replace=False)
     return [shuffled, TimeSeriesDataSet._collate_fn([dataset[int(i)] for i in windows])]
 
 
@@ -73,7 +77,7 @@ def both_steps(model: TemporalFusionTransformer, batch: Any, lengths: tuple[int,
     out = model(x)
     loss = library_loss(model, out["prediction"], y, x["decoder_lengths"])
     grads = torch.autograd.grad(loss, list(parameters.values()))
-    static_loss, static_out = static_step(model, *pad_batch(x, y, *lengths))
+    static_loss, static_out = static_step(model, *pad_batch(x, y, *lengths), step_weights(model))
     static_grads = torch.autograd.grad(static_loss, list(parameters.values()))
     return {
         "library": (loss.detach(), out, dict(zip(parameters, grads, strict=True))),
@@ -172,7 +176,7 @@ def test_masked_lstm_is_the_packed_lstm(layers: int) -> None:
     state = tuple(torch.randn(layers, 5, 5, generator=generator, dtype=torch.float64) for _ in "hc")
     expected, (hidden, cell) = lstm(x, state, lengths=lengths, enforce_sorted=False)
     valid = create_mask(7, lengths, inverse=True)
-    output, (masked_hidden, masked_cell) = masked_lstm(lstm, x, state, valid)
+    output, (masked_hidden, masked_cell) = masked_lstm(lstm_weights(lstm), x, state, valid, False)
     assert_tight(output, expected)
     assert_tight(masked_hidden, hidden)
     assert_tight(masked_cell, cell)
@@ -181,8 +185,6 @@ def test_masked_lstm_is_the_packed_lstm(layers: int) -> None:
 def test_windows_without_encoder_steps() -> None:
     """The state handed to the decoder is the library's, whose cell takes initial hidden
     states (its handle_no_encoding), and zeros when no window has an encoder step."""
-    from tft_sagemaker.speedups.static_shapes import _encoder_state
-
     torch.manual_seed(0)
     lstm = LSTM(3, 4, num_layers=1, batch_first=True).double()
     x = torch.randn(4, 5, 3, dtype=torch.float64)
@@ -190,7 +192,8 @@ def test_windows_without_encoder_steps() -> None:
     for lengths in (torch.tensor([5, 0, 3, 0]), torch.tensor([0, 0, 0, 0])):
         expected = lstm(x, state, lengths=lengths, enforce_sorted=False)[1]
         valid = create_mask(5, lengths, inverse=True)
-        actual = _encoder_state(lstm, masked_lstm(lstm, x, state, valid)[1], state, lengths)
+        final = masked_lstm(lstm_weights(lstm), x, state, valid, False)[1]
+        actual = encoder_state(final, state, lengths)
         for a, e in zip(actual, expected, strict=True):
             assert_tight(a, e)
 
@@ -258,7 +261,7 @@ def fitted(static: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[StaticModel, 
     eager when `static`): the model and how many steps went through static_step."""
     calls = []
 
-    def counted(*args: Any) -> Any:
+    def counted(*args: Any) -> Any:  # the eager step: what the hooks call
         calls.append(1)
         return static_step(*args)
 
@@ -293,3 +296,32 @@ def test_lightning_training_is_the_libraries(monkeypatch: pytest.MonkeyPatch) ->
         library.named_parameters(), static.named_parameters(), strict=True
     ):
         torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-8, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.slow
+def test_one_graph_without_host_reads(
+    stallion: TimeSeriesDataSet,  # noqa: F811
+    batches: list[Any],
+) -> None:
+    """The static step (fused variable selection in place, as the job runs it) traces as one
+    graph, forward and backward (aot_eager: torch.compile's tracing without a compiler, so
+    this runs on CPUs): a host read (`.item()`, `int(lengths.max())`) or a data-dependent shape
+    (packing) would break it. Batches of other lengths replay it without recompiling. The
+    library's own step does not trace as one graph."""
+    model = fused_copy(stallion_model(stallion)).train()
+    lengths = (stallion.max_encoder_length, stallion.max_prediction_length)
+    padded = [pad_batch(*batch, *lengths) for batch in batches]
+    step = functools.partial(static_step, model)
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager", dynamic=False)
+    first_loss, _ = compiled(*padded[0], step_weights(model))
+    first_loss.backward()
+    with torch.compiler.set_stance("fail_on_recompile"):
+        loss, _ = compiled(*padded[1], step_weights(model))
+        loss.backward()
+    torch.testing.assert_close(loss, step(*padded[1], step_weights(model))[0], rtol=1e-6, atol=0)
+
+    library = torch.compile(model, fullgraph=True, backend="eager")
+    with pytest.raises(torch._dynamo.exc.Unsupported):
+        library(batches[1][0])
+    torch._dynamo.reset()

@@ -58,12 +58,15 @@ __all__ = [
     "COMPILE_MODES",
     "StaticShapeHooks",
     "choose_compile_mode",
+    "encoder_state",
     "library_loss",
+    "lstm_weights",
     "masked_lstm",
     "pad_batch",
     "static_network",
     "static_shapes_guard",
     "static_step",
+    "step_weights",
     "unsupported_model",
 ]
 
@@ -109,20 +112,41 @@ def pad_batch(
     return x, (_pad_time(target, decoder), None if weight is None else _pad_time(weight, decoder))
 
 
+# An LSTM's (weight_ih, weight_hh, bias_ih, bias_hh) per layer, and its dropout between layers:
+# what `masked_lstm` runs. torch.compile does not trace through an nn.LSTM module (Dynamo
+# refuses to wrap one), so the step takes them as arguments, read by `lstm_weights` outside.
+LSTMWeights = tuple[tuple[tuple[torch.Tensor, ...], ...], float]
+
+
+def lstm_weights(lstm: nn.LSTM) -> LSTMWeights:
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    layers = tuple(
+        tuple(getattr(lstm, f"{name}_l{layer}") for name in names)
+        for layer in range(lstm.num_layers)
+    )
+    return layers, float(lstm.dropout)
+
+
+def step_weights(model: TemporalFusionTransformer) -> tuple[LSTMWeights, LSTMWeights]:
+    """The encoder's and the decoder's LSTM weights, as `static_step` takes them."""
+    return lstm_weights(model.lstm_encoder), lstm_weights(model.lstm_decoder)
+
+
 def masked_lstm(
-    lstm: nn.LSTM, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], valid: torch.Tensor
+    weights: LSTMWeights,
+    x: torch.Tensor,
+    state: tuple[torch.Tensor, torch.Tensor],
+    valid: torch.Tensor,
+    training: bool,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """`lstm` (batch first) over `x` (batch, time, features) from `state`, where `valid`
-    (batch, time) marks each window's steps (a prefix): the outputs, 0 at invalid steps, and each
-    window's (hidden, cell) at its last valid step (the initial state without one)."""
+    """A batch-first LSTM (`weights`) over `x` (batch, time, features) from `state`, where
+    `valid` (batch, time) marks each window's steps (a prefix): the outputs, 0 at invalid steps,
+    and each window's (hidden, cell) at its last valid step (the initial state without one)."""
+    layers, dropout = weights
     hidden0, cell0 = state
     keep = valid.unsqueeze(-1)
     layer_input, hiddens, cells = x, [], []
-    for layer in range(lstm.num_layers):
-        w_ih, w_hh, b_ih, b_hh = (
-            getattr(lstm, f"{name}_l{layer}")
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-        )
+    for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(layers):
         projected = F.linear(layer_input, w_ih, b_ih)  # every step's input at once
         hidden, cell = hidden0[layer], cell0[layer]
         outputs = []
@@ -135,23 +159,26 @@ def masked_lstm(
             hidden = torch.where(keep[:, step], new_hidden, hidden)
             outputs.append(new_hidden)
         layer_input = torch.stack(outputs, dim=1) * keep
-        if layer < lstm.num_layers - 1:
-            layer_input = F.dropout(layer_input, lstm.dropout, lstm.training)
+        if layer < len(layers) - 1:
+            layer_input = F.dropout(layer_input, dropout, training)
         hiddens.append(hidden)
         cells.append(cell)
     return layer_input, (torch.stack(hiddens), torch.stack(cells))
 
 
-def _encoder_state(
-    lstm: nn.LSTM,
+def encoder_state(
     state: tuple[torch.Tensor, torch.Tensor],
     initial: tuple[torch.Tensor, torch.Tensor],
     lengths: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The state the library's LSTM hands on when some windows have no encoder step: its own
-    `handle_no_encoding` (a no-op when every window has one), and zeros for a batch without any
-    encoder step (its `max_length == 0` branch)."""
-    hidden, cell = lstm.handle_no_encoding(state, (lengths == 0)[None, :, None], initial)
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The state pytorch-forecasting's LSTM hands on when windows have no encoder step: what its
+    `LSTM.handle_no_encoding` computes (the initial hidden states scattered into hidden and cell
+    alike; written out, as Dynamo cannot trace the module's method), and zeros for a batch
+    without any encoder step (its `max_length == 0` branch). tests/test_static_shapes.py
+    compares it with the library's LSTM."""
+    no_encoding = (lengths == 0)[None, :, None]
+    hidden = state[0].masked_scatter(no_encoding, initial[0])
+    cell = state[1].masked_scatter(no_encoding, initial[0])
     empty = (lengths == 0).all()
     return torch.where(empty, 0.0, hidden), torch.where(empty, 0.0, cell)
 
@@ -173,9 +200,14 @@ def _attention_mask(
     return torch.cat((encoder_mask, decoder_mask), dim=2)
 
 
-def static_network(model: TemporalFusionTransformer, x: dict[str, Any]) -> dict[str, Any]:
+def static_network(
+    model: TemporalFusionTransformer,
+    x: dict[str, Any],
+    lstms: tuple[LSTMWeights, LSTMWeights],
+) -> dict[str, Any]:
     """`TemporalFusionTransformer.forward`'s results (before `to_network_output`), its mathematics
-    step by step, with the encoder and decoder widths those of the (padded) tensors."""
+    step by step, with the encoder and decoder widths those of the (padded) tensors; `lstms`:
+    `step_weights(model)`."""
     encoder_lengths, decoder_lengths = x["encoder_lengths"], x["decoder_lengths"]
     encoder, decoder = x["encoder_cont"].size(1), x["decoder_cont"].size(1)
     timesteps = encoder + decoder
@@ -213,13 +245,17 @@ def static_network(model: TemporalFusionTransformer, x: dict[str, Any]) -> dict[
         model.static_context_initial_hidden_lstm(static_embedding).expand(layers, -1, -1),
         model.static_context_initial_cell_lstm(static_embedding).expand(layers, -1, -1),
     )
+    encoder_weights, decoder_weights = lstms
     encoder_valid = create_mask(encoder, encoder_lengths, inverse=True)
     encoder_output, state = masked_lstm(
-        model.lstm_encoder, embeddings_encoder, initial, encoder_valid
+        encoder_weights, embeddings_encoder, initial, encoder_valid, model.training
     )
-    state = _encoder_state(model.lstm_encoder, state, initial, encoder_lengths)
-    decoder_output, _ = nn.LSTM.forward(model.lstm_decoder, embeddings_decoder, state)
-    decoder_output = decoder_output * create_mask(decoder, decoder_lengths, inverse=True)[..., None]
+    state = encoder_state(state, initial, encoder_lengths)
+    # The decoder's final state is not used: its outputs at valid steps are all that matter.
+    decoder_valid = create_mask(decoder, decoder_lengths, inverse=True)
+    decoder_output, _ = masked_lstm(
+        decoder_weights, embeddings_decoder, state, decoder_valid, model.training
+    )
 
     lstm_output_encoder = model.post_lstm_add_norm_encoder(
         model.post_lstm_gate_encoder(encoder_output), embeddings_encoder
@@ -292,10 +328,14 @@ def library_loss(
 
 
 def static_step(
-    model: TemporalFusionTransformer, x: dict[str, Any], y: tuple[Any, Any]
+    model: TemporalFusionTransformer,
+    x: dict[str, Any],
+    y: tuple[Any, Any],
+    lstms: tuple[LSTMWeights, LSTMWeights],
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The training loss and the network's results of a batch padded by `pad_batch`."""
-    out = static_network(model, x)
+    """The training loss and the network's results of a batch padded by `pad_batch`; `lstms`:
+    `step_weights(model)` (read outside a compiled step)."""
+    out = static_network(model, x, lstms)
     return static_loss(model.loss, out["prediction"], y, x["decoder_lengths"]), out
 
 
@@ -364,7 +404,7 @@ class StaticShapeHooks:
             return super().step(x, y, batch_idx, **kwargs)  # type: ignore[misc]
         lengths = self.dataset_parameters  # type: ignore[attr-defined]
         x, y = pad_batch(x, y, lengths["max_encoder_length"], lengths["max_prediction_length"])
-        loss, out = self._compiled_step()(x, y)
+        loss, out = self._compiled_step()(x, y, step_weights(self))
         self.log(  # type: ignore[attr-defined]
             f"{self.current_stage}_loss",  # type: ignore[attr-defined]
             detach(loss),
@@ -461,9 +501,8 @@ def _probe() -> str | None:
     library = model(x)["prediction"]
     expected = library_loss(model, library, y, x["decoder_lengths"])
     expected_grads = torch.autograd.grad(expected, parameters)
-    actual, out = static_step(
-        model, *pad_batch(x, y, dataset.max_encoder_length, dataset.max_prediction_length)
-    )
+    padded = pad_batch(x, y, dataset.max_encoder_length, dataset.max_prediction_length)
+    actual, out = static_step(model, *padded, step_weights(model))
     grads = torch.autograd.grad(actual, parameters)
     if not torch.allclose(actual, expected, rtol=1e-9, atol=0):
         return "static-shape loss differs from the library's"
