@@ -7,18 +7,18 @@ pack each batch (`pack_padded_sequence` takes its lengths on the CPU), `step` pa
 when decoder lengths differ, and the loss asserts its value is finite. A GPU then waits for
 Python at each of these points, and neither `torch.compile` nor a CUDA graph can cover them.
 
-`static_step(model, x, y)` computes the same loss and network output with every shape fixed by
-the dataset (`max_encoder_length`, `max_prediction_length`): `pad_batch` pads a batch to them
-with zeros (the library's own padding value), the encoder/decoder split is the tensors' widths,
-the encoder LSTM runs step by step and keeps each window's state at its last valid step
-(`masked_lstm`; padded outputs are 0, as `pad_packed_sequence` makes them), the decoder LSTM
-runs unpacked (its outputs at valid steps do not depend on later steps; its final state is not
-used), the attention mask and the loss's mask come from the lengths as tensors, and the loss is
-the metric's own per-element `loss` reduced as `MultiHorizonMetric` reduces it. The mean of the
+`static_step(model, x, y, step_weights(model))` computes the same loss and network output with
+every shape fixed by the dataset (`max_encoder_length`, `max_prediction_length`): `pad_batch`
+pads a batch to them with zeros (the library's own padding value), the encoder/decoder split is
+the tensors' widths, both LSTMs run step by step, each window's state kept at its last valid
+step (`masked_lstm`: padded outputs are 0, as `pad_packed_sequence` makes them; its weights come
+in as arguments, since Dynamo does not trace an nn.LSTM module), the attention mask and the
+loss's mask come from the lengths as tensors, and the loss is the metric's own per-element
+`loss` reduced as `MultiHorizonMetric` reduces it. The mean of the
 per-element losses is the library's to float rounding; predictions at valid steps likewise
 (attention gives padded keys a weight of exactly 0). Windows without encoder steps get the
-initial state as the library gives it (its `handle_no_encoding`, and zeros when the whole batch
-has none).
+initial state as the library gives it (`encoder_state`). The step traces as one graph, forward
+and backward, and replays for any lengths at a given batch size (tests/test_static_shapes.py).
 
 `StaticShapeHooks` (mixed into the job's model class) runs training steps through it once
 `engage` has switched it on (`static_shapes_on`), optionally compiled (`compile_mode`:
