@@ -229,6 +229,11 @@ class TrainingConfig:
     early_stopping_patience: int | None = _opt(
         None, "Epochs without val_loss improvement before stopping (0 disables)." + _AUTO, min=0
     )
+    warmup_steps: int | None = _opt(
+        None,
+        "Steps over which the learning rate rises linearly to its value (0: none)." + _AUTO,
+        min=0,
+    )
     early_stopping_min_delta: float = _opt(1e-4, "Smallest val_loss change that counts.", min=0.0)
     seed: int = _opt(42, "Random seed (weights, shuffling, dropout).", min=0)
     precision: str = _opt(

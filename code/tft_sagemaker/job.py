@@ -118,7 +118,11 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
     validation = build_validation_dataset(training, data.validation, data_config)
     log.info("windows: %d training, %d validation", len(training), len(validation))
     settings = settle(
-        dataclasses.replace(config, data=data_config), len(training), plan.world_size, data_choices
+        dataclasses.replace(config, data=data_config),
+        len(training),
+        plan.world_size,
+        data_choices,
+        plan.accelerator,
     )
     config = settings.config
     for choice in settings.choices:
