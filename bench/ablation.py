@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT / "code"), str(ROOT / "bench")]
 from jobs import machine  # noqa: E402
 from throughput import measure, write_results  # noqa: E402
 
-from tft_sagemaker.speedups import LEVERS  # noqa: E402
+from tft_sagemaker.speedups import CPU_LEVERS as LEVERS  # noqa: E402
 
 MODELS = {  # name → bench/throughput.py's budget
     "tutorial model, batch 128": "throughput",

@@ -486,6 +486,7 @@ def test_checked_fields_are_the_expected_ones() -> None:
             "val_batch_size",
             "gradient_clip_val",
             "early_stopping_patience",
+            "warmup_steps",
             "early_stopping_min_delta",
             "seed",
             "devices",
@@ -502,6 +503,7 @@ def test_checked_fields_are_the_expected_ones() -> None:
     assert _checked_fields("choices") == [
         "accelerator",
         "backend",
+        "compile_mode",
         "learning_rate_scaling",
         "optimizer",
         "precision",

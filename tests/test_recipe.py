@@ -4,10 +4,12 @@ values win over it, and presets fix everything it would choose."""
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from tft_sagemaker import recipe
 from tft_sagemaker.config import build_config
@@ -260,3 +262,54 @@ def test_presets_fix_everything_the_recipe_chooses(name: str) -> None:
     # Everything but the target's unit, which is the data's (units.py).
     data = dataclasses.replace(config.data, target_unit=1.0)
     assert recipe.resolve_data(data, pd.DataFrame())[1] == []
+
+
+# --------------------------------------------------------------------------------------------
+# Large batches on GPUs
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("windows", "cpu", "gpu"),
+    [(3_199, 32, 32), (25_600, 256, 256), (51_200, 256, 512), (10**7, 256, 1024)],
+)
+def test_gpu_batch_size(windows: int, cpu: int, gpu: int) -> None:
+    assert recipe.choose_batch_size(windows).value == cpu
+    choice = recipe.choose_batch_size(windows, "gpu")
+    assert choice.value == gpu and choice.reason.endswith("within 32-1024 (per GPU)")
+
+
+def test_warmup_steps() -> None:
+    assert recipe.choose_warmup_steps(256, 800, 100).value == 0
+    assert recipe.choose_warmup_steps(1024, 800, 100).value == 40  # 5% of the budget
+    assert recipe.choose_warmup_steps(1024, 800, 25).value == 25  # within the first epoch
+    assert recipe.choose_warmup_steps(512, 10, 5).value == 1
+
+
+def test_large_panel_on_a_gpu() -> None:
+    """The 35,000-series scaling panel (60 months each, as Stallion: over a million windows)
+    on one GPU: batch 1024, the learning rate sqrt-scaled to twice the tuned one, warmed up over
+    40 of 800 steps; the same panel on a CPU keeps the CPU recipe (batch 256, no warm-up)."""
+    config = build_config(BASE)
+    gpu = recipe.settle(config, 1_200_000, accelerator="gpu").config
+    assert (gpu.training.batch_size, gpu.training.max_epochs, gpu.training.warmup_steps) == (
+        1024,
+        8,
+        40,
+    )
+    assert gpu.model.learning_rate == pytest.approx(2 * recipe.REFERENCE_LEARNING_RATE)
+    cpu = recipe.settle(config, 1_200_000).config
+    assert (cpu.training.batch_size, cpu.training.warmup_steps) == (256, 0)
+    assert cpu.model.learning_rate == recipe.REFERENCE_LEARNING_RATE
+
+
+def test_warmup_callback() -> None:
+    from tft_sagemaker.trainer import LearningRateWarmup
+
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    trainer = types.SimpleNamespace(global_step=0, optimizers=[optimizer])
+    warmup = LearningRateWarmup(0.02, 4)
+    rates = []
+    for step in range(6):
+        trainer.global_step = step
+        warmup.on_train_batch_start(trainer, None, None, step)  # type: ignore[arg-type]
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates == pytest.approx([0.005, 0.01, 0.015, 0.02, 0.02, 0.02])

@@ -36,7 +36,16 @@ from tft_sagemaker.preparation import prepare_training_frame
 from tft_sagemaker.presets import PRESET_VALUES
 from tft_sagemaker.recipe import settle
 from tft_sagemaker.sagemaker.paths import JobPaths
-from tft_sagemaker.speedups import GUARDS, LEVERS, Outcome, Report, allocator, engage, guards
+from tft_sagemaker.speedups import (
+    CPU_LEVERS,
+    GUARDS,
+    LEVERS,
+    Outcome,
+    Report,
+    allocator,
+    engage,
+    guards,
+)
 from tft_sagemaker.speedups.batches import WindowBatcher
 from tft_sagemaker.speedups.dropout import FastDropout
 from tft_sagemaker.speedups.embedding_bags import CountMatmulEmbeddingBag
@@ -126,7 +135,8 @@ def built(tmp_path_factory: pytest.TempPathFactory, small_panel: pd.DataFrame) -
 
 
 def test_every_lever_engages(built: Built) -> None:
-    assert list(built.engaged) == list(LEVERS), built.line
+    assert list(built.engaged) == list(CPU_LEVERS), built.line
+    assert levers_in(built.line, "off") == {"static_shapes": "cpu: the library's step"}
 
 
 def test_fast_batches(built: Built) -> None:
@@ -244,7 +254,8 @@ def test_changed_libraries_fall_back(
     line = lines["levers on"]
     assert levers_in(line, "engaged") == {}, line
     fell_back = levers_in(line, "fell back")
-    assert list(fell_back) == list(LEVERS), line
+    assert list(fell_back) == list(CPU_LEVERS), line
+    assert levers_in(line, "off") == {"static_shapes": "cpu: the library's step"}
     assert fell_back["fast_batches"].startswith("batches differ from the library's")
     assert fell_back["fused_variable_selection"] == (
         "fused outputs differ from the library's VariableSelectionNetwork"

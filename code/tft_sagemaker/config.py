@@ -242,6 +242,11 @@ class TrainingConfig:
     early_stopping_patience: int | None = _opt(
         None, "Epochs without val_loss improvement before stopping (0 disables)." + _AUTO, min=0
     )
+    warmup_steps: int | None = _opt(
+        None,
+        "Steps over which the learning rate rises linearly to its value (0: none)." + _AUTO,
+        min=0,
+    )
     early_stopping_min_delta: float = _opt(1e-4, "Smallest val_loss change that counts.", min=0.0)
     seed: int = _opt(42, "Random seed (weights, shuffling, dropout).", min=0)
     precision: str = _opt(
@@ -310,6 +315,17 @@ class SpeedupConfig:
     )
     allocator_thresholds: bool = _opt(
         True, "glibc malloc thresholds that keep freed activations for the next step."
+    )
+    static_shapes: bool = _opt(
+        True,
+        "On GPUs, training steps at fixed shapes (batches padded to the dataset's lengths, "
+        "lengths as masks, no host reads): what compile_mode compiles. CPUs: the library's step.",
+    )
+    compile_mode: str = _opt(
+        "auto",
+        "How the static_shapes step runs on GPUs: eager, or torch.compile's default, "
+        "reduce-overhead (CUDA graphs) or max-autotune; auto: reduce-overhead (the logged reason).",
+        choices=("auto", "eager", "default", "reduce-overhead", "max-autotune"),
     )
 
 

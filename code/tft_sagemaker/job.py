@@ -149,6 +149,7 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
         len(training),
         plan.world_size,
         prepared.choices,
+        plan.accelerator,
     )
     config = settings.config
     for choice in settings.choices:

@@ -16,6 +16,7 @@ from .config import SpeedupConfig
 from .recipe import Settings
 from .speedups import engage
 from .speedups.gradients import FlatGradientHooks
+from .speedups.static_shapes import StaticShapeHooks
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,12 @@ class SyncedTemporalFusionTransformer(TemporalFusionTransformer):
         super().log(name, value, *args, **kwargs)
 
 
-class JobTemporalFusionTransformer(FlatGradientHooks, SyncedTemporalFusionTransformer):
+class JobTemporalFusionTransformer(
+    StaticShapeHooks, FlatGradientHooks, SyncedTemporalFusionTransformer
+):
     """The TFT this job trains and loads: synchronised metrics, the speed-up layer's gradient
-    hooks (Lightning's own zeroing and clipping until `speedups.engage` switches them on), and
+    hooks (Lightning's own zeroing and clipping until `speedups.engage` switches them on) and
+    static-shape training step (GPUs; the library's step until switched on), and
     the learning rate logged as `learning_rate`. Its checkpoints are plain pytorch-forecasting
     ones: they load into `TemporalFusionTransformer`, and any checkpoint of the library's TFT
     (or of this class under its earlier names) loads into this one."""

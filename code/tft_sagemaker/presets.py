@@ -125,6 +125,7 @@ STALLION = Preset(
         "max_epochs": 30,
         "limit_train_batches": 1.0,
         "early_stopping_patience": 6,
+        "warmup_steps": 0,
     },
 )
 
@@ -161,6 +162,7 @@ SYNTHETIC = Preset(
         "max_epochs": 10,
         "limit_train_batches": 60,
         "early_stopping_patience": 5,
+        "warmup_steps": 0,
     },
 )
 

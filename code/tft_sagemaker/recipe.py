@@ -18,6 +18,8 @@ the value and the reason, which the job logs:
 - a learning rate scaled from the one tuned on Stallion (0.007 at batch 256, the square-root
   rule for Adam), halved on plateaus, with a moving average of the weights over about an epoch,
   which makes the validated weights far less noisy from one epoch to the next;
+- on GPUs, batches up to MAX_GPU_BATCH per GPU; batches above the tuned one warm the (scaled)
+  learning rate up over the first steps;
 - the validation batch, and the learning rate for data-parallel processes.
 
 `resolve_data` settles the dataset's choices (before the datasets are built), `settle` the rest
@@ -42,6 +44,10 @@ from .units import SPREAD, target_spread, unit_for
 
 DRIFT_THRESHOLD = 0.5  # recent level this many series standard deviations from the overall mean
 MIN_BATCH, MAX_BATCH = 32, 256
+# On GPUs a step of 256 windows takes a few ms, mostly kernel launches: larger panels get larger
+# batches per GPU, the learning rate scaled with them and warmed up (choose_warmup_steps).
+MAX_GPU_BATCH = 1024
+WARMUP_SHARE = 0.05  # of the step budget (Goyal et al.: about 5 of 90 epochs), within an epoch
 BATCHES_PER_PASS = 100  # a batch about this many times smaller than the training windows
 MAX_EPOCH_STEPS = 100  # validate at least this often
 # The cap binds from about 34,000 windows on (batch 256). US employment (52k windows, seed 42)
@@ -157,13 +163,15 @@ def _power_of_two_floor(value: float) -> int:
     return 2 ** max(0, math.floor(math.log2(max(value, 1.0))))
 
 
-def choose_batch_size(windows: int) -> Choice:
-    size = min(MAX_BATCH, max(MIN_BATCH, _power_of_two_floor(windows / BATCHES_PER_PASS)))
+def choose_batch_size(windows: int, accelerator: str = "cpu") -> Choice:
+    largest = MAX_GPU_BATCH if accelerator == "gpu" else MAX_BATCH
+    size = min(largest, max(MIN_BATCH, _power_of_two_floor(windows / BATCHES_PER_PASS)))
     return Choice(
         "batch_size",
         size,
         f"{windows:,} training windows: about {BATCHES_PER_PASS} batches per pass, "
-        f"a power of two within {MIN_BATCH}-{MAX_BATCH}",
+        f"a power of two within {MIN_BATCH}-{largest}"
+        + (" (per GPU)" if accelerator == "gpu" else ""),
     )
 
 
@@ -236,6 +244,24 @@ def choose_learning_rate(batch_size: int) -> Choice:
         rate,
         f"{REFERENCE_LEARNING_RATE} at batch {REFERENCE_BATCH} (tuned on Stallion), scaled by "
         f"the square root of batch {batch_size}/{REFERENCE_BATCH}",
+    )
+
+
+def choose_warmup_steps(batch_size: int, budget: int, epoch: int) -> Choice:
+    """Batches above the one the learning rate was tuned at take a larger (square-root scaled)
+    step: reached linearly over the first WARMUP_SHARE of the `budget` steps, within the first
+    epoch (of `epoch` steps; the plateau schedule acts after epochs)."""
+    if batch_size <= REFERENCE_BATCH:
+        return Choice(
+            "warmup_steps", 0, f"batch {batch_size} <= {REFERENCE_BATCH}, the tuned batch: none"
+        )
+    steps = max(1, min(epoch, round(WARMUP_SHARE * budget)))
+    return Choice(
+        "warmup_steps",
+        steps,
+        f"batch {batch_size} > {REFERENCE_BATCH}, the tuned batch: the scaled learning rate "
+        f"reached linearly over {steps} steps ({WARMUP_SHARE:.0%} of the {budget}-step budget, "
+        "within the first epoch)",
     )
 
 
@@ -337,12 +363,16 @@ class Settings:
 
 
 def settle(
-    config: JobConfig, windows: int, world_size: int = 1, data_choices: Sequence[Choice] = ()
+    config: JobConfig,
+    windows: int,
+    world_size: int = 1,
+    data_choices: Sequence[Choice] = (),
+    accelerator: str = "cpu",
 ) -> Settings:
     """`config` (its data section resolved by `resolve_data`, which made `data_choices`) with
     every remaining automatic choice made, for `windows` training windows and `world_size`
-    data-parallel processes."""
-    config, made = resolve_training(config, windows)
+    data-parallel processes on `accelerator` (gpu or cpu)."""
+    config, made = resolve_training(config, windows, accelerator)
     made = [*data_choices, *made]
     training = _fill(config.training, choose_val_batch_size(config.training.batch_size), made)
     config = dataclasses.replace(config, training=training)
@@ -356,15 +386,20 @@ def settle(
     return Settings(config, learning_rate, tuple(made))
 
 
-def resolve_training(config: JobConfig, windows: int) -> tuple[JobConfig, list[Choice]]:
-    """The model's and the training's automatic choices, from the number of training windows."""
+def resolve_training(
+    config: JobConfig, windows: int, accelerator: str = "cpu"
+) -> tuple[JobConfig, list[Choice]]:
+    """The model's and the training's automatic choices, from the number of training windows
+    (and, for the batch size, the accelerator)."""
     made: list[Choice] = []
     model, training = config.model, config.training
-    training = _fill(training, choose_batch_size(windows), made)
+    training = _fill(training, choose_batch_size(windows, accelerator), made)
     training = _fill(training, choose_epoch_length(windows, training.batch_size), made)
     epoch = epoch_steps(windows, training.batch_size, training.limit_train_batches)
     training = _fill(training, choose_max_epochs(windows, training.batch_size, epoch), made)
     training = _fill(training, choose_early_stopping_patience(epoch), made)
+    budget = training.max_epochs * epoch
+    training = _fill(training, choose_warmup_steps(training.batch_size, budget, epoch), made)
     model = _fill(model, choose_reduce_on_plateau_patience(training.early_stopping_patience), made)
     model = _fill(model, choose_ema_decay(epoch), made)
     model = _fill(model, choose_learning_rate(training.batch_size), made)
@@ -382,6 +417,7 @@ AUTOMATIC = (
     "limit_train_batches",
     "max_epochs",
     "early_stopping_patience",
+    "warmup_steps",
     "reduce_on_plateau_patience",
     "ema_decay",
     "learning_rate",

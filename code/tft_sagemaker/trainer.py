@@ -238,6 +238,25 @@ class StopPhases(Callback):
         stops.reached("epoch end", trainer.current_epoch)
 
 
+class LearningRateWarmup(Callback):
+    """The learning rate rises linearly to `learning_rate` over the first `steps` optimizer
+    steps (step k of them at (k + 1) / steps of it); from then on the schedule is the model's.
+    Follows the global step, so a resumed job continues where it stopped."""
+
+    def __init__(self, learning_rate: float, steps: int) -> None:
+        self.learning_rate = learning_rate
+        self.steps = steps
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step < self.steps:
+            rate = self.learning_rate * (trainer.global_step + 1) / self.steps
+            for optimizer in trainer.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = rate
+
+
 class Fingerprint(Callback):
     """Stamps checkpoints with the settings they are only valid for (checked before resume)."""
 
@@ -333,6 +352,8 @@ def build_trainer(
         ),
         LearningRateMonitor(logging_interval="epoch"),
     ]
+    if training.warmup_steps:  # 0: none
+        callbacks.append(LearningRateWarmup(settings.learning_rate, training.warmup_steps))
     if config.model.ema_decay:  # 0: off
         callbacks.append(ExponentialMovingAverage(config.model.ema_decay))
     if training.early_stopping_patience > 0:

@@ -8,6 +8,7 @@ equivalents, each switched on in one place (`engage`) and reported in one log li
 | fast_dropout             | F.dropout's per-element CPU mask draws      | dropout.py            |
 | flat_gradients           | per-tensor zeroing and norm clipping        | gradients.py          |
 | allocator_thresholds     | glibc's adaptive mmap/trim thresholds       | allocator.py          |
+| static_shapes (GPUs)     | the training step's data-dependent shapes   | static_shapes.py      |
 
 Each lever has a switch (`SpeedupConfig`, the [speedups] hyperparameters) and a guard
 (guards.py: the library versions it was tested with, and a probe of the structure it replaces).
@@ -17,6 +18,7 @@ library's path in place and says why. What each buys: bench/results/ablation.md.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -30,11 +32,29 @@ from .batches import batches_guard, unsupported_reason
 from .dropout import dropout_guard, use_fast_dropout
 from .embedding_bags import embedding_bags_guard, use_count_matmul
 from .gradients import FlatGradientHooks, flat_gradients_guard
+from .static_shapes import (
+    StaticShapeHooks,
+    choose_compile_mode,
+    static_shapes_guard,
+    unsupported_model,
+)
 from .variable_selection import fuse_variable_selection, variable_selection_guard
 
-__all__ = ["GUARDS", "LEVERS", "Outcome", "Report", "batches_reason", "engage"]
+__all__ = [
+    "CPU_LEVERS",
+    "GPU_LEVERS",
+    "GUARDS",
+    "LEVERS",
+    "Outcome",
+    "Report",
+    "batches_reason",
+    "engage",
+]
 
-LEVERS = tuple(SpeedupConfig.__dataclass_fields__)
+# The switches (compile_mode is a setting of static_shapes); GPU_LEVERS act on GPUs only.
+LEVERS = tuple(f.name for f in dataclasses.fields(SpeedupConfig) if isinstance(f.default, bool))
+GPU_LEVERS = ("static_shapes",)
+CPU_LEVERS = tuple(lever for lever in LEVERS if lever not in GPU_LEVERS)
 # What each lever that reaches into a library checks first (the allocator's checks are its own).
 GUARDS: dict[str, Callable[[], str | None]] = {
     "fast_batches": batches_guard,
@@ -42,6 +62,7 @@ GUARDS: dict[str, Callable[[], str | None]] = {
     "fast_embedding_bags": embedding_bags_guard,
     "fast_dropout": dropout_guard,
     "flat_gradients": flat_gradients_guard,
+    "static_shapes": static_shapes_guard,
 }
 
 
@@ -103,9 +124,12 @@ def engage(
     reasons = {name: batches_reason(switches, d) for name, d in (datasets or {}).items()}
     report.vectorised = {name: reason is None for name, reason in reasons.items()}
 
-    def lever(name: str, apply: Callable[[], Outcome]) -> None:
+    def lever(name: str, apply: Callable[[], Outcome], idle: str | None = None) -> None:
+        """`idle`: why the lever has nothing to do here (before its guard runs)."""
         if not getattr(switches, name):
             report.outcomes[name] = Outcome("off", f"{name}=false")
+        elif idle:
+            report.outcomes[name] = Outcome("off", idle)
         elif reason := GUARDS.get(name, lambda: None)():
             report.outcomes[name] = Outcome("fell back", reason)
         else:
@@ -122,6 +146,15 @@ def engage(
             return Outcome("fell back", f"{type(model).__name__} has no FlatGradientHooks")
         model.flat_gradients_on = True
         return Outcome("engaged")
+
+    def static_shapes(device: str) -> Outcome:
+        if reason := unsupported_model(model):
+            return Outcome("fell back", reason)
+        if not isinstance(model, StaticShapeHooks):
+            return Outcome("fell back", f"{type(model).__name__} has no StaticShapeHooks")
+        choice = choose_compile_mode(switches.compile_mode, device)
+        model.static_shapes_on, model.compile_mode = True, choice.value
+        return Outcome("engaged", str(choice))
 
     def allocator() -> Outcome:
         reason = keep_freed_memory()
@@ -141,4 +174,7 @@ def engage(
     if trainer is not None:
         lever("flat_gradients", gradients)
         lever("allocator_thresholds", allocator)
+        device = trainer.strategy.root_device.type
+        on_cpu = None if device == "cuda" else f"{device}: the library's step"
+        lever("static_shapes", lambda: static_shapes(device), idle=on_cpu)
     return report
