@@ -5,13 +5,11 @@ instead of the kernel killing the job with no failure file.
 The estimate counts rows from the files' own metadata (parquet footers; CSV line counts), so it
 costs well under a second on panels that take minutes to prepare:
 
-    host bytes = processes x PROCESS_BYTES
-                 + preparations x rows this host prepares x columns x BYTES_PER_VALUE
+    host bytes = processes x PROCESS_BYTES + rows this host reads x columns x BYTES_PER_VALUE
 
-The data path prepares the panel in every training process (`preparations` = processes on the
-host). On a `ShardedByS3Key` channel a host prepares the rows of its own files; on a replicated
-channel of a multi-host job each host keeps about 1/hosts of the series (`shares.py`).
-`memory_limit_gb` replaces the host's memory (tests, or a host shared with other work).
+The host's first process prepares the panel once for all of them (host_panel.py): the data is
+counted once per host, whatever the number of processes. A host reads every file its channels
+hold. `memory_limit_gb` replaces the host's memory (tests, or a host shared with other work).
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ import pyarrow.parquet as pq
 from .channels import channel_data_files
 from .errors import DataError
 from .sagemaker.launch_plan import LaunchPlan, hosts_per_machine, process_memory
-from .sagemaker.paths import SHARDED, JobPaths
+from .sagemaker.paths import JobPaths
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +109,9 @@ def table_size(files: Iterable[Path]) -> TableSize:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    rows: int  # rows this host prepares
+    rows: int  # rows this host prepares, once for all its processes
     columns: int
     processes: int  # training processes on this host
-    preparations: int  # how many of them prepare the data themselves
 
     @property
     def bytes_per_row(self) -> int:
@@ -122,13 +119,13 @@ class MemoryEstimate:
 
     @property
     def total_bytes(self) -> int:
-        data = self.preparations * self.rows * self.bytes_per_row
+        data = self.rows * self.bytes_per_row
         return self.processes * PROCESS_BYTES + data
 
     def describe(self) -> str:
         return (
             f"about {gb(self.total_bytes)} ({self.rows:,} rows x {self.bytes_per_row:,} bytes per "
-            f"row in each of {self.preparations} process(es) preparing the data, plus "
+            f"row, prepared once on the host, plus "
             f"{gb(PROCESS_BYTES)} per process for {self.processes} process(es))"
         )
 
@@ -137,14 +134,9 @@ def gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-def estimate(
-    size: TableSize, processes: int, hosts: int, sharded: bool, preparations: int | None = None
-) -> MemoryEstimate:
-    """This host's estimate: its rows are the channel's (sharded: this host's files already) or
-    1/hosts of them (a replicated channel split by series)."""
-    rows = size.rows if sharded or hosts == 1 else -(-size.rows // hosts)
-    copies = processes if preparations is None else preparations
-    return MemoryEstimate(rows, size.columns, processes, copies)
+def estimate(size: TableSize, processes: int) -> MemoryEstimate:
+    """This host's estimate: the rows of the files it sees, prepared once, and `processes`."""
+    return MemoryEstimate(size.rows, size.columns, processes)
 
 
 def check_memory(estimated: MemoryEstimate, available: int, source: str) -> None:
@@ -155,9 +147,8 @@ def check_memory(estimated: MemoryEstimate, available: int, source: str) -> None
         log.info("memory: estimated %s", line)
         return
     raise DataError(
-        f"Not enough memory for this panel on one host: the job needs {line}. Split it over more "
-        "hosts with S3DataDistributionType=ShardedByS3Key (each host reads only its files), run "
-        "fewer processes per host (devices), or use an instance with more memory."
+        f"Not enough memory for this panel on one host: the job needs {line}. Use an instance "
+        "with more memory, or fewer processes per host (devices)."
     )
 
 
@@ -169,8 +160,7 @@ def check_host_memory(paths: JobPaths, plan: LaunchPlan, limit_gb: float | None)
         for name in ("train", "validation")
         for path in channel_data_files(paths, name, required=name == "train") or []
     ]
-    sharded = paths.distribution("train") == SHARDED
-    estimated = estimate(table_size(files), plan.devices, plan.num_nodes, sharded)
+    estimated = estimate(table_size(files), plan.devices)
     if limit_gb is not None:
         available, source = int(limit_gb * 1e9), f"memory_limit_gb={limit_gb:g}"
     else:
