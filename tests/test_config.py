@@ -499,7 +499,12 @@ def test_checked_fields_are_the_expected_ones() -> None:
         ]
     )
     assert _checked_fields("max") == ["dropout", "ema_decay", "learning_rate", "master_port"]
-    assert _checked_fields("exclusive_min") == ["learning_rate", "limit_train_batches"]
+    assert _checked_fields("exclusive_min") == [
+        "learning_rate",
+        "limit_train_batches",
+        "memory_limit_gb",
+        "target_unit",
+    ]
     assert _checked_fields("choices") == [
         "accelerator",
         "backend",
