@@ -75,6 +75,13 @@ def test_channel_without_data_files(sm_job: SageMakerDir) -> None:
     assert ".parquet, .pq, .csv, .csv.gz" in line and str(channel) in line
 
 
+def test_dangling_symlink_in_a_channel(sm_job: SageMakerDir, tiny_panel: pd.DataFrame) -> None:
+    sm_job.write_data(tiny_panel)
+    link = sm_job.channel("train") / "more.parquet"
+    link.symlink_to(sm_job.base / "gone.parquet")
+    assert_rejected(sm_job.run(HP), f"{link} is a symbolic link to", "which does not exist")
+
+
 def test_channel_with_only_a_config_file(sm_job: SageMakerDir) -> None:
     (sm_job.channel("train") / "tft_config.json").write_text(json.dumps({"preset": "synthetic"}))
     assert_rejected(sm_job.run(TINY), "Channel 'train' has no data files")

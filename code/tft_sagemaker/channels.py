@@ -31,7 +31,14 @@ def channel_files(directory: Path) -> list[Path]:
     files = []
     for path in sorted(directory.rglob("*")):
         relative = path.relative_to(directory)
-        if any(part.startswith((".", "_")) for part in relative.parts) or not path.is_file():
+        if any(part.startswith((".", "_")) for part in relative.parts):
+            continue
+        if path.is_symlink() and not path.exists():
+            raise DataError(
+                f"{path} is a symbolic link to {path.readlink()}, which does not exist: copy the "
+                "file itself into the channel, or remove the link."
+            )
+        if not path.is_file():
             continue
         if path.name.lower().endswith(DATA_SUFFIXES) and path.name not in CONFIG_FILE_NAMES:
             files.append(path)
