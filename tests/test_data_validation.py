@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import SYNTHETIC_SHORT, TINY, JobRun, SageMakerDir, record_error
 
@@ -73,6 +75,13 @@ def test_channel_without_data_files(sm_job: SageMakerDir) -> None:
     assert ".parquet, .pq, .csv, .csv.gz" in line and str(channel) in line
 
 
+def test_dangling_symlink_in_a_channel(sm_job: SageMakerDir, tiny_panel: pd.DataFrame) -> None:
+    sm_job.write_data(tiny_panel)
+    link = sm_job.channel("train") / "more.parquet"
+    link.symlink_to(sm_job.base / "gone.parquet")
+    assert_rejected(sm_job.run(HP), f"{link} is a symbolic link to", "which does not exist")
+
+
 def test_channel_with_only_a_config_file(sm_job: SageMakerDir) -> None:
     (sm_job.channel("train") / "tft_config.json").write_text(json.dumps({"preset": "synthetic"}))
     assert_rejected(sm_job.run(TINY), "Channel 'train' has no data files")
@@ -111,6 +120,26 @@ def test_files_with_different_columns(sm_job: SageMakerDir, tiny_panel: pd.DataF
         f"Data file {path} does not match a.parquet in channel 'train'",
         "missing columns ['price']",
         "extra columns ['extra']",
+    )
+
+
+def test_csv_with_a_duplicated_column(sm_job: SageMakerDir, tiny_panel: pd.DataFrame) -> None:
+    """A CSV header naming `price` twice (pandas would read the second as `price.1`)"""
+    path = sm_job.channel("train") / "data.csv"
+    doubled = tiny_panel.assign(price2=tiny_panel["price"] * 2)
+    doubled.to_csv(path, index=False, header=[*tiny_panel.columns, "price"])
+    assert_rejected(
+        sm_job.run(HP), f"Data file {path} has duplicated column names: 'price' (2 times)"
+    )
+
+
+def test_parquet_with_a_duplicated_column(sm_job: SageMakerDir, tiny_panel: pd.DataFrame) -> None:
+    table = pa.Table.from_pandas(tiny_panel, preserve_index=False)
+    table = table.append_column("price", table.column("price"))
+    path = sm_job.channel("train") / "data.parquet"
+    pq.write_table(table, path)
+    assert_rejected(
+        sm_job.run(HP), f"Data file {path} has duplicated column names: 'price' (2 times)"
     )
 
 

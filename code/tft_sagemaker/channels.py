@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from .config import CONFIG_FILE_NAMES
 from .errors import DataError
@@ -30,7 +31,14 @@ def channel_files(directory: Path) -> list[Path]:
     files = []
     for path in sorted(directory.rglob("*")):
         relative = path.relative_to(directory)
-        if any(part.startswith((".", "_")) for part in relative.parts) or not path.is_file():
+        if any(part.startswith((".", "_")) for part in relative.parts):
+            continue
+        if path.is_symlink() and not path.exists():
+            raise DataError(
+                f"{path} is a symbolic link to {path.readlink()}, which does not exist: copy the "
+                "file itself into the channel, or remove the link."
+            )
+        if not path.is_file():
             continue
         if path.name.lower().endswith(DATA_SUFFIXES) and path.name not in CONFIG_FILE_NAMES:
             files.append(path)
@@ -49,12 +57,26 @@ def _partition_values(path: Path, root: Path) -> dict[str, str | None]:
     return values
 
 
+def _refuse_duplicated_names(names: list[str], path: Path) -> None:
+    """Two columns of one name would be read as one of them (pandas renames the second of a
+    CSV `price.1`, pyarrow cannot select either): a DataError naming them."""
+    seen: set[str] = set()
+    repeated = list(dict.fromkeys(n for n in names if n in seen or seen.add(n)))
+    if repeated:
+        shown = ", ".join(f"'{n}' ({names.count(n)} times)" for n in repeated[:EXAMPLES])
+        raise DataError(
+            f"Data file {path} has duplicated column names: {shown}; rename or drop the copies "
+            "so that each column has its own name."
+        )
+
+
 def _read_file(path: Path) -> pd.DataFrame:
     """One data file (an empty file is a frame without rows); column names as text."""
     try:
         if path.stat().st_size == 0:
             return pd.DataFrame()
         if path.name.lower().endswith((".parquet", ".pq")):
+            _refuse_duplicated_names([str(n) for n in pq.read_schema(path).names], path)
             frame = pd.read_parquet(path)
         else:
             frame = pd.read_csv(path, encoding="utf-8-sig")  # utf-8-sig: drops a BOM
@@ -66,6 +88,12 @@ def _read_file(path: Path) -> pd.DataFrame:
                 comma = pd.read_csv(path, encoding="utf-8-sig", sep=separator, decimal=",")
                 if _numeric_columns(comma) > _numeric_columns(frame):
                     frame = comma
+            header_row = pd.read_csv(
+                path, encoding="utf-8-sig", sep=separator or ",", header=None, nrows=1, dtype=str
+            ).iloc[0]
+            _refuse_duplicated_names([n for n in header_row if isinstance(n, str)], path)
+    except DataError:
+        raise
     except pd.errors.EmptyDataError:  # whitespace only, or a compressed empty file
         return pd.DataFrame()
     except Exception as err:  # pyarrow and pandas raise many types for a corrupt file
