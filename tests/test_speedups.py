@@ -136,7 +136,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, small_panel: pd.DataFrame) -
 
 def test_every_lever_engages(built: Built) -> None:
     assert list(built.engaged) == list(CPU_LEVERS), built.line
-    assert levers_in(built.line, "off") == {"static_shapes": "cpu: the library's step"}
+    assert levers_in(built.line, "off") == {"static_shapes": "static_shapes=false"}
 
 
 def test_fast_batches(built: Built) -> None:
@@ -255,7 +255,7 @@ def test_changed_libraries_fall_back(
     assert levers_in(line, "engaged") == {}, line
     fell_back = levers_in(line, "fell back")
     assert list(fell_back) == list(CPU_LEVERS), line
-    assert levers_in(line, "off") == {"static_shapes": "cpu: the library's step"}
+    assert levers_in(line, "off") == {"static_shapes": "static_shapes=false"}
     assert fell_back["fast_batches"].startswith("batches differ from the library's")
     assert fell_back["fused_variable_selection"] == (
         "fused outputs differ from the library's VariableSelectionNetwork"

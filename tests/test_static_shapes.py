@@ -243,12 +243,12 @@ def probe_model() -> StaticModel:
 def test_engage_on_gpus_only() -> None:
     model = probe_model()
     cpu = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
-    report = engage(SpeedupConfig(), model, cpu)
+    report = engage(SpeedupConfig(static_shapes=True), model, cpu)
     assert report.outcomes["static_shapes"] == Outcome("off", "cpu: the library's step")
     assert not model.static_shapes_on
     # engage reads the device from the trainer's strategy: a CUDA one, without a GPU here
     cuda = types.SimpleNamespace(strategy=types.SimpleNamespace(root_device=torch.device("cuda")))
-    report = engage(SpeedupConfig(), model, cuda)  # type: ignore[arg-type]
+    report = engage(SpeedupConfig(static_shapes=True), model, cuda)  # type: ignore[arg-type]
     outcome = report.outcomes["static_shapes"]
     assert outcome.state == "engaged" and outcome.note.startswith("compile_mode=reduce-overhead")
     assert model.static_shapes_on and model.compile_mode == "reduce-overhead"

@@ -317,9 +317,10 @@ class SpeedupConfig:
         True, "glibc malloc thresholds that keep freed activations for the next step."
     )
     static_shapes: bool = _opt(
-        True,
+        False,
         "On GPUs, training steps at fixed shapes (batches padded to the dataset's lengths, "
-        "lengths as masks, no host reads): what compile_mode compiles. CPUs: the library's step.",
+        "lengths as masks, no host reads): what compile_mode compiles. Off until measured on a "
+        "GPU (bench/gpu_check.sh); CPUs always take the library's step.",
     )
     compile_mode: str = _opt(
         "auto",
