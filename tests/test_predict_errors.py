@@ -137,6 +137,20 @@ def test_output_exists(capsys: pytest.CaptureFixture, files: dict[str, Path]) ->
     assert files["output"].read_bytes() == b"an earlier forecast"
 
 
+@pytest.mark.parametrize("name", ["forecast.xlsx", "forecast", "forecast.txt.gz"])
+def test_output_in_a_format_predict_does_not_write(
+    capsys: pytest.CaptureFixture, files: dict[str, Path], name: str
+) -> None:
+    output = files["output"].with_name(name)
+    suffix = "".join(output.suffixes) or "(no extension)"
+    assert_predict_error(
+        capsys,
+        args(files, output=str(output)),
+        f"error: --output {output}: unknown format {suffix}; name a file ending in .parquet, "
+        ".pq, .csv, .csv.gz, .csv.bz2, .csv.xz, .json, .jsonl.",
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Model and data files
 # --------------------------------------------------------------------------------------------

@@ -9,10 +9,11 @@ A series without such steps is skipped with a warning. Given complete data inste
 forecasts the last steps of each series and adds the actuals, which is how the job's
 validation metrics are reproduced.
 
-Output (parquet, or CSV for a name ending in .csv): one row per (series, forecast step) with
-the group ids as given, the time index (and date), `horizon`, `prediction` (the median), one
-column per quantile (`q0.1`, ...) and `actual`. Every bad argument, file or row is one line
-`error: ...` on stderr and exit code 2.
+Output in the format its name ends in (`OUTPUT_FORMATS`: parquet, CSV, optionally compressed,
+JSON records or JSON lines): one row per (series, forecast step) with the group ids as given,
+the time index (and date), `horizon`, `prediction` (the median), one column per quantile
+(`q0.1`, ...) and `actual`. Every bad argument, file or row is one line `error: ...` on stderr
+and exit code 2.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sys
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,29 @@ from .validation import validate_frame
 log = logging.getLogger(__name__)
 CHANNEL = "The prediction data"  # how messages name it
 _EXAMPLES = 3
+# CSV name ending → compression (stated: the partial file's name does not end in it).
+_CSV_COMPRESSION = {".csv": None, ".csv.gz": "gzip", ".csv.bz2": "bz2", ".csv.xz": "xz"}
+# The output's name ending → how the forecasts are written (dates in ISO 8601, empty as null).
+OUTPUT_FORMATS: dict[str, Callable[[pd.DataFrame, Path], object]] = {
+    ".parquet": lambda frame, path: frame.to_parquet(path, index=False),
+    ".pq": lambda frame, path: frame.to_parquet(path, index=False),
+    **{
+        suffix: lambda frame, path, compression=compression: frame.to_csv(
+            path, index=False, compression=compression
+        )
+        for suffix, compression in _CSV_COMPRESSION.items()
+    },
+    ".json": lambda frame, path: frame.to_json(path, orient="records", date_format="iso"),
+    ".jsonl": lambda frame, path: frame.to_json(
+        path, orient="records", date_format="iso", lines=True
+    ),
+}
+
+
+def output_format(path: Path) -> str | None:
+    """The `OUTPUT_FORMATS` key `path`'s name ends in (the longest: .csv.gz before .gz)."""
+    name = path.name.lower()
+    return max((s for s in OUTPUT_FORMATS if name.endswith(s)), key=len, default=None)
 
 
 def _examples(series: pd.DataFrame) -> str:
@@ -282,6 +307,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(
             f"--output {output} is a directory: name a file, e.g. {output}/fc.parquet."
         )
+    if output_format(output) is None:
+        raise UsageError(
+            f"--output {output}: unknown format {''.join(output.suffixes) or '(no extension)'}; "
+            f"name a file ending in {', '.join(OUTPUT_FORMATS)}."
+        )
     if output.exists() and not args.overwrite:
         raise UsageError(f"{output} exists; pass --overwrite to replace it.")
     folder = next(p for p in output.parents if p.exists())
@@ -321,15 +351,14 @@ def _load(path: Path) -> TrainedModel:
 
 
 def write_forecasts(forecasts: pd.DataFrame, output: Path, config: DataConfig) -> None:
-    """Forecasts to parquet (CSV for a name ending in .csv), whole or not at all: a partial
-    file never takes the output's name."""
+    """Forecasts in the format `output`'s name ends in (`OUTPUT_FORMATS`), whole or not at
+    all: a partial file never takes the output's name."""
+    suffix = output_format(output)
+    assert suffix is not None, output  # _check_args refuses other names; the job's is .parquet
     partial = output.with_name(f".{output.name}.partial")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        if output.suffix.lower() == ".csv":
-            forecasts.to_csv(partial, index=False)
-        else:
-            forecasts.to_parquet(partial, index=False)
+        OUTPUT_FORMATS[suffix](forecasts, partial)
         os.replace(partial, output)
     except OSError as err:
         partial.unlink(missing_ok=True)
@@ -343,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="python -m tft_sagemaker.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="model dir or model.tar.gz")
     parser.add_argument("--data", type=Path, required=True, help="parquet/CSV file or folder")
-    parser.add_argument("--output", type=Path, required=True, help="forecasts (.parquet, or .csv)")
+    parser.add_argument(
+        "--output", type=Path, required=True, help=f"forecasts ({', '.join(OUTPUT_FORMATS)})"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
