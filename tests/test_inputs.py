@@ -101,6 +101,56 @@ def _parse(values: pd.Series, **settings: object) -> pd.Series:
     return parse_dates(values, dates_config(**settings), "train")
 
 
+@pytest.mark.parametrize(
+    ("period", "freq", "expected"),
+    [
+        ("D", "D", ["2023-01-30", "2023-01-31", "2023-02-01"]),
+        ("W-SUN", "W-SUN", ["2023-02-05", "2023-02-12", "2023-02-19"]),
+        ("W-SUN", "W-MON", ["2023-01-30", "2023-02-06", "2023-02-13"]),
+        ("M", "MS", ["2023-01-01", "2023-02-01", "2023-03-01"]),
+        ("M", "ME", ["2023-01-31", "2023-02-28", "2023-03-31"]),
+    ],
+)
+def test_pandas_periods_in_a_parquet_file(
+    tmp_path: Path, period: str, freq: str, expected: list[str]
+) -> None:
+    """A Period column (as pandas writes it to parquet) is read as the dates on the freq grid:
+    the period's start, or its last day where that is the grid (W-SUN, ME)."""
+    days = pd.period_range("2023-01-30", periods=3, freq=period)
+    path = tmp_path / "periods.parquet"
+    pd.DataFrame({"id": "a", "day": days, "y": [1.0, 2.0, 3.0]}).to_parquet(path)
+    frame = read_files([path], "channel 'train'")
+    assert isinstance(frame["day"].dtype, pd.PeriodDtype)
+    config = DataConfig(target="y", group_ids=["id"], date_column="day", freq=freq)
+    prepared, axis = prepare_training_frame(frame, config)
+    assert [str(d.date()) for d in prepared["day"]] == expected
+    assert axis is not None and axis.origin == f"{expected[0]}T00:00:00"
+    assert list(prepared["time_idx"]) == [0, 1, 2]
+
+
+def test_decimal_target_and_reals_in_a_parquet_file(tmp_path: Path) -> None:
+    """decimal128 columns (as databases export money) are numbers: read as floats."""
+    path = tmp_path / "decimals.parquet"
+    table = pa.table(
+        {
+            "id": ["a", "a", "a"],
+            "t": pa.array([0, 1, 2], pa.decimal128(5, 0)),
+            "y": pa.array(["1.25", "2.50", "3.75"], pa.string()).cast(pa.decimal128(10, 2)),
+            "price": pa.array(["9.99", "9.49", "8.99"], pa.string()).cast(pa.decimal128(10, 2)),
+        }
+    )
+    pq.write_table(table, path)
+    frame = read_files([path], "channel 'train'")
+    assert pd.api.types.infer_dtype(frame["y"]) == "decimal"
+    config = DataConfig(
+        target="y", group_ids=["id"], time_idx="t", time_varying_known_reals=["price"]
+    )
+    prepared = prepare_frame(frame, config, "train", None)
+    assert prepared["y"].dtype == np.float64 and list(prepared["y"]) == [1.25, 2.5, 3.75]
+    assert list(prepared["price"]) == [9.99, 9.49, 8.99]
+    assert prepared["t"].dtype == np.int64 and list(prepared["t"]) == [0, 1, 2]
+
+
 def test_one_letter_keys_as_the_toolkit_passes_them() -> None:
     mapping = pytest.importorskip("sagemaker_training.mapping")
     argv = mapping.to_cmd_args({"d": 1, "preset": "synthetic"})

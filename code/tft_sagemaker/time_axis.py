@@ -1,8 +1,9 @@
 """Dates → the integer time index: frequencies, date parsing and the `TimeAxis`.
 
-`parse_dates` reads a date column whatever form it comes in (datetimes, text in one format,
-day-first or not, integers such as 20230131, 202301 or 2023, mixed UTC offsets); `TimeAxis`
-maps dates on the `freq` grid to time steps and is stored with the model for prediction.
+`parse_dates` reads a date column whatever form it comes in (datetimes, pandas periods, text
+in one format, day-first or not, integers such as 20230131, 202301 or 2023, mixed UTC
+offsets); `TimeAxis` maps dates on the `freq` grid to time steps and is stored with the model
+for prediction.
 """
 
 from __future__ import annotations
@@ -88,12 +89,15 @@ def inferred_freq(dates: pd.Series, ids: pd.DataFrame | None) -> str | None:
 
 
 def parse_dates(values: pd.Series, config: DataConfig, channel: str) -> pd.Series:
-    """`date_column` as datetimes: dates as they are; text by `date_format` / `dayfirst`
-    (else in the format of the first date); integers as YYYYMMDD, YYYYMM or years, never as
-    nanoseconds since 1970. Mixed UTC offsets are converted to UTC."""
+    """`date_column` as datetimes: dates as they are; periods by the end of theirs on the
+    `freq` grid; text by `date_format` / `dayfirst` (else in the format of the first date);
+    integers as YYYYMMDD, YYYYMM or years, never as nanoseconds since 1970. Mixed UTC offsets
+    are converted to UTC."""
     name = config.date_column
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = values
+    elif isinstance(values.dtype, pd.PeriodDtype):
+        parsed = _dates_from_periods(values, config)
     elif pd.api.types.is_bool_dtype(values):
         raise DataError(f"{source_of(channel)}: column '{name}' holds true/false, not dates.")
     elif isinstance(values.dtype, pd.CategoricalDtype):
@@ -149,6 +153,14 @@ def _dates_from_numbers(values: pd.Series, config: DataConfig, channel: str) -> 
         f"(YYYYMMDD), 202301 (YYYYMM) or 2023 (years); for an integer time index set "
         f"time_idx={config.date_column} and leave date_column and freq unset."
     )
+
+
+def _dates_from_periods(values: pd.Series, config: DataConfig) -> pd.Series:
+    """Periods (pandas' Period[D], [W-SUN], [M], ...) as the date that starts them, or the day
+    that ends them where that one is on the `freq` grid (W-SUN, ME) and the start is not."""
+    start = values.dt.to_timestamp(how="start")
+    end = values.dt.to_timestamp(how="end").dt.normalize()
+    return min((start, end), key=lambda dates: _off_grid(dates, config.freq))
 
 
 def _on_period_anchor(dates: pd.Series, config: DataConfig) -> pd.Series:
