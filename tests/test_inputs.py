@@ -159,22 +159,49 @@ def test_one_letter_keys_as_the_toolkit_passes_them() -> None:
 
 
 def test_integer_dates_say_how_they_were_read(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="tft_sagemaker.data"):
+    with caplog.at_level(logging.INFO, logger="tft_sagemaker"):
         _parse(pd.Series([20230102, 20230103]))
     assert "'day' holds integers, read as YYYYMMDD (20230102 → 2023-01-02)" in caplog.text
 
 
-def test_mixed_utc_offsets_become_utc(caplog: pytest.LogCaptureFixture) -> None:
-    values = pd.Series(["2023-03-25T00:00:00+01:00", "2023-03-26T00:00:00+02:00"])
-    with caplog.at_level(logging.INFO, logger="tft_sagemaker.data"):
-        parsed = _parse(values)
+def test_mixed_utc_offsets_become_utc_below_a_day(caplog: pytest.LogCaptureFixture) -> None:
+    values = pd.Series(["2023-03-26T01:00:00+01:00", "2023-03-26T03:00:00+02:00"])
+    with caplog.at_level(logging.INFO, logger="tft_sagemaker"):
+        parsed = _parse(values, freq="h")
     assert str(parsed.dt.tz) == "UTC"
-    assert list(parsed.astype(str)) == ["2023-03-24 23:00:00+00:00", "2023-03-25 22:00:00+00:00"]
+    assert list(parsed.astype(str)) == ["2023-03-26 00:00:00+00:00", "2023-03-26 01:00:00+00:00"]
     assert "'day' mixes UTC offsets (+01:00, +02:00): converted to UTC" in caplog.text
 
 
+@pytest.mark.parametrize("date_format", [None, "%Y-%m-%dT%H:%M:%S%z"])
+def test_local_midnights_across_a_dst_change_keep_their_dates(
+    caplog: pytest.LogCaptureFixture, date_format: str | None
+) -> None:
+    """Daily Europe/Berlin midnights written with their offsets (+01:00, then +02:00 from 26
+    March): the calendar dates, consecutive on the daily grid, not UTC's 22:00 and 23:00."""
+    days = pd.date_range("2023-03-20", "2023-04-02", freq="D", tz="Europe/Berlin")
+    text = [d.isoformat() for d in days]
+    assert {t[-6:] for t in text} == {"+01:00", "+02:00"}
+    frame = pd.DataFrame({"id": "a", "day": text, "y": np.arange(len(days), dtype=float)})
+    config = DataConfig(
+        target="y", group_ids=["id"], date_column="day", freq="D", date_format=date_format
+    )
+    with caplog.at_level(logging.INFO, logger="tft_sagemaker"):
+        prepared, axis = prepare_training_frame(frame, config)
+    assert list(prepared["day"]) == list(pd.date_range("2023-03-20", "2023-04-02", freq="D"))
+    assert axis is not None and axis.origin == "2023-03-20T00:00:00"
+    assert list(prepared["time_idx"]) == list(range(len(days)))
+    assert (
+        "'day' mixes UTC offsets (+01:00, +02:00): read as the local dates they show (freq=D is "
+        "daily or coarser)" in caplog.text
+    )
+    weekly = pd.Series([d.isoformat() for d in days[::7]])  # coarser than daily: the same
+    config = DataConfig(date_column="day", freq="W-MON", date_format=date_format)
+    assert list(parse_dates(weekly, config, "train").astype(str)) == ["2023-03-20", "2023-03-27"]
+
+
 def test_day_first_reading_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="tft_sagemaker.data"):
+    with caplog.at_level(logging.INFO, logger="tft_sagemaker"):
         _parse(pd.Series(["01/02/2023", "13/02/2023"]))
     assert (
         "'day' read with dayfirst=true (e.g. 01/02/2023 → 2023-02-01): only that reading fits "
@@ -185,7 +212,7 @@ def test_day_first_reading_is_logged(caplog: pytest.LogCaptureFixture) -> None:
 def test_ambiguous_dates_read_onto_the_freq_grid(caplog: pytest.LogCaptureFixture) -> None:
     """Monthly dates written 01/02/2023, 01/03/2023, ...: every one reads both ways."""
     values = pd.Series(pd.date_range("2022-01-01", periods=24, freq="MS").strftime("%d/%m/%Y"))
-    with caplog.at_level(logging.INFO, logger="tft_sagemaker.data"):
+    with caplog.at_level(logging.INFO, logger="tft_sagemaker"):
         parsed = parse_dates(values, DataConfig(date_column="day", freq="MS"), "train")
     assert list(parsed) == list(pd.date_range("2022-01-01", periods=24, freq="MS"))
     assert "(e.g. 01/02/2022 → 2022-02-01): the dates read so are on the freq=MS grid" in (
@@ -329,7 +356,7 @@ def test_files_without_rows_are_skipped(
     (tmp_path / "part-2.csv").write_text("")  # empty
     small_panel.iloc[:0].to_parquet(tmp_path / "part-3.parquet")
     files = sorted(tmp_path.iterdir())
-    with caplog.at_level(logging.INFO, logger="tft_sagemaker.data"):
+    with caplog.at_level(logging.INFO, logger="tft_sagemaker"):
         frame = read_files(files, "channel 'train'", tmp_path)
     assert len(frame) == len(small_panel)
     assert frame["sales"].dtype == float  # not text, as the header-only part would make it
@@ -387,7 +414,7 @@ def test_undeclared_channel_folder_is_reported(
     }
     paths = JobPaths.from_env(env)
     assert undeclared_channel_dirs(paths) == [sm_job.data_dir / "validation"]
-    with caplog.at_level(logging.INFO, logger="tft_sagemaker.data"):
+    with caplog.at_level(logging.INFO, logger="tft_sagemaker"):
         load_job_data(paths, synthetic())
     assert (
         "input/data/validation is not a channel of this job (channels: train): its files are "
