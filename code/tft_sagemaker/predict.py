@@ -39,12 +39,15 @@ from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
 
 from .artifacts import TrainedModel, load_trained_model
 from .channels import channel_files, read_files, source_of
-from .config import DataConfig
+from .config import DataConfig, unique
 from .console import setup_logging
 from .dataset import (
+    CALENDAR,
     build_prediction_dataset,
+    calendar_columns,
     internal_names,
     refuse_unscaled_series,
+    trained_labels,
     user_names,
 )
 from .errors import DataError, JobError
@@ -52,7 +55,7 @@ from .evaluate import forecast, to_frame
 from .preparation import as_labels, prepare_frame
 from .speedups import batches_reason
 from .time_axis import TimeAxis
-from .validation import validate_frame
+from .validation import refuse_duplicated_keys, validate_frame
 
 log = logging.getLogger(__name__)
 CHANNEL = "The prediction data"  # how messages name it
@@ -170,14 +173,111 @@ def _dates(time_idx: pd.Series, axis: TimeAxis) -> pd.Series:
     return pd.Series(grid[time_idx.to_numpy() - first], index=time_idx.index)
 
 
+def _with_training_labels(
+    frame: pd.DataFrame, known: dict[str, set[str]], config: DataConfig, label: str
+) -> pd.DataFrame:
+    """`frame` with its ids and categoricals as labels, those that lost the leading zeros of a
+    training label (the id '001' written to a CSV and read back as the number 1) read as that
+    label, with a warning."""
+    labelled = {}
+    for column in unique([*config.group_ids, *config.categoricals]):
+        if column not in frame.columns:
+            continue  # reported with the other missing columns
+        labels = as_labels(frame[column])
+        padded: dict[int, list[str]] = {}
+        for known_label in known.get(column, ()):
+            if known_label.isdigit():
+                padded.setdefault(int(known_label), []).append(known_label)
+        lost = {}
+        for value in labels.cat.categories:
+            if value.isdigit() and value not in known[column]:
+                matches = padded.get(int(value), [])
+                if len(matches) == 1:  # 1 for both '01' and '001' would be a guess
+                    lost[value] = matches[0]
+        if lost:
+            example = next(iter(lost.items()))
+            log.warning(
+                "%s: %d value(s) of '%s' are the training data's with their leading zeros "
+                "lost (e.g. %s for '%s', as numbers read from a CSV lose them): read as those",
+                source_of(label),
+                len(lost),
+                column,
+                *example,
+            )
+            labels = labels.map(lambda value, lost=lost: lost.get(value, value)).astype("category")
+        labelled[column] = labels
+    return frame.assign(**labelled)
+
+
+def _rows_of(frame: pd.DataFrame, mask: pd.Series, config: DataConfig) -> str:
+    """Where the `mask` rows are: their count and the first one's series and time."""
+    first = frame.loc[mask, [*config.group_ids, config.time_idx]].iloc[0]
+    return f"{int(mask.sum())} rows, e.g. at {', '.join(f'{k}={v}' for k, v in first.items())}"
+
+
+def new_categories(
+    frame: pd.DataFrame, known: dict[str, set[str]], config: DataConfig, label: str
+) -> None:
+    """Categories the model never saw in training, which it would read as missing values:
+    refused in the data's categoricals, named for series ids (new series, with their own
+    history but no embedding of their own) and calendar values (a month not trained on)."""
+    unseen = {}
+    for column in config.categoricals:
+        mask = ~frame[column].astype(str).isin(known[column])
+        if mask.any():
+            unseen[column] = mask
+    new_ids = [c for c in config.group_ids if c in unseen]
+    if new_ids:
+        series = frame.loc[np.logical_or.reduce([unseen.pop(c) for c in new_ids]), config.group_ids]
+        series = series.drop_duplicates()
+        log.warning(
+            "%s: %d series are not in the training data (e.g. %s): the model knows no '%s' of "
+            "theirs and forecasts them from their history and covariates alone",
+            source_of(label),
+            len(series),
+            _examples(series),
+            "', '".join(new_ids),
+        )
+    if config.date_column:
+        dates = frame[config.date_column]
+        for variable, column in calendar_columns(config).items():
+            values = CALENDAR[variable](dates).astype(str)
+            mask = ~values.isin(known[column])
+            if mask.any():
+                log.warning(
+                    "%s: calendar %s %s (%s) never occurs in the training data: the model reads "
+                    "it as unknown",
+                    source_of(label),
+                    variable,
+                    ", ".join(sorted(values[mask].unique())[:_EXAMPLES]),
+                    _rows_of(frame, mask, config),
+                )
+    if unseen:
+
+        def quoted(values: list[str], more: bool) -> str:
+            return ", ".join(repr(v) for v in values[:_EXAMPLES]) + ", ..." * more
+
+        listed = "; ".join(
+            f"{column} {quoted(list(frame.loc[mask, column].astype(str).unique()), False)} "
+            f"({_rows_of(frame, mask, config)}; it knows "
+            f"{quoted(sorted(known[column]), len(known[column]) > _EXAMPLES)})"
+            for column, mask in unseen.items()
+        )
+        raise DataError(
+            f"{source_of(label)}: categories the model never saw in training, which it would "
+            f"read as missing values: {listed}; give values it was trained on, or train it on "
+            "data that holds these."
+        )
+
+
 @dataclass
 class PredictionInput:
     """New data ready for the model: its windows, the actual targets it holds, and the series
-    ids as given (1, not the label '1' the model knows), which the forecasts keep."""
+    ids as given (1, not the label '1' the model knows), by label, which the forecasts keep."""
 
     dataset: TimeSeriesDataSet
     actuals: pd.DataFrame
-    given_ids: dict[str, pd.Series]
+    given_ids: dict[str, dict[str, Any]]
 
 
 def prepare_prediction(
@@ -189,8 +289,19 @@ def prepare_prediction(
 ) -> PredictionInput:
     """Windows for the rows to forecast of every series in `frame`, checked (the job prepares
     its `forecast` channel with this before training)."""
-    given = {g: frame[g].drop_duplicates() for g in config.group_ids if g in frame.columns}
-    prepared = prepare_frame(frame, config, label, time_axis)
+    known = trained_labels(dataset_parameters, config)
+    labelled = _with_training_labels(frame, known, config, label)
+    given = {
+        g: dict(
+            pd.DataFrame({"label": labelled[g].astype(str), "given": frame[g]})
+            .drop_duplicates("label")
+            .itertuples(index=False)
+        )
+        for g in config.group_ids
+        if g in frame.columns
+    }
+    prepared = prepare_frame(labelled, config, label, time_axis)
+    refuse_duplicated_keys(prepared, config, label)
     actuals = prepared[[*config.group_ids, config.time_idx, config.target]]
     prepared = validate_frame(
         _future_rows(prepared, config, label),
@@ -199,6 +310,7 @@ def prepare_prediction(
         config.resolved_min_encoder_length + config.max_prediction_length,
     )
     refuse_unscaled_series(dataset_parameters, prepared, config, label, "the training data")
+    new_categories(prepared, known, config, label)
     dataset = build_prediction_dataset(dataset_parameters, prepared, config)
     return PredictionInput(dataset, actuals, given)
 
@@ -230,8 +342,8 @@ def forecast_table(
     actuals = data.actuals.astype({g: str for g in config.group_ids})
     out = out.astype({g: str for g in config.group_ids})
     out = out.merge(actuals.rename(columns={config.target: "actual"}), on=keys, how="left")
-    for column, values in data.given_ids.items():
-        out[column] = out[column].map(dict(zip(as_labels(values).astype(str), values, strict=True)))
+    for column, given in data.given_ids.items():
+        out[column] = out[column].map(given)
     columns = [*keys, *(c for c in out.columns if c not in keys)]  # ids, time, forecasts
     if time_axis is not None and config.date_column:
         out[config.date_column] = _dates(out[config.time_idx], time_axis)
