@@ -28,6 +28,7 @@ from tft_sagemaker.dataset import (
     build_validation_dataset,
     internal_config,
     internal_names,
+    trained_labels,
     user_names,
 )
 from tft_sagemaker.evaluate import forecast
@@ -246,7 +247,9 @@ def test_daily_text_dates_with_a_time_axis() -> None:
     assert list(prepared["time_idx"]) == [0, 1, 2, 3]
 
 
-def test_calendar_variables_in_training_and_in_forecasts_of_unseen_months() -> None:
+def test_calendar_variables_in_training_and_in_forecasts_of_unseen_months(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     days = pd.date_range("2023-01-01", "2023-02-28", freq="D")
     frame = pd.concat(
         [
@@ -281,6 +284,12 @@ def test_calendar_variables_in_training_and_in_forecasts_of_unseen_months() -> N
         ignore_index=True,
     )
     future = prepare_frame(future, config, "forecast", axis)
+    with caplog.at_level(logging.WARNING, logger="tft_sagemaker"):
+        predict.new_categories(future, trained_labels(parameters, config), config, "forecast")
+    assert (
+        "Channel 'forecast': calendar month 3 (14 rows, e.g. at id=a, time_idx=59) never occurs "
+        "in the training data: the model reads it as unknown" in caplog.text
+    )
     windows = build_prediction_dataset(parameters, future.fillna({"y": 0.0}), config)
     x, _ = next(iter(windows.to_dataloader(train=False, batch_size=2)))
     month = known.index("calendar_month_")
@@ -523,6 +532,35 @@ def _clashing_panel(panel: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
         "max_prediction_length": "4",
     }
     return frame.drop(columns=["week"]), hyperparameters
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("given", ["local-dates-in-a-csv", "periods-and-decimals-in-a-parquet"])
+def test_jobs_on_local_dates_periods_and_decimals(
+    sm_job: SageMakerDir, small_panel: pd.DataFrame, capsys: pytest.CaptureFixture, given: str
+) -> None:
+    """The weekly panel with its Mondays written as Europe/Berlin midnights (+01:00 in winter,
+    +02:00 in summer) in a CSV; or as a Period[D] column beside a decimal128 target."""
+    weeks = small_panel["week"]
+    if given == "local-dates-in-a-csv":
+        local = weeks.dt.tz_localize("Europe/Berlin").map(lambda d: d.isoformat())
+        sm_job.write_data(small_panel.assign(week=local), name="data.csv")
+    else:
+        frame = small_panel.assign(week=weeks.dt.to_period("D"))
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        sales = table["sales"].cast(pa.decimal128(12, 4), safe=False)
+        table = table.set_column(table.schema.get_field_index("sales"), "sales", sales)
+        pq.write_table(table, sm_job.channel("train") / "data.parquet")
+    result = sm_job.run({"preset": "synthetic", **TINY, **{k: str(v) for k, v in SHORT.items()}})
+    assert result.code == 0, result.failure
+    out = capsys.readouterr().out
+    if given == "local-dates-in-a-csv":
+        assert (
+            "Channel 'train': 'week' mixes UTC offsets (+01:00, +02:00): read as the local dates "
+            "they show (freq=W-MON is daily or coarser)"
+        ) in out
+    axis = json.loads((sm_job.model_dir / "config.json").read_text())["time_axis"]
+    assert axis == {"freq": "W-MON", "origin": "2022-01-03T00:00:00"}
 
 
 @pytest.mark.slow
