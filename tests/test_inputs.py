@@ -23,16 +23,18 @@ from tft_sagemaker.artifacts import load_trained_model
 from tft_sagemaker.channels import read_files, undeclared_channel_dirs
 from tft_sagemaker.config import DataConfig, build_config, parse_cli
 from tft_sagemaker.dataset import (
+    build_columnar_training,
     build_prediction_dataset,
     build_training_dataset,
     build_validation_dataset,
     internal_config,
     internal_names,
+    known_categories,
     trained_labels,
     user_names,
 )
 from tft_sagemaker.evaluate import forecast
-from tft_sagemaker.job_data import load_job_data
+from tft_sagemaker.job_data import load_job_data, split_holdout
 from tft_sagemaker.model import build_model
 from tft_sagemaker.preparation import as_labels, prepare_frame, prepare_training_frame
 from tft_sagemaker.presets import PRESET_VALUES
@@ -297,6 +299,31 @@ def test_calendar_variables_in_training_and_in_forecasts_of_unseen_months(
     assert x["decoder_cat"][0, :, known.index("calendar_day_of_week")].tolist() == list(
         weekday.transform(pd.Series([str(d.dayofweek) for d in march]))
     )
+
+
+def test_encoders_learn_the_categories_of_the_held_out_horizon(small_panel: pd.DataFrame) -> None:
+    """Fitted on the rows they are built on, the encoders are the library's own; given the
+    held-out horizon's categories too (as the job gives them), they know its holiday 'xmas'
+    and its calendar month, which the training rows alone never hold."""
+    frame = small_panel.assign(holiday=small_panel["holiday"].astype(str))
+    frame.loc[frame["week"].eq(frame["week"].max()), "holiday"] = "xmas"
+    config = synthetic(calendar_features=["month", "quarter"])
+    prepared = validate_frame(prepare_training_frame(frame, config)[0], config, "train", 11)
+    train = split_holdout(prepared, config)
+    library = build_training_dataset(train, config).get_parameters()["categorical_encoders"]
+    own = build_columnar_training(train, config, categories=known_categories([train], config))
+    encoders = own.get_parameters()["categorical_encoders"]
+    for name in ("holiday", "month", "calendar_month", "calendar_quarter", "store"):
+        assert encoders[name].classes_ == library[name].classes_, name
+    assert "xmas" not in library["holiday"].classes_
+
+    categories = known_categories([train, prepared], config)
+    encoders = build_columnar_training(train, config, categories=categories).get_parameters()[
+        "categorical_encoders"
+    ]
+    assert set(encoders["holiday"].classes_) == set(library["holiday"].classes_) | {"xmas"}
+    known = trained_labels({"categorical_encoders": encoders}, config)
+    assert known["holiday"] == (set(library["holiday"].classes_) - {"nan"}) | {"xmas"}
 
 
 # --------------------------------------------------------------------------------------------

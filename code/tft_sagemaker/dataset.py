@@ -214,9 +214,9 @@ def known_categories(frames: list[pd.DataFrame], config: DataConfig) -> dict[str
     labels: dict[str, set[str]] = {}
     for frame in frames:
         columns = {names[c]: frame[c] for c in config.categoricals}
-        if calendar:
+        if calendar:  # numbers, labelled as to_internal labels them once they are distinct
             dates = frame[config.date_column]
-            columns |= {names[c]: CALENDAR[v](dates).astype(str) for v, c in calendar.items()}
+            columns |= {names[c]: CALENDAR[v](dates) for v, c in calendar.items()}
         for name, values in columns.items():
             labels.setdefault(name, set()).update(pd.unique(values.dropna()).astype(str))
     return labels

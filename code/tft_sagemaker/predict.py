@@ -241,16 +241,16 @@ def new_categories(
     if config.date_column:
         dates = frame[config.date_column]
         for variable, column in calendar_columns(config).items():
-            values = CALENDAR[variable](dates).astype(str)
-            mask = ~values.isin(known[column])
-            if mask.any():
+            values = CALENDAR[variable](dates)
+            new = [v for v in pd.unique(values) if str(v) not in known[column]]
+            if new:
                 log.warning(
                     "%s: calendar %s %s (%s) never occurs in the training data: the model reads "
                     "it as unknown",
                     source_of(label),
                     variable,
-                    ", ".join(sorted(values[mask].unique())[:_EXAMPLES]),
-                    _rows_of(frame, mask, config),
+                    ", ".join(str(v) for v in sorted(new)[:_EXAMPLES]),
+                    _rows_of(frame, values.isin(new), config),
                 )
     if unseen:
 
