@@ -14,6 +14,7 @@ partial model behind.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tarfile
@@ -34,6 +35,7 @@ from .presets import PRESET_VALUES
 from .sagemaker import stops
 from .time_axis import TimeAxis
 
+log = logging.getLogger(__name__)
 MODEL_FILE = "model.ckpt"
 DATASET_FILE = "dataset_parameters.pt"
 CONFIG_FILE = "config.json"
@@ -102,7 +104,7 @@ class TrainedModel:
     metrics: dict[str, Any]
 
 
-def _model_dir(path: Path, scratch: Path) -> Path:
+def _unpacked(path: Path, scratch: Path) -> Path:
     """A model directory, or a SageMaker model.tar.gz unpacked into `scratch`."""
     if path.is_dir():
         return path
@@ -113,11 +115,37 @@ def _model_dir(path: Path, scratch: Path) -> Path:
     raise JobError(f"{path} is neither a model directory nor a model.tar.gz.")
 
 
+def _model_files_in(directory: Path, path: Path) -> Path:
+    """The folder of `directory` that holds the model's files: itself, or the one folder up to
+    three levels below it that does (an archive of the model directory rather than of its
+    files: `tar czf model.tar.gz model/`, or `opt/ml/model/`)."""
+    required = (MODEL_FILE, DATASET_FILE, CONFIG_FILE)
+    if any((directory / f).is_file() for f in required):
+        return directory
+    found = sorted(
+        p.parent
+        for depth in range(1, 4)
+        for p in directory.glob("*/" * depth + MODEL_FILE)
+        if all((p.parent / f).is_file() for f in required)
+    )
+    if len(found) > 1:
+        folders = ", ".join(str(f.relative_to(directory)) for f in found[:3])
+        raise JobError(
+            f"{path} holds {len(found)} models, in {folders}: give the model directory, or "
+            "the model.tar.gz, of one of them."
+        )
+    if found:
+        log.info("%s: the model's files are in %s/", path, found[0].relative_to(directory))
+        return found[0]
+    return directory  # named missing by load_trained_model
+
+
 @contextmanager
 def model_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """A model directory as it is, or SageMaker's model.tar.gz unpacked while in use."""
+    """The folder of a model's files: a model directory, or SageMaker's model.tar.gz unpacked
+    while in use (in either, the files may be one folder down)."""
     with tempfile.TemporaryDirectory() as scratch:
-        yield _model_dir(Path(path), Path(scratch))
+        yield _model_files_in(_unpacked(Path(path), Path(scratch)), Path(path))
 
 
 def load_trained_model(path: str | os.PathLike[str]) -> TrainedModel:

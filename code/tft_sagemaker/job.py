@@ -30,7 +30,12 @@ from .baselines import Comparison, against_baselines, describe
 from .channels import channel_data_files, read_channel
 from .config import JobConfig, describe_hyperparameters, load_config
 from .console import setup_logging
-from .dataset import build_columnar_training, build_columnar_validation, user_names
+from .dataset import (
+    build_columnar_training,
+    build_columnar_validation,
+    known_categories,
+    user_names,
+)
 from .errors import JobError, writing
 from .evaluate import Forecast, forecast, score
 from .host_panel import HostPanel, Prepared, bytes_per_row
@@ -119,7 +124,10 @@ def prepare_data(
         if panel.complete():
             log.info("data: the panel this host prepared before, in %s", panel.directory)
             return data, panel.load()
-        training = build_columnar_training(data.train, data_config, panel.allocate("training"))
+        categories = known_categories([data.train, data.validation], data_config)
+        training = build_columnar_training(
+            data.train, data_config, panel.allocate("training"), categories
+        )
         log.info("memory: %s", bytes_per_row(training))
         validation = build_columnar_validation(
             training, data.validation, data_config, panel.allocate("validation")
