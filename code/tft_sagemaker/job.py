@@ -25,7 +25,7 @@ import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pytorch_forecasting import TimeSeriesDataSet
 
-from .artifacts import METRICS_FILE, write_model_artifacts
+from .artifacts import METRICS_FILE, planned_writes, write_model_artifacts
 from .baselines import Comparison, against_baselines, describe
 from .channels import channel_data_files, read_channel
 from .config import JobConfig, describe_hyperparameters, load_config
@@ -43,10 +43,9 @@ from .predict import PredictionInput, forecast_table, prepare_prediction, write_
 from .presets import PRESET_VALUES
 from .recipe import Settings, resolve_data, settle
 from .report import check_report_series, data_summary, plotted_series, write_job_report
-from .sagemaker import stops
+from .sagemaker import failure, stops
 from .sagemaker.checkpoints import find_resume_checkpoint, fingerprint
 from .sagemaker.cluster import cluster_failures, configure_process, wait_for_hosts
-from .sagemaker.failure import write_failure
 from .sagemaker.launch_plan import (
     LaunchPlan,
     launched_by_launcher,
@@ -166,6 +165,8 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
     )
 
     model = build_model(training, settings)
+    if plan.global_rank == 0:  # the one process that writes checkpoints, logs and the model
+        paths.check_room(planned_writes(model, training.get_parameters(), config, paths))
     stamp = fingerprint(config)
     trainer = build_trainer(settings, plan, paths, stamp)
     datasets = {"training": training, "validation": validation}
@@ -396,6 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = JobPaths.from_env()
         if not launched_by_launcher(os.environ):
             paths.failure_file.unlink(missing_ok=True)  # a stale one from an earlier local run
+        failure.reserve(paths.failure_file)
         try:
             # The train channel may hold the configuration file: without it or data, say that.
             channel_data_files(paths, "train", required=True)
@@ -408,9 +410,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (SIGTERMException, stops.Stopped) as err:
             cause = stops.cause(paths.checkpoint_dir, saved=isinstance(err, SIGTERMException))
             log.error("job stopped: %s", cause)
-            write_failure(paths.failure_file, JobError(cause))
+            failure.write_failure(paths.failure_file, JobError(cause))
             return stops.exit_code()
         except Exception as err:  # every failure must reach the failure file
             log.error("job failed: %s", err, exc_info=not isinstance(err, JobError))
-            write_failure(paths.failure_file, err)
+            failure.write_failure(paths.failure_file, err)
             return 2 if isinstance(err, JobError) else 1
+        finally:
+            failure.release(paths.failure_file)
