@@ -362,8 +362,10 @@ def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, Any]:
         if job.config.training.resume
         else None
     )
+    if resume is not None:
+        resume.check_fits(job.model.state_dict(), job.training.get_parameters())
     fit_started = time.monotonic()
-    fit(job, resume)
+    fit(job, None if resume is None else resume.path)
     if (signum := stops.received()) is not None:
         raise stops.Stopped(signum)  # after Lightning's last look: every epoch is checkpointed
     refused: JobError | None = None

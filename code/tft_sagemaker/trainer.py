@@ -38,7 +38,13 @@ from .errors import writing
 from .loaders import ShardedBatchSampler
 from .recipe import Settings
 from .sagemaker import stops
-from .sagemaker.checkpoints import STAMP, AtomicCheckpointIO, RelocatableModelCheckpoint
+from .sagemaker.checkpoints import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    STAMP,
+    AtomicCheckpointIO,
+    RelocatableModelCheckpoint,
+)
 from .sagemaker.cluster import SageMakerEnvironment
 from .sagemaker.launch_plan import LaunchPlan
 from .sagemaker.metric_lines import format_metric_line
@@ -46,8 +52,6 @@ from .sagemaker.paths import JobPaths
 
 log = logging.getLogger(__name__)
 
-BEST_CHECKPOINT = "best"
-LAST_CHECKPOINT = "last.ckpt"
 MONITOR = "val_loss"
 
 
