@@ -37,8 +37,8 @@ from .host_panel import HostPanel, Prepared, bytes_per_row
 from .interpret import InterpretationSum, largest_series
 from .job_data import JobData, describe_frame, load_job_data
 from .loaders import LoaderSettings, make_loader
-from .memory import check_host_memory
-from .model import JobTemporalFusionTransformer, build_model, load_model
+from .memory import check_host_memory, process_memory_available
+from .model import JobTemporalFusionTransformer, build_model, check_model_fits, load_model
 from .predict import PredictionInput, forecast_table, prepare_prediction, write_forecasts
 from .presets import PRESET_VALUES
 from .recipe import Settings, resolve_data, settle
@@ -164,6 +164,9 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
         )
     )
 
+    check_model_fits(
+        training, settings, *process_memory_available(plan, config.training.memory_limit_gb)
+    )
     model = build_model(training, settings)
     if plan.global_rank == 0:  # the one process that writes checkpoints, logs and the model
         paths.check_room(planned_writes(model, training.get_parameters(), config, paths))
@@ -401,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             paths.failure_file.unlink(missing_ok=True)  # a stale one from an earlier local run
         failure.reserve(paths.failure_file)
         try:
+            stops.rehearse(os.environ)
             # The train channel may hold the configuration file: without it or data, say that.
             channel_data_files(paths, "train", required=True)
             config, config_file = load_config(argv, paths.channels, PRESET_VALUES)

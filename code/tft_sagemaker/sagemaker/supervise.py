@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from ..errors import JobError
+from . import preflight
 from .failure import write_failure
 from .paths import JobPaths
 
@@ -147,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, forward)
+    paths = JobPaths.from_env(os.environ)
+    toolkit = runs_toolkit(command)
+    if toolkit and (code := preflight.refused(paths, os.environ, "supervise")) is not None:
+        return code  # what the toolkit reads first is broken: it would only print a traceback
     child = subprocess.Popen(command)
     code = exit_status(child.wait())
     if stopping:
@@ -156,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             _reap()
             time.sleep(0.1)
     _reap()
-    output_dir = JobPaths.from_env(os.environ).output_dir
-    return outcome(code, stopping, output_dir, runs_toolkit(command))
+    return outcome(code, stopping, paths.output_dir, toolkit)
 
 
 if __name__ == "__main__":
