@@ -1,8 +1,11 @@
-"""Forecasts and metrics for whole datasets, in one process.
+"""Forecasts and metrics for whole datasets.
 
-Under DDP `predict()` returns only the calling rank's share, so the final evaluation (of the
-best checkpoint and of the naive Baseline, on the same validation windows) and the `predict`
-command both go through `forecast()` here, in a single process.
+`forecast()` forecasts a dataset's windows with the model and the naive Baseline in one
+process: the final evaluation (of the best checkpoint and of the naive Baseline, on the same
+validation windows) and the `predict` command both go through it. Lightning's `predict()` is
+not used: under DDP it returns only the calling rank's share. On several hosts each host
+forecasts its own share of the windows, and `Forecast.concat` / `Forecast.order` put the shares
+together in the order one process forecasts the whole dataset in (job.evaluate).
 """
 
 from __future__ import annotations
@@ -31,7 +34,59 @@ class Forecast:
     baseline: torch.Tensor
     actuals: torch.Tensor
     lengths: torch.Tensor
+    codes: torch.Tensor  # each window's encoded series ids (the dataset's order sorts by them)
     unit: float = 1.0
+
+    def take(self, rows: np.ndarray) -> Forecast:
+        rows_tensor = torch.as_tensor(rows, dtype=torch.long)
+        return Forecast(
+            self.index.iloc[rows].reset_index(drop=True),
+            *(t[rows_tensor] for t in (self.quantiles, self.baseline, self.actuals)),
+            self.lengths[rows_tensor],
+            self.codes[rows_tensor],
+            self.unit,
+        )
+
+    @staticmethod
+    def concat(parts: list[Forecast]) -> Forecast:
+        """The parts (hosts' shares of the windows) one after the other (`order` then gives
+        the order one process forecasts them in)."""
+        horizon = max(p.quantiles.shape[1] for p in parts)
+        return Forecast(
+            pd.concat([p.index for p in parts], ignore_index=True),
+            *(_padded([getattr(p, k) for p in parts], horizon) for k in _PADDED),
+            torch.cat([p.lengths for p in parts]),
+            torch.cat([p.codes for p in parts]),
+            parts[0].unit,
+        )
+
+    @property
+    def keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """What `window_order` sorts by: first forecast steps and series codes."""
+        return self.index.iloc[:, 0].to_numpy(), self.codes.numpy()
+
+    def order(self) -> np.ndarray:
+        return window_order(*self.keys)
+
+
+def window_order(times: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Windows in the order of one process's forecast of a whole dataset: by series codes,
+    then first forecast step."""
+    # np.lexsort sorts by its last key first: the first id, ..., the last id, the time.
+    return np.lexsort([times, *(codes[:, i] for i in reversed(range(codes.shape[1])))])
+
+
+_PADDED = ("quantiles", "baseline", "actuals")
+
+
+def _padded(parts: list[torch.Tensor], horizon: int) -> torch.Tensor:
+    """The parts along the windows, each padded with zeros to `horizon` steps."""
+    return torch.cat(
+        [
+            torch.nn.functional.pad(p, (0, 0) * (p.dim() - 2) + (0, horizon - p.shape[1]))
+            for p in parts
+        ]
+    )
 
 
 def _batches(
@@ -91,7 +146,7 @@ def forecast(
     device = torch.device(device)
     model = model.to(device).eval()
     baseline = Baseline()
-    index, quantiles, naive, actuals, lengths = [], [], [], [], []
+    index, quantiles, naive, actuals, lengths, codes = [], [], [], [], [], []
     for x, target in _batches(dataset, vectorised, batch_size, device):
         out = model(x)
         if observe is not None:
@@ -100,23 +155,16 @@ def forecast(
         naive.append(baseline(x)["prediction"].float().cpu())
         actuals.append(target.float().cpu())
         lengths.append(x["decoder_lengths"].cpu())
+        codes.append(x["groups"].cpu())
         index.append(_series_index(dataset, x))
     horizon = max(q.shape[1] for q in quantiles)
-
-    def pad(parts: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat(
-            [
-                torch.nn.functional.pad(p, (0, 0) * (p.dim() - 2) + (0, horizon - p.shape[1]))
-                for p in parts
-            ]
-        )
-
     return Forecast(
         index=pd.concat(index, ignore_index=True),
-        quantiles=pad(quantiles) * unit,
-        baseline=pad(naive) * unit,
-        actuals=pad(actuals) * unit,
+        quantiles=_padded(quantiles, horizon) * unit,
+        baseline=_padded(naive, horizon) * unit,
+        actuals=_padded(actuals, horizon) * unit,
         lengths=torch.cat(lengths),
+        codes=torch.cat(codes),
         unit=unit,
     )
 
