@@ -18,6 +18,7 @@ import torch.distributed as dist
 from tft_sagemaker.config import DataConfig, build_config
 from tft_sagemaker.dataset import build_columnar_training, build_training_dataset
 from tft_sagemaker.errors import DataError, JobError
+from tft_sagemaker.loaders import HostWindows, ShardedBatchSampler
 from tft_sagemaker.preparation import prepare_training_frame
 from tft_sagemaker.presets import PRESET_VALUES
 from tft_sagemaker.recipe import resolve_data
@@ -151,3 +152,25 @@ def test_a_gather_waits_at_most_its_timeout() -> None:
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     with pytest.raises(JobError, match=r"^Node\(s\) 1 had not sent their windows after 0 s"):
         Hosts(0, 2, store=store, timeout_s=0).gather("windows", (10, 2))
+
+
+def test_hosts_windows_make_one_balanced_epoch() -> None:
+    counts = (10, 7)  # windows per host: the hosts' shares differ
+    samplers = [
+        ShardedBatchSampler(
+            counts[node], 3, rank, 2, shuffle=True, seed=1, hosts=HostWindows(counts, node)
+        )
+        for node in range(2)
+        for rank in range(2)
+    ]
+    assert {len(s) for s in samplers} == {2}  # the largest shard's batches, on every rank
+    for sampler in samplers:
+        sampler.trained = len(sampler)  # as the training loop counts them
+    trained = np.concatenate([s.trained_windows() for s in samplers])
+    np.testing.assert_array_equal(np.sort(trained), np.arange(sum(counts)))
+    assert {s.total_windows for s in samplers} == {17}
+
+
+def test_a_host_with_too_few_windows_is_refused() -> None:
+    with pytest.raises(JobError, match=r"^3 window\(s\) on this host cannot make 4 batch\(es\)"):
+        ShardedBatchSampler(3, 2, 0, 1, shuffle=False, seed=0, hosts=HostWindows((3, 8), 0))
