@@ -399,7 +399,7 @@ def evaluate(job: Job, timings: dict[str, float]) -> Evaluation | None:
     zero = job.trainer.is_global_zero
     best = Path(job.trainer.checkpoint_callback.best_model_path)
     if zero:
-        stops.reached("evaluation")  # (a rehearsed stop hits one process, as before)
+        stops.reached("evaluation")  # a rehearsed stop at evaluation hits one process
         log.info(
             "evaluating %s on %d validation windows", best.name, job.windows["validation"].total
         )
