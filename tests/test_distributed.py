@@ -254,7 +254,15 @@ def test_a_dead_node_fails_the_other_within_the_timeout(tmp_path, panel):
 
 def test_two_hosts_on_a_sharded_channel_train_on_their_files(tmp_path):
     panel = make_panel(n_stores=4, n_products=4, n_weeks=40, seed=3)  # small: the machine is shared
-    hps = {**QUICK, "master_port": str(free_port()), "max_epochs": "2"}
+    # Two processes per host: the second maps the host's panel and forecasts its share. The
+    # second processes start after the first have prepared: on a busy machine, later than 30 s.
+    hps = {
+        **QUICK,
+        "devices": "2",
+        "master_port": str(free_port()),
+        "max_epochs": "2",
+        "collective_timeout_s": "180",
+    }
     stores = sorted(panel["store"].unique())
     halves = [panel[panel["store"].isin(stores[i::2])] for i in range(2)]
     bases = [
@@ -270,7 +278,7 @@ def test_two_hosts_on_a_sharded_channel_train_on_their_files(tmp_path):
         assert f"channel 'train': {len(half)} rows from 1 file(s)" in log
         assert "the files of its shard (ShardedByS3Key)" in log
     parts = summaries(*bases)
-    assert [p["global_rank"] for p in parts] == [0, 1]
+    assert [p["global_rank"] for p in parts] == [0, 1, 2, 3]
     # The hosts' windows together are the whole panel's, each trained on once per epoch, by
     # one model.
     assert parts[0]["total_windows"] == panel_windows(panel, hps)

@@ -1,11 +1,11 @@
 """Forecasts and metrics for whole datasets.
 
-`forecast()` forecasts a dataset's windows with the model and the naive Baseline in one
-process: the final evaluation (of the best checkpoint and of the naive Baseline, on the same
-validation windows) and the `predict` command both go through it. Lightning's `predict()` is
-not used: under DDP it returns only the calling rank's share. On several hosts each host
-forecasts its own share of the windows, and `Forecast.concat` / `Forecast.order` put the shares
-together in the order one process forecasts the whole dataset in (job.evaluate).
+`forecast()` forecasts a dataset's windows (or one process's share of them) with the model and
+the naive Baseline: the final evaluation (of the best checkpoint and of the naive Baseline, on
+the same validation windows) and the `predict` command both go through it. Lightning's
+`predict()` is not used: under DDP it returns only the calling rank's share. In the final
+evaluation every process forecasts its share, and `Forecast.concat` / `Forecast.order` put the
+shares together in the order one process forecasts the whole dataset in (job.evaluate).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Forecast:
 
     @staticmethod
     def concat(parts: list[Forecast]) -> Forecast:
-        """The parts (hosts' shares of the windows) one after the other (`order` then gives
+        """The parts (processes' shares of the windows) one after the other (`order` then gives
         the order one process forecasts them in)."""
         horizon = max(p.quantiles.shape[1] for p in parts)
         return Forecast(
@@ -90,13 +90,17 @@ def _padded(parts: list[torch.Tensor], horizon: int) -> torch.Tensor:
 
 
 def _batches(
-    dataset: TimeSeriesDataSet, vectorised: bool, batch_size: int, device: torch.device
+    dataset: TimeSeriesDataSet,
+    vectorised: bool,
+    batch_size: int,
+    device: torch.device,
+    share: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
     settings = LoaderSettings(
         batch_size=batch_size,
         val_batch_size=batch_size,
-        rank=0,
-        world_size=1,
+        rank=share[0],
+        world_size=share[1],
         seed=0,
         num_workers=0,
         device=device,
@@ -120,11 +124,19 @@ def decode_series(dataset: TimeSeriesDataSet, codes: np.ndarray) -> pd.DataFrame
     return pd.DataFrame(index)
 
 
+def series_index(dataset: TimeSeriesDataSet, times: np.ndarray, codes: np.ndarray) -> pd.DataFrame:
+    """Windows' series ids and first forecast steps (`Forecast.index`) from their first forecast
+    steps and encoded group ids (`Forecast.keys`)."""
+    index = decode_series(dataset, codes)
+    index.insert(0, dataset.time_idx, times)
+    return index
+
+
 def _series_index(dataset: TimeSeriesDataSet, x: dict[str, torch.Tensor]) -> pd.DataFrame:
     """Each window's series ids and first forecast step."""
-    index = decode_series(dataset, x["groups"].cpu().numpy())
-    index.insert(0, dataset.time_idx, x["decoder_time_idx"][:, 0].cpu().numpy())
-    return index
+    return series_index(
+        dataset, x["decoder_time_idx"][:, 0].cpu().numpy(), x["groups"].cpu().numpy()
+    )
 
 
 # Sees each batch's input and the model's raw output (interpret.py sums the interpretation).
@@ -140,14 +152,16 @@ def forecast(
     device: torch.device | str = "cpu",
     observe: BatchObserver | None = None,
     unit: float = 1.0,
+    share: tuple[int, int] = (0, 1),
 ) -> Forecast:
     """The model's forecasts of every window of `dataset`, in the data's unit: `unit` is the
-    target unit the dataset was built with (`DataConfig.resolved_target_unit`)."""
+    target unit the dataset was built with (`DataConfig.resolved_target_unit`). `share` (i, n):
+    only the i-th of n contiguous parts of the windows (a process among its host's)."""
     device = torch.device(device)
     model = model.to(device).eval()
     baseline = Baseline()
     index, quantiles, naive, actuals, lengths, codes = [], [], [], [], [], []
-    for x, target in _batches(dataset, vectorised, batch_size, device):
+    for x, target in _batches(dataset, vectorised, batch_size, device, share):
         out = model(x)
         if observe is not None:
             observe(x, out)

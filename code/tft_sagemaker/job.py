@@ -44,7 +44,7 @@ from .config import DataConfig, JobConfig, describe_hyperparameters, load_config
 from .console import setup_logging
 from .dataset import build_columnar_training, build_columnar_validation, user_names
 from .errors import JobError, writing
-from .evaluate import Forecast, forecast, score, window_order
+from .evaluate import Forecast, forecast, score, series_index, window_order
 from .host_panel import HostPanel, Prepared, bytes_per_row
 from .interpret import InterpretationSum, largest_of, largest_totals, series_names
 from .job_data import JobData, describe_frame, load_job_data
@@ -75,7 +75,7 @@ from .sagemaker.launch_plan import (
 )
 from .sagemaker.metric_lines import format_metric_line
 from .sagemaker.paths import SHARDED, JobPaths
-from .shares import Agreement, Hosts, from_zero, merged_normalizer, to_zero
+from .shares import Agreement, Hosts, everyone, from_zero, merged_normalizer, to_zero
 from .speedups import Report, engage
 from .trainer import FirstStep, MetricLines, build_trainer, log_final_results
 
@@ -302,32 +302,34 @@ class Evaluation:
 
 
 @dataclass
-class HostShare:
-    """One host's part of the final evaluation, made by its first process (the one with its
-    data): the forecasts of its validation windows, the baselines' of the same windows, its
-    interpretation sums and its data summary."""
+class RankShare:
+    """One process's part of the final evaluation: the forecasts of its share of its host's
+    validation windows and its interpretation sums; from a host's first process (the one with
+    the host's data) also the baselines' forecasts of every window of the host and its data
+    summary."""
 
     forecast: Forecast
-    baselines: BaselineForecasts
-    baselines_s: float
     interpretation: dict[str, Any] | None  # InterpretationSum.state()
-    focus: list[str]  # the series interpreted one by one (the same on every host)
-    data_summary: dict[str, Any]
+    focus: list[str]  # the series interpreted one by one (the same on every rank)
+    baselines: BaselineForecasts | None
+    baselines_s: float
+    data_summary: dict[str, Any] | None
 
 
 def classical_windows(
-    keys: list[tuple[np.ndarray, np.ndarray]], mine: int, max_series: int, seed: int
+    keys: list[tuple[np.ndarray, np.ndarray]], ranks: range, hosts: int, max_series: int, seed: int
 ) -> np.ndarray:
-    """Which of host `mine`'s windows (`keys`: each host's `Forecast.keys`, in node order) the
-    classical baselines are fitted on: the sample one process draws from all windows (in its
-    order; one host's windows are in it already)."""
-    if len(keys) == 1:
-        return classical_sample(len(keys[0][0]), max_series, seed)
+    """Which windows of the host whose processes are `ranks` (`keys`: every rank's
+    `Forecast.keys`, in rank order) the classical baselines are fitted on: the sample one
+    process draws from every window, in its order (on one host, the hosts' order)."""
+    total = sum(len(times) for times, _ in keys)
+    if hosts == 1:
+        return classical_sample(total, max_series, seed)
     order = window_order(*(np.concatenate(k) for k in zip(*keys, strict=True)))
-    chosen = np.zeros(len(order), dtype=bool)
-    chosen[order[classical_sample(len(order), max_series, seed)]] = True
-    start = sum(len(times) for times, _ in keys[:mine])
-    return np.flatnonzero(chosen[start : start + len(keys[mine][0])])
+    chosen = np.zeros(total, dtype=bool)
+    chosen[order[classical_sample(total, max_series, seed)]] = True
+    start = sum(len(keys[r][0]) for r in range(ranks.start))
+    return np.flatnonzero(chosen[start : start + sum(len(keys[r][0]) for r in ranks)])
 
 
 def _rows_of(frame: pd.DataFrame, names: list[str] | None, config: DataConfig) -> pd.DataFrame:
@@ -339,15 +341,15 @@ def _rows_of(frame: pd.DataFrame, names: list[str] | None, config: DataConfig) -
 
 def evaluate_share(
     job: Job, model: JobTemporalFusionTransformer
-) -> tuple[HostShare, InterpretationSum | None]:
-    """A host's first process: its share of the final evaluation (`HostShare`), and its
-    interpretation sums (report=true). The classical baselines' sample and the interpreted
-    series are agreed with the other hosts first, so that the shares add up to one process's
-    evaluation of every window."""
+) -> tuple[RankShare, InterpretationSum | None]:
+    """Every process: its share of the final evaluation (`RankShare`), and its interpretation
+    sums (report=true). The interpreted series and the classical baselines' sample are agreed
+    across hosts, so that the shares add up to one process's evaluation of every window."""
     config, data = job.config, job.config.data
-    assert job.data is not None
-    validation = job.data.validation
-    focus = largest_of(job.hosts.gather("largest", largest_totals(validation, data)))
+    focus = None
+    if job.data is not None:  # the largest series of every host
+        focus = largest_of(job.hosts.gather("largest", largest_totals(job.data.validation, data)))
+    focus = from_zero(focus)
     interpretation = (
         InterpretationSum(model, job.validation, focus, data.target, user_names(data))
         if config.report.report
@@ -360,41 +362,45 @@ def evaluate_share(
         device=job.trainer.strategy.root_device,
         observe=interpretation,
         unit=data.resolved_target_unit,
+        share=(job.loaders.rank, job.loaders.world_size),
     )
     share.index = share.index.rename(columns=user_names(data))  # as in the data
+    state = None if interpretation is None else interpretation.state()
+    keys = everyone((share.keys, share.actuals.shape[1]))
+    if job.data is None:
+        return RankShare(share, state, focus, None, 0.0, None), interpretation
+    # The host's first process: the baselines of every window of its host.
     started = time.monotonic()
-    keys = job.hosts.gather("forecast_keys", (share.keys, share.actuals.shape[1]))
-    horizon = max(h for _, h in keys)
+    devices = job.plan.devices
+    ranks = range(job.plan.node_rank * devices, (job.plan.node_rank + 1) * devices)
+    index = series_index(
+        job.validation, *(np.concatenate(k) for k in zip(*(keys[r][0] for r in ranks), strict=True))
+    ).rename(columns=user_names(data))
     histories = window_histories(
-        validation, share.index, data.group_ids, data.time_idx, data.target
+        job.data.validation, index, data.group_ids, data.time_idx, data.target
     )
     season = season_length(data.freq) if data.season_length is None else data.season_length
     max_series = config.training.baseline_max_series
     baselines = baseline_forecasts(
         histories,
-        horizon,
+        max(horizon for _, horizon in keys),
         season or None,
         classical_windows(
-            [k for k, _ in keys], job.plan.node_rank, max_series, config.training.seed
+            [k for k, _ in keys], ranks, job.plan.num_nodes, max_series, config.training.seed
         ),
         classical=max_series > 0,
     )
-    host = HostShare(
-        share,
-        baselines,
-        time.monotonic() - started,
-        None if interpretation is None else interpretation.state(),
-        focus,
-        data_summary(job.data, data),
-    )
-    return host, interpretation
+    summary = data_summary(job.data, data)
+    seconds = time.monotonic() - started
+    return RankShare(share, state, focus, baselines, seconds, summary), interpretation
 
 
 def evaluate(job: Job, timings: dict[str, float]) -> Evaluation | None:
-    """Every host's first process evaluates its share of the validation windows with the best
-    checkpoint (`evaluate_share`); global rank 0 gathers the shares, scores them as one process
-    would score every window, prints the final metric line and returns the evaluation (the
-    other ranks None)."""
+    """Every process forecasts its share of the validation windows with the best checkpoint,
+    and each host's first process forecasts the host's windows with the baselines
+    (`evaluate_share`); global rank 0 gathers the shares, scores them as one process would
+    score every window, prints the final metric line and returns the evaluation (the other
+    ranks None)."""
     config = job.config
     zero = job.trainer.is_global_zero
     best = Path(job.trainer.checkpoint_callback.best_model_path)
@@ -403,22 +409,19 @@ def evaluate(job: Job, timings: dict[str, float]) -> Evaluation | None:
         log.info(
             "evaluating %s on %d validation windows", best.name, job.windows["validation"].total
         )
-    # The best checkpoint is on the first host's disk: the other hosts get its bytes.
-    content = from_zero(best.read_bytes() if zero else None) if job.plan.num_nodes > 1 else best
-    share: HostShare | None = None
-    interpretation: InterpretationSum | None = None
-    if job.data is not None:
-        checkpoint, model = load_model(content, config.speedups)
-        share, interpretation = evaluate_share(job, model)
+    # The best checkpoint is on the first host's disk: the other processes get its bytes.
+    content = from_zero(best.read_bytes() if zero else None) if job.plan.world_size > 1 else best
+    checkpoint, model = load_model(content, config.speedups)
+    share, interpretation = evaluate_share(job, model)
     gathered = to_zero(share)
     if not zero:  # the rows of the series rank 0 plots
         plotted = from_zero(None)
         to_zero(None if job.data is None else _rows_of(job.data.validation, plotted, config.data))
         return None
-    assert share is not None and gathered is not None  # global rank 0 is a host's first process
-    parts = [p for p in gathered if p is not None]
-    whole = Forecast.concat([p.forecast for p in parts])
-    order = whole.order() if len(parts) > 1 else np.arange(len(whole.index))
+    assert job.data is not None and gathered is not None  # rank 0 is a host's first process
+    whole = Forecast.concat([p.forecast for p in gathered])
+    hosts = [p for p in gathered if p.baselines is not None]  # in node order
+    order = whole.order() if len(hosts) > 1 else np.arange(len(whole.index))
     predicted = whole.take(order)
     metrics = score(predicted, config.model.quantiles)
     comparison = score_baselines(
@@ -426,13 +429,13 @@ def evaluate(job: Job, timings: dict[str, float]) -> Evaluation | None:
         naive=predicted.baseline.numpy(),
         actuals=predicted.actuals.numpy(),
         lengths=predicted.lengths.numpy(),
-        forecasts=BaselineForecasts.concat([p.baselines for p in parts], order),
+        forecasts=BaselineForecasts.concat([p.baselines for p in hosts], order),
     )
-    metrics |= comparison.metrics | {"baselines_s": round(max(p.baselines_s for p in parts), 2)}
+    metrics |= comparison.metrics | {"baselines_s": round(max(p.baselines_s for p in hosts), 2)}
     (log.info if comparison.beats_baselines else log.warning)("%s", describe(comparison))
     plotted = None
     if interpretation is not None:
-        for other in parts[1:]:
+        for other in gathered[1:]:
             interpretation.add(other.interpretation, share.focus)
         names = series_names(predicted.index, config.data.group_ids)
         plotted = sorted({names.iloc[i] for i in plotted_windows(predicted, config)})
@@ -457,7 +460,7 @@ def evaluate(job: Job, timings: dict[str, float]) -> Evaluation | None:
         comparison,
         metrics,
         interpretation,
-        merged_summary([p.data_summary for p in parts]),
+        merged_summary([p.data_summary for p in hosts]),
         None
         if plotted is None
         else pd.concat([r for r in rows or [] if r is not None], ignore_index=True),

@@ -284,7 +284,7 @@ def merged_normalizer(normalizer: TorchNormalizer, gather: Gather) -> TorchNorma
 
 
 # --------------------------------------------------------------------------------------------
-# After training: the hosts' shares of the evaluation, over the training process group
+# After training: the ranks' shares of the evaluation, over the training process group
 # --------------------------------------------------------------------------------------------
 def _grouped() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -306,3 +306,12 @@ def from_zero(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def everyone(value: Any) -> list[Any]:
+    """Every rank's `value` on every rank (in rank order)."""
+    if not _grouped():
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
