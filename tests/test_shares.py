@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from tft_sagemaker.config import DataConfig, build_config
-from tft_sagemaker.dataset import build_columnar_training, build_training_dataset
+from tft_sagemaker.dataset import build_columnar_training, known_categories
 from tft_sagemaker.errors import DataError, JobError
 from tft_sagemaker.loaders import HostWindows, ShardedBatchSampler
 from tft_sagemaker.preparation import prepare_training_frame
@@ -89,11 +89,17 @@ def test_two_hosts_fit_what_one_process_fits_on_the_panel(
     small_panel: pd.DataFrame, normalizer: str
 ) -> None:
     frame, config = prepared(small_panel, target_normalizer=normalizer)
-    whole = build_training_dataset(frame, config)  # the library's own, on the whole panel
+    # One process on the whole panel, as the job builds it (tests/test_columnar.py: the
+    # library's own dataset).
+    whole = build_columnar_training(frame, config, categories=known_categories([frame], config))
     parts = halves(frame, config)
 
     def host(node: int, gather: Callable[[str, Any], list[Any]]) -> Any:
-        dataset = build_columnar_training(parts[node], config, agreement=Agreement(gather))
+        agreement = Agreement(gather)
+        categories = agreement.categories(known_categories([parts[node]], config))
+        dataset = build_columnar_training(
+            parts[node], config, categories=categories, agreement=agreement
+        )
         return dataset, merged_normalizer(dataset.target_normalizer, gather)
 
     results = on_hosts(2, host)

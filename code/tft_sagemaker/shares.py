@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch.distributed as dist
-from pytorch_forecasting.data.encoders import GroupNormalizer, NaNLabelEncoder, TorchNormalizer
+from pytorch_forecasting.data.encoders import GroupNormalizer, TorchNormalizer
 from sklearn.preprocessing import StandardScaler
 
 from .config import DataConfig
@@ -199,46 +199,50 @@ def _scaler(fitted: StandardScaler, moments: Moments) -> StandardScaler:
     return scaler
 
 
-def _encoded_names(kwargs: dict[str, Any]) -> dict[str, list[str]]:
-    """The categorical variables the dataset encodes (group ids under their own name only where
-    the library fits an encoder for them), each with its columns."""
-    names = [
+def _group_encoders(kwargs: dict[str, Any]) -> dict[str, str]:
+    """The encoders of series ids the library fits on the training rows (name → its column):
+    each id's internal copy, and the id itself where a per-series normaliser encodes it (and no
+    categorical encoder is it)."""
+    categoricals = {
         *kwargs["static_categoricals"],
         *kwargs["time_varying_known_categoricals"],
         *kwargs["time_varying_unknown_categoricals"],
-    ]
+    }
+    names = {f"__group_id__{g}": g for g in kwargs["group_ids"]}
     if isinstance(kwargs["target_normalizer"], GroupNormalizer):
-        names += kwargs["group_ids"]
-    groups = kwargs["variable_groups"] or {}
-    return {name: groups.get(name, [name]) for name in dict.fromkeys(names)}
+        names |= {g: g for g in kwargs["group_ids"] if g not in categoricals}
+    return names
 
 
 class Agreement:
     """What the hosts' training datasets take instead of fitting it on their own rows, so that
     every host encodes and scales like one process on the whole panel: the category
     vocabularies (their union), the scalers of the real variables (exact moments), a global
-    target normaliser's centre and scale, the first time index. `dataset.build_columnar_training`
-    asks it twice: for the encoders before `columnar.fit_parameters`, and for the rest after
-    (from the scalers and normaliser fitted on this host's rows)."""
+    target normaliser's centre and scale, the first time index. The job asks it for the
+    categories (`categories`), and `dataset.build_columnar_training` for the series ids'
+    encoders before `columnar.fit_parameters` and for the rest after (from the scalers and
+    normaliser fitted on this host's rows)."""
 
     def __init__(self, gather: Gather) -> None:
         self.gather = gather
 
+    def categories(self, categories: dict[str, set[str]]) -> dict[str, set[str]]:
+        """Every host's labels of each categorical (`dataset.known_categories` of its rows):
+        the encoders `dataset_parameters` fits on them give the codes of the whole panel."""
+        parts = self.gather("categories", categories)
+        return {name: set().union(*(p.get(name, set()) for p in parts)) for name in parts[0]}
+
     def encoders(self, data: pd.DataFrame, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """`kwargs` with the categorical encoders pre-fitted on every host's categories (the
-        library keeps a fitted encoder as it is)."""
-        columns = _encoded_names(kwargs)
-        mine = {
-            name: np.unique(np.concatenate([pd.unique(data[c].to_numpy()) for c in cols]))
-            for name, cols in columns.items()
-        }
-        mine |= {f"__group_id__{g}": pd.unique(data[g].to_numpy()) for g in kwargs["group_ids"]}
-        parts = self.gather("vocabularies", mine)
+        """`kwargs` with the series ids' encoders pre-fitted on every host's ids (the library
+        keeps a fitted encoder as it is)."""
+        columns = _group_encoders(kwargs)
+        parts = self.gather(
+            "series_ids", {name: pd.unique(data[c].to_numpy()) for name, c in columns.items()}
+        )
         encoders = dict(kwargs["categorical_encoders"])
-        for name in mine:
+        for name in columns:
             union = np.unique(np.concatenate([p[name] for p in parts]))
-            encoders[name] = copy.deepcopy(encoders.get(name) or NaNLabelEncoder(add_nan=True))
-            encoders[name].fit(union, overwrite=True)
+            encoders[name] = copy.deepcopy(encoders[name]).fit(union, overwrite=True)
         return kwargs | {"categorical_encoders": encoders}
 
     def parameters(self, data: pd.DataFrame, parameters: dict[str, Any]) -> dict[str, Any]:
