@@ -42,6 +42,9 @@ TUNED_RANGES: dict[str, tuple] = {
 }
 
 
+SHARDED = "ShardedByS3Key"  # S3DataDistributionType: each instance its share of the files
+
+
 @dataclass
 class LaunchSettings:
     """What a launch needs; `job_name` also names the job's checkpoint and TensorBoard prefix."""
@@ -50,6 +53,9 @@ class LaunchSettings:
     role: str
     train: str  # s3://... (or file://... in local mode): the `train` channel
     validation: str | None = None  # optional `validation` channel
+    # S3DataDistributionType of the train channel: each instance gets only its share of the
+    # files (ShardedByS3Key) and trains on their series, instead of every file (FullyReplicated).
+    shard_train: bool = False
     output: str | None = None  # s3://BUCKET/PREFIX (or file://DIR in local mode)
     instance_type: str = "ml.g5.2xlarge"
     instance_count: int = 1
@@ -75,6 +81,10 @@ class LaunchSettings:
     def max_wait_s(self) -> int:
         """Managed spot: how long to wait for capacity and interruptions, run time included."""
         return 2 * self.max_run_s
+
+    @property
+    def train_distribution(self) -> str:
+        return SHARDED if self.shard_train else "FullyReplicated"
 
     @property
     def channels(self) -> dict[str, str]:
@@ -109,6 +119,12 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--train", required=True, help="train channel: s3://... or file://...")
     parser.add_argument("--validation", help="optional validation channel")
+    parser.add_argument(
+        "--shard-train",
+        action="store_true",
+        help="S3DataDistributionType=ShardedByS3Key for train: each instance gets its share of "
+        "the files (give at least one file per instance) and trains on their series",
+    )
     parser.add_argument("--output", help="s3://BUCKET/PREFIX, or file://DIR in local mode")
     parser.add_argument("--instance-type", default="ml.g5.2xlarge")
     parser.add_argument("--instance-count", type=int, default=1)
@@ -152,6 +168,7 @@ def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         role=args.role,
         train=args.train,
         validation=args.validation,
+        shard_train=args.shard_train,
         output=args.output,
         instance_type=args.instance_type,
         instance_count=args.instance_count,

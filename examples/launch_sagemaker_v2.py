@@ -141,6 +141,17 @@ def build_tuner(settings: LaunchSettings, estimator: Any) -> Any:
     )
 
 
+def inputs(settings: LaunchSettings) -> dict[str, Any]:
+    """The channels: URIs (local mode: directories), the train channel in S3 as a TrainingInput
+    with its distribution."""
+    from sagemaker.inputs import TrainingInput
+
+    channels: dict[str, Any] = dict(settings.channels)
+    if not settings.local:
+        channels["train"] = TrainingInput(settings.train, distribution=settings.train_distribution)
+    return channels
+
+
 def build_session(settings: LaunchSettings, region: str | None) -> Any:
     """A cloud `Session`, or a `LocalSession` that also works offline with dummy keys."""
     import boto3
@@ -176,11 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     estimator = build_estimator(settings, build_session(settings, args.region), args.estimator)
     if settings.tune_jobs:
         tuner = build_tuner(settings, estimator)
-        tuner.fit(settings.channels, job_name=settings.job_name, wait=not args.no_wait)
+        tuner.fit(inputs(settings), job_name=settings.job_name, wait=not args.no_wait)
         if not args.no_wait:
             print(f"best training job: {tuner.best_training_job()}")
         return 0
-    estimator.fit(settings.channels, job_name=settings.job_name, wait=not args.no_wait)
+    estimator.fit(inputs(settings), job_name=settings.job_name, wait=not args.no_wait)
     if not args.no_wait:
         print(f"model: {estimator.model_data}")
     return 0

@@ -153,14 +153,44 @@ def build_tuner(settings: LaunchSettings, trainer: Any) -> Any:
 
 def input_data(settings: LaunchSettings) -> list[Any]:
     """The channels; in local mode a path (file:// or plain) to a directory on this machine."""
-    from sagemaker.core.training.configs import InputData
+    from sagemaker.core.training.configs import InputData, S3DataSource
+
+    def source(name: str, uri: str) -> Any:
+        if settings.local:
+            return uri.removeprefix("file://")
+        if name == "train":
+            return S3DataSource(
+                s3_data_type="S3Prefix",
+                s3_uri=uri,
+                s3_data_distribution_type=settings.train_distribution,
+            )
+        return uri
 
     return [
-        InputData(
+        InputData(channel_name=name, data_source=source(name, uri))
+        for name, uri in settings.channels.items()
+    ]
+
+
+def tuning_inputs(settings: LaunchSettings) -> list[Any]:
+    """The channels for a tuning job: its tuner reads an InputData's source as a URI only, and
+    takes Channels as they are (the train channel's distribution included)."""
+    from sagemaker.core.shapes import Channel, DataSource, S3DataSource
+
+    return [
+        Channel(
             channel_name=name,
-            data_source=source.removeprefix("file://") if settings.local else source,
+            data_source=DataSource(
+                s3_data_source=S3DataSource(
+                    s3_data_type="S3Prefix",
+                    s3_uri=uri,
+                    s3_data_distribution_type=(
+                        settings.train_distribution if name == "train" else "FullyReplicated"
+                    ),
+                )
+            ),
         )
-        for name, source in settings.channels.items()
+        for name, uri in settings.channels.items()
     ]
 
 
@@ -175,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     trainer = build_trainer(settings, build_session(settings, args.region))
     if settings.tune_jobs:
         tuner = build_tuner(settings, trainer)
-        tuner.tune(inputs=input_data(settings), job_name=settings.job_name, wait=not args.no_wait)
+        tuner.tune(
+            inputs=tuning_inputs(settings), job_name=settings.job_name, wait=not args.no_wait
+        )
         if not args.no_wait:
             print(f"best training job: {tuner.best_training_job()}")
         return 0

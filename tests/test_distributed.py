@@ -19,9 +19,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from tft_sagemaker import predict
 from tft_sagemaker.artifacts import load_trained_model
+from tft_sagemaker.config import build_config
+from tft_sagemaker.dataset import build_training_dataset
+from tft_sagemaker.job_data import split_holdout
+from tft_sagemaker.preparation import prepare_training_frame
+from tft_sagemaker.presets import PRESET_VALUES
+from tft_sagemaker.recipe import resolve_data
 from tft_sagemaker.synthetic import make_panel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +58,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_host(root: Path, panel, hosts: list[str], current: str, hps: dict[str, str]) -> Path:
+def make_host(
+    root: Path,
+    panel,
+    hosts: list[str],
+    current: str,
+    hps: dict[str, str],
+    files: dict[str, pd.DataFrame] | None = None,
+) -> Path:
+    """One host's /opt/ml: the whole panel in its train channel (FullyReplicated), or only
+    `files` (its ShardedByS3Key share)."""
     base = root / current
     config = base / "input" / "config"
     config.mkdir(parents=True)
@@ -58,9 +75,13 @@ def make_host(root: Path, panel, hosts: list[str], current: str, hps: dict[str, 
     (config / "resourceconfig.json").write_text(
         json.dumps({"current_host": current, "hosts": hosts, "network_interface_name": "lo"})
     )
-    (config / "inputdataconfig.json").write_text(json.dumps({"train": {}}))
+    distribution = "FullyReplicated" if files is None else "ShardedByS3Key"
+    (config / "inputdataconfig.json").write_text(
+        json.dumps({"train": {"TrainingInputMode": "File", "S3DistributionType": distribution}})
+    )
     (base / "input" / "data" / "train").mkdir(parents=True)
-    panel.to_parquet(base / "input" / "data" / "train" / "data.parquet")
+    for name, frame in (files or {"data.parquet": panel}).items():
+        frame.to_parquet(base / "input" / "data" / "train" / name)
     (base / "model").mkdir()
     (base / "output" / "data").mkdir(parents=True)
     shutil.copytree(ROOT / "code", base / "code", ignore=shutil.ignore_patterns("__pycache__"))
@@ -103,8 +124,17 @@ def summaries(*bases: Path) -> list[dict]:
     return [json.loads(f.read_text()) for f in files]
 
 
+def panel_windows(panel: pd.DataFrame, hps: dict[str, str]) -> int:
+    """Training windows of the whole panel, as one process builds them."""
+    config = build_config(hps, None, PRESET_VALUES).data
+    frame, _ = prepare_training_frame(panel, config)
+    frame = split_holdout(frame, config)
+    return len(build_training_dataset(frame, resolve_data(config, frame)[0]))
+
+
 def assert_epochs_cover_every_window_once(parts: list[dict]) -> None:
     total = parts[0]["total_windows"]
+    assert {p["total_windows"] for p in parts} == {total}
     everything = np.arange(total, dtype=np.int64)
     epochs = {e for p in parts for e in p["epochs"]}
     assert epochs, "no epoch was trained"
@@ -115,6 +145,7 @@ def assert_epochs_cover_every_window_once(parts: list[dict]) -> None:
         assert sum(s["windows"] for s in seen) == total
         assert sum(s["index_sum"] for s in seen) == int(everything.sum())
         assert sum(s["index_square_sum"] for s in seen) == int((everything**2).sum())
+        assert len({s["weights_sha256"] for s in seen}) == 1, "the ranks' models differ"
 
 
 def assert_one_interpretation_of_every_series(bases: list[Path], panel) -> None:
@@ -219,3 +250,56 @@ def test_a_dead_node_fails_the_other_within_the_timeout(tmp_path, panel):
     assert cause.startswith("Lost a peer of the training group (2 processes"), cause
     assert f"collective_timeout_s={timeout}" in cause
     assert os.listdir(bases[0] / "model") == []
+
+
+def test_two_hosts_on_a_sharded_channel_train_on_their_files(tmp_path):
+    panel = make_panel(n_stores=4, n_products=4, n_weeks=40, seed=3)  # small: the machine is shared
+    # Two processes per host: the second maps the host's panel and forecasts its share. The
+    # second processes start after the first have prepared: on a busy machine, later than 30 s.
+    hps = {
+        **QUICK,
+        "devices": "2",
+        "master_port": str(free_port()),
+        "max_epochs": "2",
+        "collective_timeout_s": "180",
+    }
+    stores = sorted(panel["store"].unique())
+    halves = [panel[panel["store"].isin(stores[i::2])] for i in range(2)]
+    bases = [
+        make_host(tmp_path, panel, HOSTS, host, hps, files={f"part-{i}.parquet": halves[i]})
+        for i, host in enumerate(HOSTS)
+    ]
+    procs = [start(b) for b in bases]
+    codes = [finish(p, timeout=900) for p in procs]
+    assert codes == [0, 0], [(b / "job.log").read_text()[-3000:] for b in bases]
+
+    for base, half in zip(bases, halves, strict=True):
+        log = (base / "job.log").read_text()
+        assert f"channel 'train': {len(half)} rows from 1 file(s)" in log
+        assert "the files of its shard (ShardedByS3Key)" in log
+    parts = summaries(*bases)
+    assert [p["global_rank"] for p in parts] == [0, 1, 2, 3]
+    # The hosts' windows together are the whole panel's, each trained on once per epoch, by
+    # one model.
+    assert parts[0]["total_windows"] == panel_windows(panel, hps)
+    assert_epochs_cover_every_window_once(parts)
+    assert_one_interpretation_of_every_series(bases, panel)
+
+    # The final evaluation gathered from both hosts is the saved model's on every series in one
+    # process (the predict command, which also needs every host's series scales).
+    metrics = json.loads((bases[0] / "model" / "metrics.json").read_text())
+    series = panel[["store", "product"]].drop_duplicates().shape[0]
+    assert metrics["validation_windows"] == series
+    output = tmp_path / "forecasts.parquet"
+    data = tmp_path / "panel.parquet"
+    panel.to_parquet(data)
+    assert (
+        predict.main(
+            ["--model", str(bases[0] / "model"), "--data", str(data), "--output", str(output)]
+        )
+        == 0
+    )
+    known = pd.read_parquet(output).dropna(subset=["actual"])
+    assert len(known) == series * int(PRESET_VALUES["synthetic"]["max_prediction_length"])
+    mae = (known["prediction"] - known["actual"]).abs().mean()
+    assert mae == pytest.approx(metrics["val_MAE"], rel=1e-5)

@@ -237,3 +237,16 @@ def test_tuner_request(example, cloud_session):
 def test_bad_flags_are_refused(example, flags):
     with pytest.raises(SystemExit):
         example.parse_args(["--image-uri", "x", "--train", "s3://b/t", *flags])
+
+
+@pytest.mark.parametrize(
+    ("shard", "distribution"), [(False, "FullyReplicated"), (True, "ShardedByS3Key")]
+)
+def test_the_train_channel_can_be_sharded(example, cloud_session, shard, distribution):
+    launch = settings(example, instance_count=2, shard_train=shard, validation="s3://b/val")
+    estimator = example.build_estimator(launch, cloud_session)
+    request = create_training_job_request(estimator, launch, example.inputs(launch))
+    channels = {c["ChannelName"]: c for c in request["InputDataConfig"]}
+    train = channels["train"]["DataSource"]["S3DataSource"]
+    assert (train["S3Uri"], train["S3DataDistributionType"]) == (launch.train, distribution)
+    assert channels["validation"]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://b/val"

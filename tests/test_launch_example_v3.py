@@ -173,7 +173,7 @@ def test_tuning_job_request(example, requests):
     session, recorded = requests
     launch = settings(example, instance_count=2, spot=True, tune_jobs=12, tune_parallel=3)
     tuner = example.build_tuner(launch, example.build_trainer(launch, session))
-    tuner.tune(inputs=example.input_data(launch), job_name="tft-tune-test", wait=False)
+    tuner.tune(inputs=example.tuning_inputs(launch), job_name="tft-tune-test", wait=False)
     request = sent(recorded, "CreateHyperParameterTuningJob")
 
     config = request["HyperParameterTuningJobConfig"]
@@ -244,3 +244,25 @@ def test_cloud_job_needs_an_output_path(example, requests):
 def test_bad_flags_are_refused(example, flags):
     with pytest.raises(SystemExit):
         example.parse_args(["--image-uri", "x", "--train", "s3://b/t", *flags])
+
+
+@pytest.mark.parametrize(
+    ("shard", "distribution"), [(False, "FullyReplicated"), (True, "ShardedByS3Key")]
+)
+def test_the_train_channel_can_be_sharded(example, requests, shard, distribution):
+    session, recorded = requests
+    launch = settings(example, instance_count=2, shard_train=shard, validation="s3://b/val")
+    example.build_trainer(launch, session).train(
+        input_data_config=example.input_data(launch), wait=False
+    )
+    channels = {c["ChannelName"]: c for c in sent(recorded, "CreateTrainingJob")["InputDataConfig"]}
+    train = channels["train"]["DataSource"]["S3DataSource"]
+    assert (train["S3Uri"], train["S3DataDistributionType"]) == (launch.train, distribution)
+    assert channels["validation"]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://b/val"
+    # The tuner's training jobs get the same channels.
+    launch = settings(example, instance_count=2, shard_train=shard, tune_jobs=2, tune_parallel=1)
+    tuner = example.build_tuner(launch, example.build_trainer(launch, session))
+    tuner.tune(inputs=example.tuning_inputs(launch), job_name="tft-tune-shard", wait=False)
+    definition = sent(recorded, "CreateHyperParameterTuningJob")["TrainingJobDefinition"]
+    train = definition["InputDataConfig"][0]["DataSource"]["S3DataSource"]
+    assert (train["S3Uri"], train["S3DataDistributionType"]) == (launch.train, distribution)

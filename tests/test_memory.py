@@ -37,13 +37,17 @@ def test_a_last_line_without_newline_counts(tmp_path):
     assert table_size([tmp_path / "d.csv"]) == TableSize(2, 2)
 
 
-def test_the_estimate_counts_the_data_once_per_host():
+def test_the_estimate_counts_the_data_once_per_host_and_its_share():
     size = TableSize(rows=1_000_000, columns=10)
-    one = estimate(size, processes=1)
+    one = estimate(size, processes=1, hosts=1, sharded=False)
     assert one.total_bytes == PROCESS_BYTES + 1_000_000 * 10 * BYTES_PER_VALUE
     # The host's first process prepares the panel for all of them (host_panel.py).
-    two = estimate(size, processes=2)
+    two = estimate(size, processes=2, hosts=1, sharded=False)
     assert two.total_bytes == one.total_bytes + PROCESS_BYTES
+    # A replicated channel over 4 hosts: each keeps a quarter of the series; a sharded
+    # channel's files are this host's share already.
+    assert estimate(size, 1, hosts=4, sharded=False).rows == 250_000
+    assert estimate(size, 1, hosts=4, sharded=True).rows == 1_000_000
 
 
 @pytest.mark.parametrize(
@@ -65,7 +69,7 @@ def test_a_panel_over_the_limit_fails_before_preparation(
 ) -> None:
     # The target column is missing: preparation would fail on it. The memory check comes first.
     sm_job.write_data(small_panel.drop(columns=["sales"]))
-    needed = estimate(TableSize(len(small_panel), small_panel.shape[1] - 1), 1)
+    needed = estimate(TableSize(len(small_panel), small_panel.shape[1] - 1), 1, 1, False)
     limit_gb = (needed.total_bytes - 1_000) / 1e9
     result = sm_job.run({"preset": "synthetic", **TINY, "memory_limit_gb": f"{limit_gb:.9f}"})
     assert result.code != 0
@@ -73,7 +77,11 @@ def test_a_panel_over_the_limit_fails_before_preparation(
     assert line.startswith("Not enough memory for this panel on one host: the job needs about ")
     assert f"{len(small_panel):,} rows x {needed.bytes_per_row:,} bytes per row" in line
     assert f"the host has {gb(limit_gb * 1e9)} (memory_limit_gb=" in line
-    assert line.endswith("Use an instance with more memory, or fewer processes per host (devices).")
+    assert (
+        "Split it over more hosts (instance_count; with S3DataDistributionType=ShardedByS3Key"
+        in line
+    )
+    assert line.endswith("use an instance with more memory, or fewer processes per host (devices).")
     assert "more memory" in line
     assert result.model_files == []
 

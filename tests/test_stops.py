@@ -114,8 +114,9 @@ def trained_windows(*summaries: dict) -> dict[int, dict[str, int]]:
     totals: dict[int, dict[str, int]] = {}
     for summary in summaries:
         for epoch, part in summary["epochs"].items():
-            total = totals.setdefault(int(epoch), dict.fromkeys(part, 0))
-            for key, value in part.items():
+            counts = {k: v for k, v in part.items() if k != "weights_sha256"}
+            total = totals.setdefault(int(epoch), dict.fromkeys(counts, 0))
+            for key, value in counts.items():
                 total[key] += value
     return totals
 

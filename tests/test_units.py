@@ -123,6 +123,7 @@ def test_scores_and_comparisons_in_any_unit(scale: float) -> None:
             baseline=torch.tensor(naive * c, dtype=torch.float32),
             actuals=torch.tensor(actuals * c, dtype=torch.float32),
             lengths=torch.tensor(lengths),
+            codes=torch.arange(5)[:, None],
             unit=unit_for(c * 30.0),
         )
         comparison = compare(

@@ -25,9 +25,6 @@ import pandas as pd
 from pandas.tseries.frequencies import to_offset
 from threadpoolctl import threadpool_limits
 
-from .config import DataConfig
-from .evaluate import Forecast
-
 # Steps a classical model is fitted on (at least 10 seasons). Long: on the monthly US
 # employment panel ETS's validation MAE was 52.8 fitted on the last 120 months and 26.2 on all
 # of them (about 350); the fit time grows with it.
@@ -203,6 +200,73 @@ class Comparison:
     margin: float  # TFT MAE / best baseline's MAE - 1 on its windows (< 0: the TFT is better)
 
 
+@dataclass
+class BaselineForecasts:
+    """What the baselines forecast for a set of windows (the whole validation set, or one
+    rank's share of it): everything the comparison needs besides the TFT's forecast."""
+
+    scales: np.ndarray  # (windows,) MASE's denominator
+    seasonal: np.ndarray | None  # (windows, horizon), NaN where the history is short
+    classical: dict[str, np.ndarray]  # name → (windows, horizon), NaN where not fitted
+    fitted: np.ndarray  # (windows,) bool: the windows the classical models were fitted on
+    fallbacks: dict[str, int]
+
+    @staticmethod
+    def concat(parts: Sequence[BaselineForecasts], order: np.ndarray) -> BaselineForecasts:
+        """The parts' windows one after the other, then taken in `order`."""
+        seasonal = [p.seasonal for p in parts]
+        return BaselineForecasts(
+            np.concatenate([p.scales for p in parts])[order],
+            None if seasonal[0] is None else np.concatenate(seasonal)[order],
+            {
+                name: np.concatenate([p.classical[name] for p in parts])[order]
+                for name in parts[0].classical
+            },
+            np.concatenate([p.fitted for p in parts])[order],
+            {name: sum(p.fallbacks[name] for p in parts) for name in parts[0].fallbacks},
+        )
+
+
+def classical_sample(windows: int, max_series: int, seed: int) -> np.ndarray:
+    """The windows the classical models are fitted on: all, or a fixed sample of `max_series`
+    (none for 0)."""
+    everything = np.arange(windows)
+    if max_series <= 0:
+        return everything[:0]
+    if windows <= max_series:
+        return everything
+    return np.sort(np.random.default_rng(seed).choice(everything, size=max_series, replace=False))
+
+
+def baseline_forecasts(
+    histories: Sequence[np.ndarray],
+    horizon: int,
+    season: int | None,
+    fit: np.ndarray,
+    classical: bool,
+) -> BaselineForecasts:
+    """The baselines' forecasts of these windows; the classical models (`classical`) on the
+    windows `fit` selects (positions)."""
+    n = len(histories)
+    fitted = np.zeros(n, dtype=bool)
+    fitted[fit] = True
+    forecasts: dict[str, np.ndarray] = {}
+    fallbacks: dict[str, int] = {}
+    for name in CLASSICAL_MODELS if classical else ():
+        forecasts[name] = np.full((n, horizon), np.nan)
+        forecast, fallbacks[name] = classical_forecast(
+            name, [histories[i] for i in fit], horizon, season
+        )
+        forecasts[name][fit] = forecast
+    return BaselineForecasts(
+        mase_scales(histories, season),
+        seasonal_naive(histories, horizon, season) if season else None,
+        forecasts,
+        fitted,
+        fallbacks,
+    )
+
+
 def compare(
     tft: np.ndarray,
     naive: np.ndarray,
@@ -214,27 +278,32 @@ def compare(
     seed: int = 0,
 ) -> Comparison:
     """Score the TFT's point forecast against every baseline that applies to these windows."""
-    horizon = actuals.shape[1]
-    scales = mase_scales(histories, season)
-    everything = np.arange(len(histories))
+    sample = classical_sample(len(histories), max_series, seed)
+    forecasts = baseline_forecasts(histories, actuals.shape[1], season, sample, max_series > 0)
+    return score_baselines(tft, naive, actuals, lengths, forecasts)
+
+
+def score_baselines(
+    tft: np.ndarray,
+    naive: np.ndarray,
+    actuals: np.ndarray,
+    lengths: np.ndarray,
+    forecasts: BaselineForecasts,
+) -> Comparison:
+    """The TFT and each baseline scored on the windows that baseline forecast."""
+    scales = forecasts.scales
+    everything = np.arange(len(scales))
     candidates: dict[str, tuple[np.ndarray, np.ndarray]] = {"naive": (naive, everything)}
-    if season:
-        seasonal = seasonal_naive(histories, horizon, season)
-        covered = np.flatnonzero(np.isfinite(seasonal).all(axis=1))
+    if forecasts.seasonal is not None:
+        covered = np.flatnonzero(np.isfinite(forecasts.seasonal).all(axis=1))
         if len(covered):
-            candidates["seasonal_naive"] = (seasonal[covered], covered)
+            candidates["seasonal_naive"] = (forecasts.seasonal[covered], covered)
     metrics: dict[str, float | int | str | bool] = {}
-    if max_series > 0:
-        sample = everything
-        if len(everything) > max_series:
-            rng = np.random.default_rng(seed)
-            sample = np.sort(rng.choice(everything, size=max_series, replace=False))
-        for name in CLASSICAL_MODELS:
-            forecast, fallbacks = classical_forecast(
-                name, [histories[i] for i in sample], horizon, season
-            )
-            candidates[name] = (forecast, sample)
-            metrics[f"{name}_fallbacks"] = fallbacks
+    if forecasts.classical:
+        sample = np.flatnonzero(forecasts.fitted)
+        for name, forecast in forecasts.classical.items():
+            candidates[name] = (forecast[sample], sample)
+            metrics[f"{name}_fallbacks"] = forecasts.fallbacks[name]
         metrics["classical_windows"] = len(sample)
 
     tft_scores = scores(tft, actuals, lengths, scales)
@@ -267,28 +336,4 @@ def describe(comparison: Comparison) -> str:
         f"the TFT does not beat the {comparison.best_baseline} baseline: its validation MAE is "
         f"{percent:.1f}% higher on the same windows. A simpler model forecasts this data better; "
         "train longer, or check the schema and the recipe."
-    )
-
-
-def against_baselines(
-    result: Forecast,
-    frame: pd.DataFrame,
-    data: DataConfig,
-    quantiles: Sequence[float],
-    max_series: int,
-    seed: int,
-) -> Comparison:
-    """`compare` for the job's forecast of its validation windows (`frame`: the data the
-    validation dataset was built from, so that every window's history is in it)."""
-    histories = window_histories(frame, result.index, data.group_ids, data.time_idx, data.target)
-    season = season_length(data.freq) if data.season_length is None else data.season_length
-    return compare(
-        tft=result.quantiles[..., list(quantiles).index(0.5)].numpy(),
-        naive=result.baseline.numpy(),
-        actuals=result.actuals.numpy(),
-        lengths=result.lengths.numpy(),
-        histories=histories,
-        season=season or None,
-        max_series=max_series,
-        seed=seed,
     )

@@ -30,6 +30,7 @@ from pytorch_forecasting.data.encoders import TorchNormalizer
 from .columnar import CHUNK_ROWS, Allocate, build_columnar, fit_parameters, in_memory, series_bounds
 from .config import DataConfig
 from .errors import DataError
+from .shares import Agreement
 from .units import in_model_unit
 
 _EXAMPLES = 3
@@ -290,15 +291,22 @@ def build_columnar_training(
     config: DataConfig,
     allocate: Allocate = in_memory,
     categories: dict[str, set[str]] | None = None,
+    agreement: Agreement | None = None,
 ) -> TimeSeriesDataSet:
     """`build_training_dataset`'s dataset, fitted on whole columns and built chunk by chunk
     into `allocate`'s arrays (columnar.py); the categoricals' encoders fitted on `categories`
-    where given (`known_categories`)."""
+    where given (`known_categories`); `agreement`: what the job's hosts agree on (shares.py),
+    so that `frame`, one host's share, is fitted as the whole panel."""
     kwargs = dataset_parameters(config, categories)
     data = _sorted_internal(frame, config)
+    if agreement is not None:
+        kwargs = agreement.encoders(data, kwargs)
     first = series_bounds(data.iloc[:CHUNK_ROWS], kwargs["group_ids"])
     skeleton = TimeSeriesDataSet(data.iloc[: first[1]], **deepcopy(kwargs))
-    return build_columnar(data, fit_parameters(data, skeleton, kwargs), False, allocate)
+    parameters = fit_parameters(data, skeleton, kwargs)
+    if agreement is not None:
+        parameters = agreement.parameters(data, parameters)
+    return build_columnar(data, parameters, False, allocate)
 
 
 def build_columnar_validation(

@@ -1,8 +1,11 @@
-"""Forecasts and metrics for whole datasets, in one process.
+"""Forecasts and metrics for whole datasets.
 
-Under DDP `predict()` returns only the calling rank's share, so the final evaluation (of the
-best checkpoint and of the naive Baseline, on the same validation windows) and the `predict`
-command both go through `forecast()` here, in a single process.
+`forecast()` forecasts a dataset's windows (or one process's share of them) with the model and
+the naive Baseline: the final evaluation (of the best checkpoint and of the naive Baseline, on
+the same validation windows) and the `predict` command both go through it. Lightning's
+`predict()` is not used: under DDP it returns only the calling rank's share. In the final
+evaluation every process forecasts its share, and `Forecast.concat` / `Forecast.order` put the
+shares together in the order one process forecasts the whole dataset in (job.evaluate).
 """
 
 from __future__ import annotations
@@ -31,17 +34,73 @@ class Forecast:
     baseline: torch.Tensor
     actuals: torch.Tensor
     lengths: torch.Tensor
+    codes: torch.Tensor  # each window's encoded series ids (the dataset's order sorts by them)
     unit: float = 1.0
+
+    def take(self, rows: np.ndarray) -> Forecast:
+        rows_tensor = torch.as_tensor(rows, dtype=torch.long)
+        return Forecast(
+            self.index.iloc[rows].reset_index(drop=True),
+            *(t[rows_tensor] for t in (self.quantiles, self.baseline, self.actuals)),
+            self.lengths[rows_tensor],
+            self.codes[rows_tensor],
+            self.unit,
+        )
+
+    @staticmethod
+    def concat(parts: list[Forecast]) -> Forecast:
+        """The parts (processes' shares of the windows) one after the other (`order` then gives
+        the order one process forecasts them in)."""
+        horizon = max(p.quantiles.shape[1] for p in parts)
+        return Forecast(
+            pd.concat([p.index for p in parts], ignore_index=True),
+            *(_padded([getattr(p, k) for p in parts], horizon) for k in _PADDED),
+            torch.cat([p.lengths for p in parts]),
+            torch.cat([p.codes for p in parts]),
+            parts[0].unit,
+        )
+
+    @property
+    def keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """What `window_order` sorts by: first forecast steps and series codes."""
+        return self.index.iloc[:, 0].to_numpy(), self.codes.numpy()
+
+    def order(self) -> np.ndarray:
+        return window_order(*self.keys)
+
+
+def window_order(times: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Windows in the order of one process's forecast of a whole dataset: by series codes,
+    then first forecast step."""
+    # np.lexsort sorts by its last key first: the first id, ..., the last id, the time.
+    return np.lexsort([times, *(codes[:, i] for i in reversed(range(codes.shape[1])))])
+
+
+_PADDED = ("quantiles", "baseline", "actuals")
+
+
+def _padded(parts: list[torch.Tensor], horizon: int) -> torch.Tensor:
+    """The parts along the windows, each padded with zeros to `horizon` steps."""
+    return torch.cat(
+        [
+            torch.nn.functional.pad(p, (0, 0) * (p.dim() - 2) + (0, horizon - p.shape[1]))
+            for p in parts
+        ]
+    )
 
 
 def _batches(
-    dataset: TimeSeriesDataSet, vectorised: bool, batch_size: int, device: torch.device
+    dataset: TimeSeriesDataSet,
+    vectorised: bool,
+    batch_size: int,
+    device: torch.device,
+    share: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
     settings = LoaderSettings(
         batch_size=batch_size,
         val_batch_size=batch_size,
-        rank=0,
-        world_size=1,
+        rank=share[0],
+        world_size=share[1],
         seed=0,
         num_workers=0,
         device=device,
@@ -65,11 +124,19 @@ def decode_series(dataset: TimeSeriesDataSet, codes: np.ndarray) -> pd.DataFrame
     return pd.DataFrame(index)
 
 
+def series_index(dataset: TimeSeriesDataSet, times: np.ndarray, codes: np.ndarray) -> pd.DataFrame:
+    """Windows' series ids and first forecast steps (`Forecast.index`) from their first forecast
+    steps and encoded group ids (`Forecast.keys`)."""
+    index = decode_series(dataset, codes)
+    index.insert(0, dataset.time_idx, times)
+    return index
+
+
 def _series_index(dataset: TimeSeriesDataSet, x: dict[str, torch.Tensor]) -> pd.DataFrame:
     """Each window's series ids and first forecast step."""
-    index = decode_series(dataset, x["groups"].cpu().numpy())
-    index.insert(0, dataset.time_idx, x["decoder_time_idx"][:, 0].cpu().numpy())
-    return index
+    return series_index(
+        dataset, x["decoder_time_idx"][:, 0].cpu().numpy(), x["groups"].cpu().numpy()
+    )
 
 
 # Sees each batch's input and the model's raw output (interpret.py sums the interpretation).
@@ -85,14 +152,16 @@ def forecast(
     device: torch.device | str = "cpu",
     observe: BatchObserver | None = None,
     unit: float = 1.0,
+    share: tuple[int, int] = (0, 1),
 ) -> Forecast:
     """The model's forecasts of every window of `dataset`, in the data's unit: `unit` is the
-    target unit the dataset was built with (`DataConfig.resolved_target_unit`)."""
+    target unit the dataset was built with (`DataConfig.resolved_target_unit`). `share` (i, n):
+    only the i-th of n contiguous parts of the windows (a process among its host's)."""
     device = torch.device(device)
     model = model.to(device).eval()
     baseline = Baseline()
-    index, quantiles, naive, actuals, lengths = [], [], [], [], []
-    for x, target in _batches(dataset, vectorised, batch_size, device):
+    index, quantiles, naive, actuals, lengths, codes = [], [], [], [], [], []
+    for x, target in _batches(dataset, vectorised, batch_size, device, share):
         out = model(x)
         if observe is not None:
             observe(x, out)
@@ -100,23 +169,16 @@ def forecast(
         naive.append(baseline(x)["prediction"].float().cpu())
         actuals.append(target.float().cpu())
         lengths.append(x["decoder_lengths"].cpu())
+        codes.append(x["groups"].cpu())
         index.append(_series_index(dataset, x))
     horizon = max(q.shape[1] for q in quantiles)
-
-    def pad(parts: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat(
-            [
-                torch.nn.functional.pad(p, (0, 0) * (p.dim() - 2) + (0, horizon - p.shape[1]))
-                for p in parts
-            ]
-        )
-
     return Forecast(
         index=pd.concat(index, ignore_index=True),
-        quantiles=pad(quantiles) * unit,
-        baseline=pad(naive) * unit,
-        actuals=pad(actuals) * unit,
+        quantiles=_padded(quantiles, horizon) * unit,
+        baseline=_padded(naive, horizon) * unit,
+        actuals=_padded(actuals, horizon) * unit,
         lengths=torch.cat(lengths),
+        codes=torch.cat(codes),
         unit=unit,
     )
 

@@ -36,10 +36,22 @@ def series_names(frame: pd.DataFrame, group_ids: list[str]) -> pd.Series:
     return names
 
 
+def largest_totals(frame: pd.DataFrame, config: DataConfig, n: int = LARGEST_SERIES) -> pd.Series:
+    """The `n` series with the largest total absolute target in `frame`, and their totals."""
+    totals = frame[config.target].abs().groupby(series_names(frame, config.group_ids)).sum()
+    return totals.nlargest(n, keep="first")
+
+
 def largest_series(frame: pd.DataFrame, config: DataConfig, n: int = LARGEST_SERIES) -> list[str]:
     """The `n` series with the largest total absolute target in `frame`."""
-    totals = frame[config.target].abs().groupby(series_names(frame, config.group_ids)).sum()
-    return totals.nlargest(n, keep="first").index.tolist()
+    return largest_totals(frame, config, n).index.tolist()
+
+
+def largest_of(parts: list[pd.Series], n: int = LARGEST_SERIES) -> list[str]:
+    """The `n` largest of the series `largest_totals` found in parts of the data (hosts'
+    shares; the same series in two parts counts once)."""
+    totals = pd.concat(parts).sort_index(kind="stable")
+    return totals[~totals.index.duplicated()].nlargest(n, keep="first").index.tolist()
 
 
 def derived_variables(
@@ -121,6 +133,29 @@ class InterpretationSum:
                 rows = matches[:, i].nonzero().flatten()
                 self._add(self.focus_totals[i], self.model.interpret_output(out.iget(rows), "sum"))
         self.seconds += time.perf_counter() - started
+
+    def state(self) -> dict[str, Any]:
+        """The sums, to add to another process's (`add`): each sums its share of windows."""
+        return {
+            "windows": self.windows,
+            "seconds": self.seconds,
+            "totals": {k: v.cpu() for k, v in self.totals.items()},
+            "focus": dict(zip(self.focus, self.focus_totals, strict=True)),
+        }
+
+    def add(self, state: dict[str, Any], focus: list[str]) -> None:
+        """Another process's sums added to these (`focus`: the series interpreted one by one,
+        in their order; each process has the windows of some of them)."""
+        self.windows += state["windows"]
+        self.seconds = max(self.seconds, state["seconds"])  # the processes ran side by side
+        if state["totals"]:
+            self._add(self.totals, state["totals"])
+        mine = dict(zip(self.focus, self.focus_totals, strict=True))
+        for name, totals in state["focus"].items():
+            if totals:  # a series of whose windows that process interpreted some
+                self._add(mine.setdefault(name, {}), {k: v.cpu() for k, v in totals.items()})
+        self.focus = [name for name in focus if name in mine]
+        self.focus_totals = [mine[name] for name in self.focus]
 
     def _describe(self, totals: dict[str, torch.Tensor]) -> dict[str, Any]:
         variables = {

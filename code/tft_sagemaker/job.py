@@ -20,15 +20,27 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pytorch_forecasting import TimeSeriesDataSet
 
+from . import STARTED
 from .artifacts import METRICS_FILE, planned_writes, write_model_artifacts
-from .baselines import Comparison, against_baselines, describe
+from .baselines import (
+    BaselineForecasts,
+    Comparison,
+    baseline_forecasts,
+    classical_sample,
+    describe,
+    score_baselines,
+    season_length,
+    window_histories,
+)
 from .channels import channel_data_files, read_channel
-from .config import JobConfig, describe_hyperparameters, load_config
+from .config import DataConfig, JobConfig, describe_hyperparameters, load_config
 from .console import setup_logging
 from .dataset import (
     build_columnar_training,
@@ -37,17 +49,24 @@ from .dataset import (
     user_names,
 )
 from .errors import JobError, writing
-from .evaluate import Forecast, forecast, score
+from .evaluate import Forecast, forecast, score, series_index, window_order
 from .host_panel import HostPanel, Prepared, bytes_per_row
-from .interpret import InterpretationSum, largest_series
+from .interpret import InterpretationSum, largest_of, largest_totals, series_names
 from .job_data import JobData, describe_frame, load_job_data
-from .loaders import LoaderSettings, make_loader
+from .loaders import HostWindows, LoaderSettings, make_loader
 from .memory import check_host_memory, process_memory_available
 from .model import JobTemporalFusionTransformer, build_model, check_model_fits, load_model
 from .predict import PredictionInput, forecast_table, prepare_prediction, write_forecasts
 from .presets import PRESET_VALUES
 from .recipe import Settings, resolve_data, settle
-from .report import check_report_series, data_summary, plotted_series, write_job_report
+from .report import (
+    check_report_series,
+    data_summary,
+    merged_summary,
+    plotted_series,
+    plotted_windows,
+    write_job_report,
+)
 from .sagemaker import failure, stops
 from .sagemaker.checkpoints import find_resume_checkpoint, fingerprint
 from .sagemaker.cluster import cluster_failures, configure_process, wait_for_hosts
@@ -59,9 +78,10 @@ from .sagemaker.launch_plan import (
     read_resource_config,
 )
 from .sagemaker.metric_lines import format_metric_line
-from .sagemaker.paths import JobPaths
+from .sagemaker.paths import SHARDED, JobPaths
+from .shares import Agreement, Hosts, everyone, from_zero, merged_normalizer, to_zero
 from .speedups import Report, engage
-from .trainer import MetricLines, build_trainer, log_final_results
+from .trainer import FirstStep, MetricLines, build_trainer, log_final_results
 
 log = logging.getLogger("tft_sagemaker")
 
@@ -91,9 +111,12 @@ class Job:
     settings: Settings
     plan: LaunchPlan
     paths: JobPaths
-    data: JobData | None  # in the host's first process only (the others map its panel)
+    hosts: Hosts  # this host's share, and the exchange with the others (kept open to the end)
+    data: JobData | None  # this host's share, in its first process only (the others map it)
     training: TimeSeriesDataSet
     validation: TimeSeriesDataSet
+    windows: dict[str, HostWindows]  # of the training and validation datasets on every host
+    parameters: dict[str, Any]  # the training dataset's, with every host's series scales
     model: JobTemporalFusionTransformer
     trainer: pl.Trainer
     loaders: LoaderSettings
@@ -107,25 +130,36 @@ class Job:
 
 
 def prepare_data(
-    config: JobConfig, plan: LaunchPlan, paths: JobPaths
+    config: JobConfig, plan: LaunchPlan, paths: JobPaths, hosts: Hosts
 ) -> tuple[JobData | None, Prepared]:
     """data → datasets, once per host: the host's first process reads, validates and builds
-    them into the host's panel (host_panel.py), the others map it (and get no JobData)."""
+    them into the host's panel (host_panel.py), the others map it (and get no JobData). On
+    several hosts, of the host's share, with what the hosts agree on (shares.py).
+
+    A panel this host prepared before is taken as it is; on several hosts that holds only when
+    every host takes its own (the same inputs everywhere): a host that prepares anew waits for
+    the others' agreement until collective_timeout_s. A host that fails to prepare fails the
+    others with its cause."""
     panel = HostPanel.for_job(paths, config.data)
     if plan.local_rank != 0:
         return None, panel.wait(config.distributed.collective_timeout_s)
-    with panel.preparing():
-        data = load_job_data(paths, config.data)
+    with hosts.telling_the_others(), panel.preparing():
+        data = load_job_data(paths, config.data, hosts)
         log.info("training data: %s", describe_frame(data.train, config.data))
-        data_config, choices = resolve_data(config.data, data.train)
+        data_config, choices = resolve_data(config.data, data.train, hosts.gather)
         if config.report.report:
-            check_report_series(data.validation, dataclasses.replace(config, data=data_config))
+            check_report_series(
+                data.validation, dataclasses.replace(config, data=data_config), hosts.gather
+            )
         if panel.complete():
             log.info("data: the panel this host prepared before, in %s", panel.directory)
             return data, panel.load()
+        agreement = Agreement(hosts.gather) if hosts.nodes > 1 else None
         categories = known_categories([data.train, data.validation], data_config)
+        if agreement is not None:
+            categories = agreement.categories(categories)
         training = build_columnar_training(
-            data.train, data_config, panel.allocate("training"), categories
+            data.train, data_config, panel.allocate("training"), categories, agreement
         )
         log.info("memory: %s", bytes_per_row(training))
         validation = build_columnar_validation(
@@ -147,13 +181,36 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
 
     paths.check_writable()
     check_host_memory(paths, plan, config.training.memory_limit_gb)  # before reading the data
-    data, prepared = prepare_data(config, plan, paths)
+    sharded = paths.distribution("train") == SHARDED
+    hosts = Hosts.of_job(plan, sharded, config.distributed.collective_timeout_s)
+    if plan.num_nodes > 1:
+        log.info(
+            "hosts: this host trains on %s",
+            "the files of its shard (ShardedByS3Key)"
+            if sharded
+            else f"the series whose id hash falls to node {plan.node_rank} of {plan.num_nodes}",
+        )
+    data, prepared = prepare_data(config, plan, paths, hosts)
     training, validation = prepared.training, prepared.validation
-    log.info("windows: %d training, %d validation", len(training), len(validation))
+    counts = hosts.gather("windows", (len(training), len(validation)))
+    windows = {
+        "training": HostWindows(tuple(c[0] for c in counts), plan.node_rank),
+        "validation": HostWindows(tuple(c[1] for c in counts), plan.node_rank),
+    }
+    log.info(
+        "windows: %d training, %d validation%s",
+        windows["training"].total,
+        windows["validation"].total,
+        f" ({len(training)} and {len(validation)} on this host)" if plan.num_nodes > 1 else "",
+    )
+    parameters = training.get_parameters()
+    parameters["target_normalizer"] = merged_normalizer(
+        parameters["target_normalizer"], hosts.gather
+    )
     pl.seed_everything(config.training.seed, workers=True, verbose=False)
     settings = settle(
         dataclasses.replace(config, data=prepared.config),
-        len(training),
+        windows["training"].total,
         plan.world_size,
         prepared.choices,
         plan.accelerator,
@@ -168,7 +225,7 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
         None
         if data is None or raw_forecast is None
         else prepare_prediction(
-            raw_forecast, training.get_parameters(), config.data, data.time_axis, FORECAST_CHANNEL
+            raw_forecast, parameters, config.data, data.time_axis, FORECAST_CHANNEL
         )
     )
 
@@ -188,8 +245,8 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
     loaders = LoaderSettings(
         batch_size=config.training.batch_size,
         val_batch_size=config.training.val_batch_size,
-        rank=trainer.global_rank,
-        world_size=trainer.world_size,
+        rank=trainer.local_rank,
+        world_size=plan.devices,
         seed=config.training.seed,
         num_workers=config.training.num_workers,
         device=trainer.strategy.root_device,
@@ -199,9 +256,12 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
         settings,
         plan,
         paths,
+        hosts,
         data,
         training,
         validation,
+        windows,
+        parameters,
         model,
         trainer,
         loaders,
@@ -221,12 +281,14 @@ def fit(job: Job, resume: Path | None = None) -> None:
                 job.loaders,
                 train=True,
                 vectorised=job.speedups.vectorised["training"],
+                hosts=job.windows["training"],
             ),
             val_dataloaders=make_loader(
                 job.validation,
                 job.loaders,
                 train=False,
                 vectorised=job.speedups.vectorised["validation"],
+                hosts=job.windows["validation"],
             ),
             ckpt_path=resume,
             weights_only=False,  # our own checkpoints pickle the loss and dataset parameters
@@ -243,53 +305,154 @@ class Evaluation:
     comparison: Comparison  # against the baselines on the same windows
     metrics: dict[str, Any]  # metrics.json
     interpretation: InterpretationSum | None  # summed in the same pass (report=true)
+    data_summary: dict[str, Any]  # of every host's data
+    plotted_rows: pd.DataFrame | None  # validation rows of the series the report plots
 
     @property
     def beats_baselines(self) -> bool:
         return self.comparison.beats_baselines
 
 
-def evaluate(job: Job, timings: dict[str, float]) -> Evaluation:
-    """Global rank 0: the best checkpoint and the baselines on the validation windows, in one
-    process, interpreted in the same pass (unless report=false); prints the final metric line."""
-    stops.reached("evaluation")
-    config, data = job.config, job.data
-    assert data is not None  # global rank 0 is a host's first process
-    best = Path(job.trainer.checkpoint_callback.best_model_path)
-    log.info("evaluating %s on %d validation windows", best.name, len(job.validation))
-    checkpoint, model = load_model(best, config.speedups)
+@dataclass
+class RankShare:
+    """One process's part of the final evaluation: the forecasts of its share of its host's
+    validation windows and its interpretation sums; from a host's first process (the one with
+    the host's data) also the baselines' forecasts of every window of the host and its data
+    summary."""
+
+    forecast: Forecast
+    interpretation: dict[str, Any] | None  # InterpretationSum.state()
+    focus: list[str]  # the series interpreted one by one (the same on every rank)
+    baselines: BaselineForecasts | None
+    baselines_s: float
+    data_summary: dict[str, Any] | None
+
+
+def classical_windows(
+    keys: list[tuple[np.ndarray, np.ndarray]], ranks: range, hosts: int, max_series: int, seed: int
+) -> np.ndarray:
+    """Which windows of the host whose processes are `ranks` (`keys`: every rank's
+    `Forecast.keys`, in rank order) the classical baselines are fitted on: the sample one
+    process draws from every window, in its order (on one host, the hosts' order)."""
+    total = sum(len(times) for times, _ in keys)
+    if hosts == 1:
+        return classical_sample(total, max_series, seed)
+    order = window_order(*(np.concatenate(k) for k in zip(*keys, strict=True)))
+    chosen = np.zeros(total, dtype=bool)
+    chosen[order[classical_sample(total, max_series, seed)]] = True
+    start = sum(len(keys[r][0]) for r in range(ranks.start))
+    return np.flatnonzero(chosen[start : start + sum(len(keys[r][0]) for r in ranks)])
+
+
+def _rows_of(frame: pd.DataFrame, names: list[str] | None, config: DataConfig) -> pd.DataFrame:
+    """The rows of the series `names` (as series_names writes them) in `frame`."""
+    if names is None:
+        return frame.iloc[:0]
+    return frame[series_names(frame, config.group_ids).isin(names).to_numpy()]
+
+
+def evaluate_share(
+    job: Job, model: JobTemporalFusionTransformer
+) -> tuple[RankShare, InterpretationSum | None]:
+    """Every process: its share of the final evaluation (`RankShare`), and its interpretation
+    sums (report=true). The interpreted series and the classical baselines' sample are agreed
+    across hosts, so that the shares add up to one process's evaluation of every window."""
+    config, data = job.config, job.config.data
+    focus = None
+    if job.data is not None:  # the largest series of every host
+        focus = largest_of(job.hosts.gather("largest", largest_totals(job.data.validation, data)))
+    focus = from_zero(focus)
     interpretation = (
-        InterpretationSum(
-            model,
-            job.validation,
-            largest_series(data.validation, config.data),
-            config.data.target,
-            user_names(config.data),
-        )
+        InterpretationSum(model, job.validation, focus, data.target, user_names(data))
         if config.report.report
         else None
     )
-    predicted = forecast(
+    share = forecast(
         model,
         job.validation,
         job.speedups.vectorised["validation"],
         device=job.trainer.strategy.root_device,
         observe=interpretation,
-        unit=config.data.resolved_target_unit,
+        unit=data.resolved_target_unit,
+        share=(job.loaders.rank, job.loaders.world_size),
     )
-    predicted.index = predicted.index.rename(columns=user_names(config.data))  # as in the data
+    share.index = share.index.rename(columns=user_names(data))  # as in the data
+    state = None if interpretation is None else interpretation.state()
+    keys = everyone((share.keys, share.actuals.shape[1]))
+    if job.data is None:
+        return RankShare(share, state, focus, None, 0.0, None), interpretation
+    # The host's first process: the baselines of every window of its host.
+    started = time.monotonic()
+    devices = job.plan.devices
+    ranks = range(job.plan.node_rank * devices, (job.plan.node_rank + 1) * devices)
+    index = series_index(
+        job.validation, *(np.concatenate(k) for k in zip(*(keys[r][0] for r in ranks), strict=True))
+    ).rename(columns=user_names(data))
+    histories = window_histories(
+        job.data.validation, index, data.group_ids, data.time_idx, data.target
+    )
+    season = season_length(data.freq) if data.season_length is None else data.season_length
+    max_series = config.training.baseline_max_series
+    baselines = baseline_forecasts(
+        histories,
+        max(horizon for _, horizon in keys),
+        season or None,
+        classical_windows(
+            [k for k, _ in keys], ranks, job.plan.num_nodes, max_series, config.training.seed
+        ),
+        classical=max_series > 0,
+    )
+    summary = data_summary(job.data, data)
+    seconds = time.monotonic() - started
+    return RankShare(share, state, focus, baselines, seconds, summary), interpretation
+
+
+def evaluate(job: Job, timings: dict[str, float]) -> Evaluation | None:
+    """Every process forecasts its share of the validation windows with the best checkpoint,
+    and each host's first process forecasts the host's windows with the baselines
+    (`evaluate_share`); global rank 0 gathers the shares, scores them as one process would
+    score every window, prints the final metric line and returns the evaluation (the other
+    ranks None)."""
+    config = job.config
+    zero = job.trainer.is_global_zero
+    best = Path(job.trainer.checkpoint_callback.best_model_path)
+    if zero:
+        stops.reached("evaluation")  # a rehearsed stop at evaluation hits one process
+        log.info(
+            "evaluating %s on %d validation windows", best.name, job.windows["validation"].total
+        )
+    # The best checkpoint is on the first host's disk: the other processes get its bytes.
+    content = from_zero(best.read_bytes() if zero else None) if job.plan.world_size > 1 else best
+    checkpoint, model = load_model(content, config.speedups)
+    share, interpretation = evaluate_share(job, model)
+    gathered = to_zero(share)
+    if not zero:  # the rows of the series rank 0 plots
+        plotted = from_zero(None)
+        to_zero(None if job.data is None else _rows_of(job.data.validation, plotted, config.data))
+        return None
+    assert job.data is not None and gathered is not None  # rank 0 is a host's first process
+    whole = Forecast.concat([p.forecast for p in gathered])
+    hosts = [p for p in gathered if p.baselines is not None]  # in node order
+    order = whole.order() if len(hosts) > 1 else np.arange(len(whole.index))
+    predicted = whole.take(order)
     metrics = score(predicted, config.model.quantiles)
-    baselines_started = time.monotonic()
-    comparison = against_baselines(
-        predicted,
-        data.validation,
-        config.data,
-        config.model.quantiles,
-        config.training.baseline_max_series,
-        config.training.seed,
+    comparison = score_baselines(
+        tft=predicted.quantiles[..., list(config.model.quantiles).index(0.5)].numpy(),
+        naive=predicted.baseline.numpy(),
+        actuals=predicted.actuals.numpy(),
+        lengths=predicted.lengths.numpy(),
+        forecasts=BaselineForecasts.concat([p.baselines for p in hosts], order),
     )
-    metrics |= comparison.metrics | {"baselines_s": round(time.monotonic() - baselines_started, 2)}
+    metrics |= comparison.metrics | {"baselines_s": round(max(p.baselines_s for p in hosts), 2)}
     (log.info if comparison.beats_baselines else log.warning)("%s", describe(comparison))
+    plotted = None
+    if interpretation is not None:
+        for other in gathered[1:]:
+            interpretation.add(other.interpretation, share.focus)
+        names = series_names(predicted.index, config.data.group_ids)
+        plotted = sorted({names.iloc[i] for i in plotted_windows(predicted, config)})
+    plotted = from_zero(plotted)
+    rows = to_zero(_rows_of(job.data.validation, plotted, config.data))
     metrics |= {
         "best_epoch": checkpoint["epoch"],
         "epochs_trained": job.trainer.current_epoch,
@@ -302,7 +465,18 @@ def evaluate(job: Job, timings: dict[str, float]) -> Evaluation:
         if "val_" in k or k in ("baseline_margin", "beats_baselines")
     }
     print(format_metric_line(final), flush=True)
-    return Evaluation(checkpoint, model, predicted, comparison, metrics, interpretation)
+    return Evaluation(
+        checkpoint,
+        model,
+        predicted,
+        comparison,
+        metrics,
+        interpretation,
+        merged_summary([p.data_summary for p in hosts]),
+        None
+        if plotted is None
+        else pd.concat([r for r in rows or [] if r is not None], ignore_index=True),
+    )
 
 
 def publish(job: Job, evaluation: Evaluation) -> None:
@@ -311,19 +485,19 @@ def publish(job: Job, evaluation: Evaluation) -> None:
     config, data = job.config, job.data
     assert data is not None  # global rank 0 is a host's first process
     history = next(c for c in job.trainer.callbacks if isinstance(c, MetricLines)).history
-    report_data = {"history": history, "data": data_summary(data, config.data)}
+    report_data = {"history": history, "data": evaluation.data_summary}
     interpretation_s = 0.0  # the time interpreting and choosing the plotted series takes
     if evaluation.interpretation is not None:
         started = time.monotonic()
         report_data |= {
             "interpretation": evaluation.interpretation.result(),
-            "series": plotted_series(evaluation.forecast, data.validation, config),
+            "series": plotted_series(evaluation.forecast, evaluation.plotted_rows, config),
         }
         interpretation_s = evaluation.interpretation.seconds + time.monotonic() - started
     write_model_artifacts(
         job.paths.model_dir,
         evaluation.checkpoint,
-        job.training.get_parameters(),
+        job.parameters,
         config,
         data.time_axis,
         evaluation.metrics,
@@ -381,12 +555,17 @@ def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, Any]:
         raise stops.Stopped(signum)  # after Lightning's last look: every epoch is checkpointed
     refused: JobError | None = None
     metrics: dict[str, Any] = {}
-    if job.trainer.is_global_zero:
-        timings = {
-            "fit_s": round(time.monotonic() - fit_started, 2),
-            "job_s": round(time.monotonic() - started, 2),
-        }
-        evaluation = evaluate(job, timings)
+    first_step = next(c for c in job.trainer.callbacks if isinstance(c, FirstStep)).seconds
+    timings = {
+        "fit_s": round(time.monotonic() - fit_started, 2),
+        "job_s": round(time.monotonic() - started, 2),
+        # Since the job's code started: before the first training step, and when training ended.
+        "first_step_s": None if first_step is None else round(first_step, 2),
+        "trained_s": round(time.monotonic() - STARTED, 2),
+    }
+    with cluster_failures(plan, job.config.distributed.collective_timeout_s):
+        evaluation = evaluate(job, timings)  # every host its share; global rank 0 the whole
+    if evaluation is not None:
         metrics = evaluation.metrics
         if job.config.training.require_beating_baseline and not evaluation.beats_baselines:
             refused = hold_back(job, evaluation)

@@ -17,6 +17,7 @@ from .config import DataConfig, unique
 from .errors import DataError
 from .preparation import as_labels, prepare_frame, prepare_training_frame
 from .sagemaker.paths import JobPaths
+from .shares import Hosts
 from .time_axis import TimeAxis
 from .validation import min_series_length, validate_frame
 
@@ -100,8 +101,10 @@ def _dropped_series(
     return series[gone].assign(reason=reason).reset_index(drop=True)
 
 
-def load_job_data(paths: JobPaths, config: DataConfig) -> JobData:
-    """Read, prepare and validate the channels; hold out a validation horizon if needed."""
+def load_job_data(paths: JobPaths, config: DataConfig, hosts: Hosts | None = None) -> JobData:
+    """Read, prepare and validate this host's share of the channels (`hosts`; all of them on
+    one host); hold out a validation horizon if needed."""
+    hosts = hosts or Hosts()
     for directory in undeclared_channel_dirs(paths):
         log.warning(
             "input/data/%s is not a channel of this job (channels: %s): its files are not "
@@ -110,9 +113,9 @@ def load_job_data(paths: JobPaths, config: DataConfig) -> JobData:
             ", ".join(sorted(paths.channels)) or "none",
             directory.name,
         )
-    prepared, time_axis = prepare_training_frame(
-        read_channel(paths, "train", required=True), config
-    )
+    raw = hosts.train_rows(read_channel(paths, "train", required=True), config)
+    prepared, time_axis = prepare_training_frame(raw, config, agree=hosts.time_axis)
+    del raw
     raw_validation = read_channel(paths, "validation", required=False)
     holdout = raw_validation is None
     length = min_series_length(config, holdout=holdout)
@@ -121,6 +124,7 @@ def load_job_data(paths: JobPaths, config: DataConfig) -> JobData:
     if holdout:
         return JobData(split_holdout(train, config), train, time_axis, pd.concat(dropped))
     validation = prepare_frame(raw_validation, config, "validation", time_axis)
+    validation = hosts.validation_rows(validation, train, config)
     validation = validate_frame(validation, config, "validation", min_length=1)
     check_validation_horizon(train, validation, config)
     merged = merge_validation(train, validation, config)

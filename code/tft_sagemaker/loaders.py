@@ -1,9 +1,11 @@
 """Datasets → per-rank DataLoaders.
 
 This module shards the windows across ranks itself (Lightning's `use_distributed_sampler` is
-off): each epoch is one permutation, seeded by (seed, epoch) and therefore the same on every
-rank, split into disjoint shards of near-equal size. Together the ranks see every window exactly
-once per epoch, and every rank yields the same number of batches, so DDP never waits on a
+off). Each host holds the windows of its own series (shares.py); on each host, each epoch is
+one permutation of them, seeded by (seed, epoch) and therefore the same on every process of the
+host, split into disjoint shards of near-equal size. Together the ranks see every window
+exactly once per epoch, and every rank yields the same number of batches (those of the largest
+shard of any host, `HostWindows`; smaller shards make smaller batches), so DDP never waits on a
 batch that does not come. The sampler's position is checkpointed, so a run resumed mid-epoch
 (after SIGTERM on a spot instance) continues with the batches it had not yet trained on.
 
@@ -36,20 +38,56 @@ log = logging.getLogger(__name__)
 _MIN_SHM_BYTES = 512 * 1024**2
 
 
+@dataclass(frozen=True)
+class HostWindows:
+    """The windows of one dataset on every host (in node order; shares.Hosts agrees them):
+    this host's are numbered from `offset` in the job's numbering of all of them."""
+
+    counts: tuple[int, ...]
+    node: int = 0
+
+    @property
+    def offset(self) -> int:
+        return sum(self.counts[: self.node])
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def batches(self, processes: int, batch_size: int) -> int:
+        """Batches per epoch on every rank: those of the largest shard of any host."""
+        largest_shard = max(math.ceil(count / processes) for count in self.counts)
+        return math.ceil(largest_shard / batch_size)
+
+
 class ShardedBatchSampler(Sampler[list[int]]):
-    """This rank's batches of window indices for one epoch (see module docstring)."""
+    """This rank's batches of window indices for one epoch (see module docstring). `rank` and
+    `world_size` are this process among its host's; `hosts`: the windows of every host (None:
+    this host's are all of them)."""
 
     def __init__(
-        self, n_windows: int, batch_size: int, rank: int, world_size: int, shuffle: bool, seed: int
+        self,
+        n_windows: int,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        shuffle: bool,
+        seed: int,
+        hosts: HostWindows | None = None,
     ) -> None:
-        if n_windows < world_size:
-            raise JobError(
-                f"{n_windows} window(s) cannot be shared by {world_size} processes: use fewer "
-                "devices/hosts or more data."
-            )
+        self.hosts = hosts or HostWindows((n_windows,))
         self.n_windows, self.batch_size = n_windows, batch_size
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.seed = shuffle, seed
+        self._batches = self.hosts.batches(world_size, batch_size)
+        smallest = n_windows // world_size
+        if smallest < self._batches:
+            raise JobError(
+                f"{n_windows} window(s) on this host cannot make {self._batches} batch(es) in "
+                f"each of its {world_size} process(es), as many as on the host with the most "
+                f"windows (windows per host: {', '.join(map(str, self.hosts.counts))}): use "
+                "fewer devices/hosts, more data, or files of about equal size per host."
+            )
         self.epoch = 0
         # Batches of this epoch already trained on. Counted by the training loop (see
         # `mark_trained`), not here: the loader fetches ahead of training.
@@ -58,8 +96,12 @@ class ShardedBatchSampler(Sampler[list[int]]):
         self._first = 0  # first batch of the current iteration
 
     def __len__(self) -> int:
-        largest_shard = math.ceil(self.n_windows / self.world_size)
-        return math.ceil(largest_shard / self.batch_size)
+        return self._batches
+
+    @property
+    def total_windows(self) -> int:
+        """Windows of every host (the job's numbering of windows runs to this)."""
+        return self.hosts.total
 
     def set_epoch(self, epoch: int) -> None:  # trainer.LoaderPosition calls it
         if epoch != self.epoch:
@@ -89,7 +131,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
     def trained_windows(self) -> np.ndarray:
         """Windows trained on in this epoch by this process (a resumed run: since the resume)."""
         trained = self.batches()[self._first : self.trained]
-        return np.concatenate(trained) if trained else np.empty(0, dtype=np.int64)
+        windows = np.concatenate(trained) if trained else np.empty(0, dtype=np.int64)
+        return windows + self.hosts.offset  # in the job's numbering
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "batches_done": self.trained}
@@ -135,8 +178,8 @@ def _whole_batch(batch: Any) -> Any:
 class LoaderSettings:
     batch_size: int
     val_batch_size: int
-    rank: int
-    world_size: int
+    rank: int  # among the host's processes (each host shards its own windows)
+    world_size: int  # processes on the host
     seed: int
     num_workers: int | None  # None: fitted to the host
     device: torch.device  # where vectorised batches are assembled
@@ -169,10 +212,15 @@ def library_collate(dataset: TimeSeriesDataSet) -> Any:
 
 
 def make_loader(
-    dataset: TimeSeriesDataSet, settings: LoaderSettings, train: bool, vectorised: bool
+    dataset: TimeSeriesDataSet,
+    settings: LoaderSettings,
+    train: bool,
+    vectorised: bool,
+    hosts: HostWindows | None = None,
 ) -> DataLoader:
     """The DataLoader of this rank for `dataset` (training: shuffled; validation: in order),
-    its batches assembled by gathers where `vectorised` (speedups.engage decides it)."""
+    its batches assembled by gathers where `vectorised` (speedups.engage decides it); `hosts`:
+    the windows of `dataset` on every host, for as many batches as the others."""
     sampler = ShardedBatchSampler(
         len(dataset),
         settings.batch_size if train else settings.val_batch_size,
@@ -180,6 +228,7 @@ def make_loader(
         settings.world_size,
         shuffle=train,
         seed=settings.seed,
+        hosts=hosts,
     )
     num_workers = auto_num_workers(settings, vectorised)
     if vectorised:

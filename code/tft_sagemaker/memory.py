@@ -8,8 +8,10 @@ costs well under a second on panels that take minutes to prepare:
     host bytes = processes x PROCESS_BYTES + rows this host reads x columns x BYTES_PER_VALUE
 
 The host's first process prepares the panel once for all of them (host_panel.py): the data is
-counted once per host, whatever the number of processes. A host reads every file its channels
-hold. `memory_limit_gb` replaces the host's memory (tests, or a host shared with other work).
+counted once per host, whatever the number of processes. On a `ShardedByS3Key` train channel a
+host's files are its share already; on a replicated channel of a multi-host job each host keeps
+about 1/hosts of the series (`shares.py`). `memory_limit_gb` replaces the host's memory (tests,
+or a host shared with other work).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 from .channels import channel_data_files
 from .errors import DataError
 from .sagemaker.launch_plan import LaunchPlan, hosts_per_machine, process_memory
-from .sagemaker.paths import JobPaths
+from .sagemaker.paths import SHARDED, JobPaths
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,7 @@ def table_size(files: Iterable[Path]) -> TableSize:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    rows: int  # rows this host prepares, once for all its processes
+    rows: int  # rows this host prepares (its share), once for all its processes
     columns: int
     processes: int  # training processes on this host
 
@@ -135,9 +137,12 @@ def gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-def estimate(size: TableSize, processes: int) -> MemoryEstimate:
-    """This host's estimate: the rows of the files it sees, prepared once, and `processes`."""
-    return MemoryEstimate(size.rows, size.columns, processes)
+def estimate(size: TableSize, processes: int, hosts: int, sharded: bool) -> MemoryEstimate:
+    """This host's estimate, prepared once for its `processes`: its rows are those of the files
+    it sees (sharded: its share already) or 1/hosts of them (a replicated channel split by
+    series)."""
+    rows = size.rows if sharded or hosts == 1 else -(-size.rows // hosts)
+    return MemoryEstimate(rows, size.columns, processes)
 
 
 def check_memory(estimated: MemoryEstimate, available: int, source: str) -> None:
@@ -148,8 +153,9 @@ def check_memory(estimated: MemoryEstimate, available: int, source: str) -> None
         log.info("memory: estimated %s", line)
         return
     raise DataError(
-        f"Not enough memory for this panel on one host: the job needs {line}. Use an instance "
-        "with more memory, or fewer processes per host (devices)."
+        f"Not enough memory for this panel on one host: the job needs {line}. Split it over more "
+        "hosts (instance_count; with S3DataDistributionType=ShardedByS3Key each host reads only "
+        "its files), use an instance with more memory, or fewer processes per host (devices)."
     )
 
 
@@ -161,7 +167,8 @@ def check_host_memory(paths: JobPaths, plan: LaunchPlan, limit_gb: float | None)
         for name in ("train", "validation")
         for path in channel_data_files(paths, name, required=name == "train") or []
     ]
-    estimated = estimate(table_size(files), plan.devices)
+    sharded = paths.distribution("train") == SHARDED
+    estimated = estimate(table_size(files), plan.devices, plan.num_nodes, sharded)
     check_memory(estimated, *host_memory_available(limit_gb))
 
 

@@ -139,12 +139,13 @@ def check_model_fits(
 
 
 def load_model(
-    path: Path, switches: SpeedupConfig
+    source: Path | bytes, switches: SpeedupConfig
 ) -> tuple[dict[str, Any], JobTemporalFusionTransformer]:
-    """A checkpoint this project wrote (the job's best, or a saved model.ckpt) as its contents
-    and as the model in eval mode with the speed-up layer engaged: how the final evaluation and
-    `predict` both load a model, so that they forecast alike. The file is read once."""
-    content = io.BytesIO(path.read_bytes())
+    """A checkpoint this project wrote (the job's best, or a saved model.ckpt; a file or its
+    bytes) as its contents and as the model in eval mode with the speed-up layer engaged: how
+    the final evaluation and `predict` both load a model, so that they forecast alike. The
+    file is read once."""
+    content = io.BytesIO(source.read_bytes() if isinstance(source, Path) else source)
     # Checkpoints pickle the loss and dataset parameters; this project wrote them (trusted).
     checkpoint = torch.load(content, map_location="cpu", weights_only=False)
     content.seek(0)

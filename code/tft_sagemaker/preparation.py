@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,12 +33,18 @@ def with_parsed_dates(frame: pd.DataFrame, config: DataConfig, channel: str) -> 
 
 
 def prepare_training_frame(
-    frame: pd.DataFrame, config: DataConfig, channel: str = "train"
+    frame: pd.DataFrame,
+    config: DataConfig,
+    channel: str = "train",
+    agree: Callable[[TimeAxis | None], TimeAxis | None] | None = None,
 ) -> tuple[pd.DataFrame, TimeAxis | None]:
-    """The training channel's frame prepared, and the time axis its dates define."""
+    """The training channel's frame prepared, and the time axis its dates define (`agree`: the
+    job's hosts make it the whole panel's, shares.Hosts.time_axis)."""
     parsed = with_parsed_dates(frame, config, channel)
     dates = parsed.get(config.date_column) if config.date_column else None
     time_axis = time_axis_for(dates, config)
+    if agree is not None:
+        time_axis = agree(time_axis)
     return _prepare_parsed(parsed, config, channel, time_axis), time_axis
 
 

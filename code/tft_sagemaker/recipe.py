@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
 
@@ -73,20 +74,32 @@ class Choice:
 # --------------------------------------------------------------------------------------------
 # Statistics of the data
 # --------------------------------------------------------------------------------------------
-def level_drift(
+def series_drift(
     frame: pd.DataFrame, group_ids: Sequence[str], time_idx: str, target: str, recent: int
-) -> float:
-    """Median over series of |mean of the last `recent` values - series mean| / series std:
-    about 0 for stationary series, about 1.7 for a straight trend, large after level shifts."""
+) -> np.ndarray:
+    """Per series, |mean of the last `recent` values - series mean| / series std (series
+    without variation left out): what `level_drift` takes the median of."""
     keys = list(group_ids)
     ordered = frame.sort_values(time_idx, kind="stable")
     overall = ordered.groupby(keys, observed=True)[target].agg(["mean", "std"])
     tail = ordered.groupby(keys, observed=True).tail(recent)
     recent_mean = tail.groupby(keys, observed=True)[target].mean()
-    drift = (
-        (recent_mean - overall["mean"]).abs() / overall["std"].where(overall["std"] > 0)
-    ).dropna()
-    return float(drift.median()) if len(drift) else 0.0
+    drift = (recent_mean - overall["mean"]).abs() / overall["std"].where(overall["std"] > 0)
+    return drift.dropna().to_numpy(dtype=float)
+
+
+def level_drift(
+    frame: pd.DataFrame, group_ids: Sequence[str], time_idx: str, target: str, recent: int
+) -> float:
+    """Median over series of `series_drift`: about 0 for stationary series, about 1.7 for a
+    straight trend, large after level shifts."""
+    return median_drift([series_drift(frame, group_ids, time_idx, target, recent)])
+
+
+def median_drift(parts: Sequence[np.ndarray]) -> float:
+    """The median of the series' drifts, each host's series in one part."""
+    drift = np.concatenate(parts) if parts else np.empty(0)
+    return float(np.median(drift)) if len(drift) else 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,8 +310,13 @@ def _fill(section: Any, choice: Choice, made: list[Choice]) -> Any:
     return dataclasses.replace(section, **{choice.name: choice.value})
 
 
-def resolve_data(config: DataConfig, frame: pd.DataFrame) -> tuple[DataConfig, list[Choice]]:
-    """The dataset's automatic choices (before the TimeSeriesDataSet is built)."""
+def resolve_data(
+    config: DataConfig,
+    frame: pd.DataFrame,
+    gather: Callable[[str, Any], list[Any]] | None = None,
+) -> tuple[DataConfig, list[Choice]]:
+    """The dataset's automatic choices (before the TimeSeriesDataSet is built), from the
+    statistics of every host's series (`gather`: shares.Hosts.gather; None: one host)."""
     made: list[Choice] = []
     if config.target_unit is None:
         spread = target_spread(frame, config.group_ids, config.target)
@@ -306,9 +324,10 @@ def resolve_data(config: DataConfig, frame: pd.DataFrame) -> tuple[DataConfig, l
         config = dataclasses.replace(config, target_unit=choice.value)
         made.append(choice)
     if config.target_normalizer == "auto":
-        drift = level_drift(
+        drifts = series_drift(
             frame, config.group_ids, config.time_idx, config.target, config.max_encoder_length
         )
+        drift = median_drift(gather("series_drift", drifts) if gather else [drifts])
         choice = choose_target_normalizer(drift, config.resolved_min_encoder_length)
         config = dataclasses.replace(config, target_normalizer=choice.value)
         made.append(choice)

@@ -52,11 +52,18 @@ _LISTED = 50  # dropped series listed by name in the data summary
 # --------------------------------------------------------------------------------------------
 # Collected by the job (global rank 0), saved as report_data.json
 # --------------------------------------------------------------------------------------------
-def check_report_series(frame: pd.DataFrame, config: JobConfig) -> None:
-    """Before training: every series named in `report_series` must be validated."""
+def check_report_series(
+    frame: pd.DataFrame,
+    config: JobConfig,
+    gather: Callable[[str, Any], list[Any]] | None = None,
+) -> None:
+    """Before training: every series named in `report_series` must be validated (on some host:
+    `gather`, shares.Hosts.gather)."""
     if not config.report.report_series:
         return
     known = set(series_names(frame, config.data.group_ids).unique())
+    if gather is not None:
+        known = set().union(*gather("report_series", known & set(config.report.report_series)))
     missing = [name for name in config.report.report_series if name not in known]
     if missing:
         example = series_names(frame.head(1), config.data.group_ids).iloc[0]
@@ -110,24 +117,49 @@ def data_summary(data: JobData, config: DataConfig) -> dict[str, Any]:
     }
 
 
+def merged_summary(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """`data_summary`s of the hosts' shares (disjoint series) as the whole data's."""
+    merged = dict(parts[0])
+    for frame in ("train", "validation"):
+        shares = [p[frame] for p in parts]
+        merged[frame] = {
+            "rows": sum(s["rows"] for s in shares),
+            "series": sum(s["series"] for s in shares),
+            "first": min(s["first"] for s in shares),
+            "last": max(s["last"] for s in shares),
+        }
+    merged["dropped_count"] = sum(p["dropped_count"] for p in parts)
+    merged["dropped"] = [d for p in parts for d in p["dropped"]][:_LISTED]
+    return merged
+
+
 def _floats(values: np.ndarray) -> list[float | None]:
     return [float(v) if np.isfinite(v) else None for v in values]
+
+
+def plotted_windows(result: Forecast, config: JobConfig) -> dict[int, str]:
+    """The windows `plotted_series` plots, each with its role: the best, median and worst by
+    MAE, and those of `report_series`."""
+    order = np.argsort(window_errors(result, config.model.quantiles), kind="stable")
+    names = series_names(result.index, config.data.group_ids).tolist()
+    chosen: dict[int, str] = {}  # window → role; a window chosen twice keeps its first role
+    for i, role in ((order[0], "best"), (order[len(order) // 2], "median"), (order[-1], "worst")):
+        chosen.setdefault(int(i), role)
+    for requested in config.report.report_series:
+        chosen.setdefault(names.index(requested), "requested")
+    return chosen
 
 
 def plotted_series(
     result: Forecast, frame: pd.DataFrame, config: JobConfig
 ) -> list[dict[str, Any]]:
     """The best, median and worst validation windows by MAE, and those of `report_series`:
-    each window's history (as long as the encoder), actuals and forecast quantiles."""
+    each window's history (as long as the encoder), actuals and forecast quantiles (`frame`:
+    rows of at least those series)."""
     data = config.data
     errors = window_errors(result, config.model.quantiles)
-    order = np.argsort(errors, kind="stable")
     names = series_names(result.index, data.group_ids).tolist()
-    chosen: dict[int, str] = {}  # window → role; a window chosen twice keeps its first role
-    for i, role in ((order[0], "best"), (order[len(order) // 2], "median"), (order[-1], "worst")):
-        chosen.setdefault(int(i), role)
-    for requested in config.report.report_series:
-        chosen.setdefault(names.index(requested), "requested")
+    chosen = plotted_windows(result, config)
     row_names = series_names(frame, data.group_ids)
     records = []
     for i, role in chosen.items():

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -34,6 +35,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from . import STARTED
 from .errors import writing
 from .loaders import ShardedBatchSampler
 from .recipe import Settings
@@ -146,8 +148,8 @@ class LoaderPosition(Callback):
 class TrainingSummary(Callback):
     """Per process, what it trained on in each epoch: batches, windows, and a checksum of the
     window indices (their sum and sum of squares), from which one can check that the ranks
-    together covered every window exactly once. Written to output/data after each epoch, one
-    file per rank named after its host."""
+    together covered every window exactly once; and a hash of the weights at the epoch's end.
+    Written to output/data after each epoch, one file per rank named after its host."""
 
     def __init__(self, directory: Path, host: str) -> None:
         self.directory, self.host = directory, host
@@ -168,18 +170,22 @@ class TrainingSummary(Callback):
         windows = sampler.trained_windows().astype(np.int64)
         # The sampler's epoch, not the trainer's: a stop at an epoch's end is recorded after
         # the trainer has counted that epoch as done.
+        weights = hashlib.sha256()
+        for tensor in trainer.lightning_module.state_dict().values():
+            weights.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
         self.epochs[sampler.epoch] = {
             "batches": sampler.trained - sampler.resumed_at,
             "windows": len(windows),
             "index_sum": int(windows.sum()),
             "index_square_sum": int((windows * windows).sum()),
+            "weights_sha256": weights.hexdigest(),  # the same on every rank: one model
         }
         summary = {
             "host": self.host,
             "node_rank": trainer.node_rank,
             "global_rank": trainer.global_rank,
             "world_size": trainer.world_size,
-            "total_windows": sampler.n_windows,
+            "total_windows": sampler.total_windows,
             "epochs": self.epochs,
         }
         path = self.directory / f"training-summary-{self.host}-rank{trainer.global_rank}.json"
@@ -273,6 +279,20 @@ class Fingerprint(Callback):
         checkpoint[STAMP] = self.fingerprint
 
 
+class FirstStep(Callback):
+    """When the first training batch of this process started, in seconds since the job's code
+    started (what a user waits before training begins)."""
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.seconds is None:
+            self.seconds = time.monotonic() - STARTED
+
+
 class RankReport(Callback):
     """Logs what each rank trains on, so a wrong world size shows at once."""
 
@@ -359,6 +379,7 @@ def build_trainer(
         LoaderPosition(),
         TrainingSummary(paths.output_data_dir, plan.current_host),
         RankReport(),
+        FirstStep(),
         Fingerprint(fingerprint),
         CheckpointOnSigterm(checkpoint_dir / LAST_CHECKPOINT),
         StopPhases(),

@@ -7,6 +7,7 @@ found under `SAGEMAKER_BASE_DIR` (default `/opt/ml`), as the toolkit itself does
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -17,6 +18,10 @@ from pathlib import Path
 from ..errors import JobError, writing
 
 log = logging.getLogger(__name__)
+
+
+SHARDED = "ShardedByS3Key"
+FULLY_REPLICATED = "FullyReplicated"
 
 
 def mib(size: int) -> str:
@@ -52,6 +57,19 @@ class JobPaths:
                 directory.mkdir(parents=True, exist_ok=True)
                 (directory / probe).write_bytes(b"\0" * 4096)
                 (directory / probe).unlink()
+
+    def distribution(self, channel: str) -> str:
+        """The channel's S3DataDistributionType in inputdataconfig.json: ShardedByS3Key (each
+        host got only its share of the files) or FullyReplicated (every host got every file,
+        also when the file does not say)."""
+        path = self.input_config_dir / "inputdataconfig.json"
+        try:
+            declared = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return FULLY_REPLICATED
+        entry = declared.get(channel) if isinstance(declared, dict) else None
+        value = entry.get("S3DistributionType") if isinstance(entry, dict) else None
+        return SHARDED if value == SHARDED else FULLY_REPLICATED
 
     def check_room(self, writes: Mapping[str, tuple[Path, int]]) -> None:
         """Fail now, naming the directory, if a filesystem the job writes to lacks the room for
