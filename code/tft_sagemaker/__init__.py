@@ -4,4 +4,7 @@
 in the order the job runs them.
 """
 
+import time
+
 __version__ = "0.1.0"
+STARTED = time.monotonic()  # when the job's code started (train.py imports this package first)

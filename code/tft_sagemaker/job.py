@@ -25,6 +25,7 @@ import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pytorch_forecasting import TimeSeriesDataSet
 
+from . import STARTED
 from .artifacts import METRICS_FILE, write_model_artifacts
 from .baselines import Comparison, against_baselines, describe
 from .channels import channel_data_files, read_channel
@@ -57,7 +58,7 @@ from .sagemaker.launch_plan import (
 from .sagemaker.metric_lines import format_metric_line
 from .sagemaker.paths import JobPaths
 from .speedups import Report, engage
-from .trainer import MetricLines, build_trainer, log_final_results
+from .trainer import MetricLines, TrainingClock, build_trainer, log_final_results
 
 log = logging.getLogger("tft_sagemaker")
 
@@ -368,9 +369,14 @@ def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, Any]:
     refused: JobError | None = None
     metrics: dict[str, Any] = {}
     if job.trainer.is_global_zero:
+        clock = next(c for c in job.trainer.callbacks if isinstance(c, TrainingClock))
         timings = {
             "fit_s": round(time.monotonic() - fit_started, 2),
             "job_s": round(time.monotonic() - started, 2),
+            # Since the job's code started: its first training step, and the end of training.
+            "first_step_s": None if clock.first_step_s is None else round(clock.first_step_s, 2),
+            "trained_s": round(time.monotonic() - STARTED, 2),
+            "training_s": round(clock.training_s, 2),  # training batches, validation excluded
         }
         evaluation = evaluate(job, timings)
         metrics = evaluation.metrics
