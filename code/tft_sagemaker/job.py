@@ -276,6 +276,7 @@ def evaluate(job: Job, timings: dict[str, float]) -> Evaluation:
         config.model.quantiles,
         config.training.baseline_max_series,
         config.training.seed,
+        processes=process_cpus(),  # the host's other processes wait for this one
     )
     metrics |= comparison.metrics | {"baselines_s": round(time.monotonic() - baselines_started, 2)}
     (log.info if comparison.beats_baselines else log.warning)("%s", describe(comparison))
