@@ -348,6 +348,9 @@ def table(results: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results["runs"]:
+        if "failed" in r:
+            lines.append(f"| {r['rows']:,} | {r['processes']} | {r['failed']} |" + " |" * 7)
+            continue
         lines.append(
             f"| {r['rows']:,} | {r['processes']} | {r['first_step_s']} | {r['peak_pss_sum_gb']} "
             f"| {r['peak_rss_sum_gb']} | {r['logged_bytes_per_row']} | {r['windows_per_s']} "
@@ -423,10 +426,16 @@ def main() -> int:
             size_runs = []
             for processes in args.processes:
                 with exclusive(args.lock, rows, args.big_rows):
-                    run = job_run(channel, processes, Path(work), args.data_dir / "logs")
+                    try:
+                        run = job_run(channel, processes, Path(work), args.data_dir / "logs")
+                    except SystemExit as failed:  # the job's cause; the other sizes still run
+                        run = {"rows": panel_rows(channel), "processes": processes}
+                        run["failed"] = str(failed)
+                        shutil.rmtree(Path(work) / f"{channel.name}-p{processes}")
                 print(json.dumps(run), flush=True)
                 size_runs.append(run)
             results["runs"] += size_runs
+            write_results(args.output, results, table(results))  # what is measured so far
             if args.skip_reference:
                 continue
             reason = reference_skipped(
@@ -442,11 +451,12 @@ def main() -> int:
                 with exclusive(args.lock, rows, args.big_rows):
                     reference = reference_run(channel, args.reference_cap_gb)
             single = next((r for r in size_runs if r["processes"] == 1), None)
-            if single is not None:
+            if single is not None and "failed" not in single:
                 reference |= against_reference(single, reference)
             print(json.dumps(reference), flush=True)
             results["reference"].append(reference)
-    results["projection"] = projection(results["runs"])
+            write_results(args.output, results, table(results))
+    results["projection"] = projection([r for r in results["runs"] if "failed" not in r])
     write_results(args.output, results, table(results))
     return 0
 
