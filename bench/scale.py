@@ -275,18 +275,27 @@ def reference_run(channel: Path, cap_gb: float) -> dict[str, Any]:
 
 def reference_skipped(rows: int, measured: list[dict[str, Any]], cap_gb: float) -> str | None:
     """Why the reference is not run at `rows` (None: run it): a smaller size did not fit, or
-    the largest size measured, scaled by rows, passes the cap."""
-    measured = [r for r in measured if "peak_pss_per_row" in r]
+    its memory projected from the sizes measured passes the cap (the line through the two
+    largest, else the largest's bytes per row, which overstates: it counts the interpreter)."""
+    measured = sorted((r for r in measured if "peak_pss_per_row" in r), key=lambda r: r["rows"])
     if not measured:
         return None
-    last = max(measured, key=lambda r: r["rows"])
+    last = measured[-1]
     if not last["fits"]:
         return f"not run: it did not fit at {last['rows']:,} rows ({last['note']})"
-    projected = last["peak_pss_per_row"] * rows / GB
+    if len(measured) > 1 and measured[-2]["fits"]:
+        before = measured[-2]
+        per_row = (
+            (last["peak_pss_gb"] - before["peak_pss_gb"]) * GB / (last["rows"] - before["rows"])
+        )
+        projected = last["peak_pss_gb"] + per_row * (rows - last["rows"]) / GB
+    else:
+        per_row = last["peak_pss_per_row"]
+        projected = per_row * rows / GB
     if projected > cap_gb:
         return (
-            f"not run: {last['peak_pss_per_row']:,} bytes per row measured at {last['rows']:,} "
-            f"rows project {projected:.1f} GB, above the {cap_gb:g} GB cap"
+            f"not run: {per_row:,.0f} bytes per row measured up to {last['rows']:,} rows "
+            f"project {projected:.1f} GB at {rows:,}, above the {cap_gb:g} GB cap"
         )
     return None
 
