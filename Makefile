@@ -17,7 +17,7 @@ PYTEST_PIN := $(shell grep -oE 'pytest==[0-9.]+' pyproject.toml)
 LINTED := code tests local_test bench examples docker
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup train test test-fast lint docs-errors e2e bench-accuracy bench-quality bench bench-ablation bench-container clean
+.PHONY: help setup train test test-fast lint docs-errors e2e bench-accuracy bench-quality bench bench-ablation bench-container bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ bench: setup ## throughput, time to MAE, data scaling, ablation -> bench/results
 
 bench-ablation: setup ## what each speed-up lever buys -> bench/results/ablation.{json,md}
 	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/ablation.py
+
+bench-scale: setup ## the job on 1, 5 and 20 million rows vs pytorch-forecasting's dataset -> bench/results/scale.json
+	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/python bench/scale.py $(SCALE_ARGS)
 
 bench-container: setup ## host vs containers throughput (after make e2e) -> bench/results/container.json
 	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/container.py

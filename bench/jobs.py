@@ -1,8 +1,8 @@
 """What the benchmarks share: the machine they ran on, and the real training job run as a process.
 
 `run_training_job` runs code/train.py as SageMaker's toolkit would (one process, a fresh
-/opt/ml-shaped directory, every hyperparameter a `--key value` pair) and returns the
-metrics.json the job wrote.
+/opt/ml-shaped directory, every hyperparameter a `--key value` pair), its log in job.log, and
+returns the metrics.json the job wrote.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -41,23 +42,32 @@ def train_channel(base: Path) -> Path:
 
 
 def run_training_job(
-    base: Path, hyperparameters: Mapping[str, str], env: Mapping[str, str] | None = None
+    base: Path,
+    hyperparameters: Mapping[str, str],
+    env: Mapping[str, str] | None = None,
+    watch: Callable[[int], AbstractContextManager[Any]] | None = None,
 ) -> dict[str, Any]:
-    """The training job on `base` (from `train_channel`); its metrics.json. A failed job ends
-    the benchmark with its cause, after the tail of its log."""
+    """The training job on `base` (from `train_channel`); its metrics.json. Its output goes to
+    `base/job.log`; `watch(pid)`, if given, is entered while the job runs (a memory sampler).
+    A failed job ends the benchmark with its cause, after the tail of its log."""
     args = [a for key, value in sorted(hyperparameters.items()) for a in (f"--{key}", value)]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "code" / "train.py"), *args],
-        env={
-            **os.environ,
-            "SAGEMAKER_BASE_DIR": str(base),
-            "PYTHONPATH": str(ROOT / "code"),
-            **(env or {}),
-        },
-        capture_output=True,
-        text=True,
-    )
+    log = base / "job.log"
+    with log.open("w") as output:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "code" / "train.py"), *args],
+            env={
+                **os.environ,
+                "SAGEMAKER_BASE_DIR": str(base),
+                "PYTHONPATH": str(ROOT / "code"),
+                **(env or {}),
+            },
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        with watch(proc.pid) if watch else nullcontext():
+            proc.wait()
     if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        sys.stderr.write(log.read_text()[-6000:])
         raise SystemExit(f"{base.name} failed: {(base / 'output' / 'failure').read_text()}")
     return json.loads((base / "model" / "metrics.json").read_text())

@@ -47,6 +47,28 @@ def test_window_histories_stop_before_each_window_and_fill_gaps_forward() -> Non
     np.testing.assert_array_equal(b, [10.0, 11.0])
 
 
+def test_window_histories_of_unsorted_rows_of_several_group_columns() -> None:
+    frame = pd.DataFrame(
+        {
+            "shop": pd.Categorical(["x", "x", "y", "x", "y", "x", "y"]),
+            "item": [1, 2, 1, 1, 1, 2, 1],
+            "time_idx": [3, 1, 5, 1, 4, 2, 6],  # (x, 1) has no step 2
+            "y": [4.0, 20.0, 50.0, 1.0, 40.0, 30.0, 60.0],
+        }
+    )
+    index = pd.DataFrame(
+        {"time_idx": [4, 6, 5, 3], "shop": ["x", "y", "x", "x"], "item": ["1", "1", "2", "2"]}
+    )
+    xa, y1, x2, x2_early = baselines.window_histories(
+        frame, index, ["shop", "item"], "time_idx", "y"
+    )
+    np.testing.assert_array_equal(xa, [1.0, 1.0, 4.0])  # steps 1-3, the gap filled forward
+    np.testing.assert_array_equal(y1, [40.0, 50.0])
+    # A window after the series' last row: its last value carried up to the window.
+    np.testing.assert_array_equal(x2, [20.0, 30.0, 30.0, 30.0])
+    np.testing.assert_array_equal(x2_early, [20.0, 30.0])
+
+
 # Two series, season 2, horizon 3 (the second window forecasts 2 steps only).
 HISTORIES = [np.array([1.0, 3.0, 2.0, 4.0]), np.array([10.0, 10.0, 12.0])]
 ACTUALS = np.array([[3.0, 5.0, 4.0], [14.0, 11.0, 0.0]])
@@ -115,6 +137,16 @@ def test_compare_scores_the_classical_models_on_the_same_sample_of_windows() -> 
         assert m[f"{name}_val_MAE"] == pytest.approx(naive_on_sample, rel=1e-4), name
     assert not result.beats_baselines and result.margin > 0
     assert "seasonal_naive_val_MAE" not in m  # no season
+
+
+def test_classical_fits_shared_by_processes_are_the_fits_of_one() -> None:
+    rng = np.random.default_rng(1)
+    histories = [np.abs(20 + np.cumsum(rng.normal(size=40))) for _ in range(60)]
+    histories[7] = np.array([1.0, 2.0])  # a fallback, counted once
+    alone = baselines.classical_forecast("theta", histories, horizon=4, season=None)
+    shared = baselines.classical_forecast("theta", histories, 4, None, processes=2)
+    np.testing.assert_array_equal(shared[0], alone[0])
+    assert shared[1] == alone[1] == 1
 
 
 def test_classical_models_fall_back_to_the_last_value_on_too_short_histories() -> None:

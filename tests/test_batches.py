@@ -24,7 +24,12 @@ from tft_sagemaker.dataset import build_training_dataset, build_validation_datas
 from tft_sagemaker.job_data import split_holdout
 from tft_sagemaker.preparation import prepare_training_frame
 from tft_sagemaker.presets import PRESET_VALUES
-from tft_sagemaker.speedups.batches import WindowBatcher, first_difference, unsupported_reason
+from tft_sagemaker.speedups.batches import (
+    WindowBatcher,
+    first_difference,
+    group_scales,
+    unsupported_reason,
+)
 from tft_sagemaker.validation import min_series_length, validate_frame
 
 DEVICES = [
@@ -235,6 +240,40 @@ def test_synthetic_panel_covers_short_and_late_windows():
     assert len(x["groups"].unique()) > 10
     assert weight is not None
     assert (x["encoder_cat"][..., dataset.flat_categoricals.index("promo")] == 0).any()  # nan
+
+
+def library_scales(dataset: TimeSeriesDataSet, series_groups: torch.Tensor) -> torch.Tensor:
+    """The normalizer asked series by series, stacked as _collate_fn stacks them."""
+    scales = [dataset.target_normalizer.get_parameters(g, dataset.group_ids) for g in series_groups]
+    return torch.from_numpy(np.array(scales, dtype=np.float32))
+
+
+@pytest.mark.parametrize("group_ids", [["series"], ["series", "store"]])
+def test_group_scales_of_every_series_at_once_are_the_normalizers(group_ids):
+    dataset = synthetic_dataset(
+        group_ids=group_ids,
+        target_normalizer=GroupNormalizer(groups=group_ids, transformation="softplus"),
+    )
+    series = torch.unique(dataset.data["groups"], dim=0)
+    unknown = series[:1] + 1000  # a series the normalizer was not fitted on: its `missing_`
+    series = torch.cat([series.flip(0), unknown])
+    expected = library_scales(dataset, series)
+    assert_identical(expected, group_scales(dataset, series))
+    missing = dataset.target_normalizer.missing_
+    assert expected[-1].tolist() == pytest.approx([missing["center"], missing["scale"]])
+
+
+def test_group_scales_leave_other_normalizers_to_the_library():
+    scale_by_group = synthetic_dataset(**SYNTHETIC_VARIANTS["scale_by_group"])
+    by_store = synthetic_dataset(target_normalizer=GroupNormalizer(groups=["store"]))
+    for dataset in (scale_by_group, by_store, synthetic_dataset(target_normalizer=None)):
+        assert group_scales(dataset, torch.unique(dataset.data["groups"], dim=0)) is None
+
+
+def test_stallion_group_scales(stallion):
+    for dataset in stallion:
+        series = torch.unique(dataset.data["groups"], dim=0)
+        assert_identical(library_scales(dataset, series), group_scales(dataset, series))
 
 
 # ---------------------------------------------------------------------------------------------

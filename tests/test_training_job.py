@@ -127,6 +127,10 @@ def test_metrics_json(trained: Trained) -> None:
     assert metrics["epochs_trained"] == EPOCHS
     assert metrics["best_epoch"] in range(EPOCHS)
     assert metrics["world_size"] == 1
+    # Since the job's code started: the first step, then the end of training; training alone
+    # (validation passes excluded) is part of the fit.
+    assert 0 < metrics["first_step_s"] < metrics["trained_s"]
+    assert 0 < metrics["training_s"] < metrics["fit_s"]
 
 
 @pytest.mark.slow

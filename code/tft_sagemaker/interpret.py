@@ -37,8 +37,12 @@ def series_names(frame: pd.DataFrame, group_ids: list[str]) -> pd.Series:
 
 
 def largest_totals(frame: pd.DataFrame, config: DataConfig, n: int = LARGEST_SERIES) -> pd.Series:
-    """The `n` series with the largest total absolute target in `frame`, and their totals."""
-    totals = frame[config.target].abs().groupby(series_names(frame, config.group_ids)).sum()
+    """The `n` series with the largest total absolute target in `frame`, and their totals
+    (ties: by name)."""
+    keys = [frame[g] for g in config.group_ids]
+    sums = frame[config.target].abs().groupby(keys, observed=True, sort=False).sum()
+    names = series_names(sums.index.to_frame(index=False), config.group_ids)
+    totals = pd.Series(sums.to_numpy(), index=names.to_numpy()).sort_index(kind="stable")
     return totals.nlargest(n, keep="first")
 
 

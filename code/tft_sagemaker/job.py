@@ -81,7 +81,7 @@ from .sagemaker.metric_lines import format_metric_line
 from .sagemaker.paths import SHARDED, JobPaths
 from .shares import Agreement, Hosts, everyone, from_zero, merged_normalizer, to_zero
 from .speedups import Report, engage
-from .trainer import FirstStep, MetricLines, build_trainer, log_final_results
+from .trainer import MetricLines, TrainingClock, build_trainer, log_final_results
 
 log = logging.getLogger("tft_sagemaker")
 
@@ -401,6 +401,7 @@ def evaluate_share(
             [k for k, _ in keys], ranks, job.plan.num_nodes, max_series, config.training.seed
         ),
         classical=max_series > 0,
+        processes=process_cpus(),  # the host's other processes wait for this one
     )
     summary = data_summary(job.data, data)
     seconds = time.monotonic() - started
@@ -555,13 +556,14 @@ def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, Any]:
         raise stops.Stopped(signum)  # after Lightning's last look: every epoch is checkpointed
     refused: JobError | None = None
     metrics: dict[str, Any] = {}
-    first_step = next(c for c in job.trainer.callbacks if isinstance(c, FirstStep)).seconds
+    clock = next(c for c in job.trainer.callbacks if isinstance(c, TrainingClock))
     timings = {
         "fit_s": round(time.monotonic() - fit_started, 2),
         "job_s": round(time.monotonic() - started, 2),
-        # Since the job's code started: before the first training step, and when training ended.
-        "first_step_s": None if first_step is None else round(first_step, 2),
+        # Since the job's code started: its first training step, and the end of training.
+        "first_step_s": None if clock.first_step_s is None else round(clock.first_step_s, 2),
         "trained_s": round(time.monotonic() - STARTED, 2),
+        "training_s": round(clock.training_s, 2),  # training batches, validation excluded
     }
     with cluster_failures(plan, job.config.distributed.collective_timeout_s):
         evaluation = evaluate(job, timings)  # every host its share; global rank 0 the whole

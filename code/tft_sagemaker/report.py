@@ -88,7 +88,7 @@ def _describe(frame: pd.DataFrame, config: DataConfig) -> dict[str, Any]:
     ends = _time_values(frame.loc[[times.idxmin(), times.idxmax()]], config).tolist()
     return {
         "rows": len(frame),
-        "series": int(frame[config.group_ids].drop_duplicates().shape[0]),
+        "series": frame.groupby(config.group_ids, observed=True).ngroups,
         "first": ends[0],
         "last": ends[1],
     }
@@ -150,6 +150,20 @@ def plotted_windows(result: Forecast, config: JobConfig) -> dict[int, str]:
     return chosen
 
 
+def _rows_of(frame: pd.DataFrame, series: pd.Series, group_ids: list[str]) -> np.ndarray:
+    """Which rows of `frame` are of `series` (its group ids, compared as text as
+    `series_names` compares them; a categorical column by its categories, not row by row)."""
+    rows = np.ones(len(frame), dtype=bool)
+    for name in group_ids:
+        column, value = frame[name], str(series[name])
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            codes = np.flatnonzero(column.cat.categories.astype(str) == value)
+            rows &= np.isin(column.cat.codes.to_numpy(), codes)
+        else:
+            rows &= (column.astype(str) == value).to_numpy()
+    return rows
+
+
 def plotted_series(
     result: Forecast, frame: pd.DataFrame, config: JobConfig
 ) -> list[dict[str, Any]]:
@@ -160,11 +174,10 @@ def plotted_series(
     errors = window_errors(result, config.model.quantiles)
     names = series_names(result.index, data.group_ids).tolist()
     chosen = plotted_windows(result, config)
-    row_names = series_names(frame, data.group_ids)
     records = []
     for i, role in chosen.items():
         start, length = int(result.index[data.time_idx].iloc[i]), int(result.lengths[i])
-        rows = frame[row_names.eq(names[i]).to_numpy()]
+        rows = frame[_rows_of(frame, result.index.iloc[i], data.group_ids)]
         first = start - data.max_encoder_length
         rows = rows[rows[data.time_idx].between(first, start + length - 1)]
         past = rows[data.time_idx] < start

@@ -279,18 +279,44 @@ class Fingerprint(Callback):
         checkpoint[STAMP] = self.fingerprint
 
 
-class FirstStep(Callback):
-    """When the first training batch of this process started, in seconds since the job's code
-    started (what a user waits before training begins)."""
+class TrainingClock(Callback):
+    """When this process's first training batch started (seconds since the job's code started:
+    what a user waits before training begins), and the seconds spent training since then,
+    validation passes between training batches excluded."""
 
     def __init__(self) -> None:
-        self.seconds: float | None = None
+        self.first_step_s: float | None = None
+        self._first = self._last = self._validation_started = 0.0
+        self._validating = self._pending = 0.0  # validation before / after the last batch
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self.seconds is None:
-            self.seconds = time.monotonic() - STARTED
+        now = time.monotonic()
+        if self.first_step_s is None:
+            self.first_step_s, self._first = now - STARTED, now
+        self._validating, self._pending = self._validating + self._pending, 0.0
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._last = time.monotonic()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validation_started = time.monotonic()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.first_step_s is not None:  # not the sanity check before training
+            self._pending += time.monotonic() - self._validation_started
+
+    @property
+    def training_s(self) -> float:
+        return max(0.0, self._last - self._first - self._validating)
 
 
 class RankReport(Callback):
@@ -379,7 +405,7 @@ def build_trainer(
         LoaderPosition(),
         TrainingSummary(paths.output_data_dir, plan.current_host),
         RankReport(),
-        FirstStep(),
+        TrainingClock(),
         Fingerprint(fingerprint),
         CheckpointOnSigterm(checkpoint_dir / LAST_CHECKPOINT),
         StopPhases(),

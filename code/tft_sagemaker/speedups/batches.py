@@ -80,6 +80,30 @@ def _stack_scales(values: list[Any]) -> Tensors:
     return _stack_scale(values)
 
 
+def group_scales(dataset: TimeSeriesDataSet, series_groups: torch.Tensor) -> torch.Tensor | None:
+    """A GroupNormalizer's `get_parameters` of every series (rows of encoded group ids) at
+    once, stacked as `_stack_scales` stacks them; None where the normalizer is another (ask it
+    series by series). The library looks each series up in `norm_` (the fitted parameters,
+    one row per series) and falls back to `missing_`; one lookup takes about 0.3 ms, 15 s for
+    a panel of 50,000 series, in every process and for every loader."""
+    normalizer = dataset.target_normalizer
+    if (
+        type(normalizer) is not GroupNormalizer
+        or normalizer.scale_by_group
+        or not normalizer.groups
+        or list(normalizer.groups) != list(dataset.group_ids)
+    ):
+        return None
+    norm = normalizer.norm_
+    codes = series_groups.numpy()
+    if isinstance(norm.index, pd.MultiIndex) != (codes.shape[1] > 1):
+        return None
+    keys = pd.MultiIndex.from_arrays(codes.T) if codes.shape[1] > 1 else pd.Index(codes[:, 0])
+    values = norm.reindex(keys).to_numpy()
+    values[~keys.isin(norm.index)] = [normalizer.missing_[name] for name in normalizer.names]
+    return torch.from_numpy(values.astype(np.float32))
+
+
 class _Part:
     """Row indices of the encoder or decoder part of a batch of windows, padded to the
     longest part in the batch. Padded positions point at row 0; `gather` zeroes them."""
@@ -162,13 +186,15 @@ class WindowBatcher:
         # exactly as __getitem__ does, stack them as _collate_fn does, then gather per window.
         series_groups, self._series = torch.unique(window_groups, dim=0, return_inverse=True)
         self._series = self._series.to(self.device)
-        scales = []
-        for groups in series_groups:
-            scale = dataset.target_normalizer.get_parameters(groups, dataset.group_ids)
-            if not isinstance(dataset.target_normalizer, MultiNormalizer):
-                scale = [scale]
-            scales.append(scale if self._multi_target else scale[0])
-        stacked = _stack_scales(scales)
+        stacked = group_scales(dataset, series_groups)
+        if stacked is None:
+            scales = []
+            for groups in series_groups:
+                scale = dataset.target_normalizer.get_parameters(groups, dataset.group_ids)
+                if not isinstance(dataset.target_normalizer, MultiNormalizer):
+                    scale = [scale]
+                scales.append(scale if self._multi_target else scale[0])
+            stacked = _stack_scales(scales)
         self._target_scale = (
             [s.to(self.device) for s in stacked]
             if isinstance(stacked, list)
