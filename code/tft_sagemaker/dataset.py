@@ -14,6 +14,7 @@ same mapping from the saved configuration; `user_names` maps back, for anything 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import warnings
 from collections.abc import Callable
@@ -26,10 +27,22 @@ from pytorch_forecasting import TimeSeriesDataSet
 from pytorch_forecasting.data import EncoderNormalizer, GroupNormalizer, NaNLabelEncoder
 from pytorch_forecasting.data.encoders import TorchNormalizer
 
-from .columnar import CHUNK_ROWS, Allocate, build_columnar, fit_parameters, in_memory, series_bounds
+from .columnar import (
+    CHUNK_ROWS,
+    Allocate,
+    build_columnar,
+    fit_parameters,
+    flat_tensors,
+    in_memory,
+    series_bounds,
+    tensors,
+    unsupported_reason,
+)
 from .config import DataConfig
 from .errors import DataError
 from .units import in_model_unit
+
+log = logging.getLogger(__name__)
 
 _EXAMPLES = 3
 # Columns pytorch-forecasting adds to the data itself (the target's scales are added below).
@@ -232,12 +245,28 @@ def _sorted_internal(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
     return to_internal(frame, config).sort_values(keys)
 
 
+def _library_built(
+    dataset: TimeSeriesDataSet, allocate: Allocate, reason: str
+) -> TimeSeriesDataSet:
+    """`dataset` (built by the library) with its tensors moved into `allocate`'s arrays."""
+    log.warning("datasets: built by pytorch-forecasting on the whole frame (%s)", reason)
+    arrays = {}
+    for name, tensor in flat_tensors(dataset.data).items():
+        arrays[name] = allocate(name, tuple(tensor.shape), tensor.numpy().dtype)
+        arrays[name][...] = tensor.numpy()
+    dataset.data = tensors(arrays)
+    return dataset
+
+
 def build_columnar_training(
     frame: pd.DataFrame, config: DataConfig, allocate: Allocate = in_memory
 ) -> TimeSeriesDataSet:
     """`build_training_dataset`'s dataset, fitted on whole columns and built chunk by chunk
     into `allocate`'s arrays (columnar.py)."""
     kwargs = dataset_parameters(config)
+    reason = unsupported_reason(kwargs)
+    if reason is not None:
+        return _library_built(build_training_dataset(frame, config), allocate, reason)
     data = _sorted_internal(frame, config)
     first = series_bounds(data.iloc[:CHUNK_ROWS], kwargs["group_ids"])
     skeleton = TimeSeriesDataSet(data.iloc[: first[1]], **deepcopy(kwargs))
@@ -253,6 +282,10 @@ def build_columnar_validation(
     """`build_validation_dataset`'s dataset, built chunk by chunk into `allocate`'s arrays."""
     parameters = training.get_parameters()
     refuse_unscaled_series(parameters, frame, config, "Channel 'validation'", "'train'")
+    reason = unsupported_reason(dataset_parameters(config))
+    if reason is not None:
+        validation = build_validation_dataset(training, frame, config)
+        return _library_built(validation, allocate, reason)
     return build_columnar(_sorted_internal(frame, config), parameters, True, allocate)
 
 

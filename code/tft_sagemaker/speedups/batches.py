@@ -24,7 +24,12 @@ import numpy as np
 import pandas as pd
 import torch
 from pytorch_forecasting import TimeSeriesDataSet
-from pytorch_forecasting.data.encoders import EncoderNormalizer, GroupNormalizer, MultiNormalizer
+from pytorch_forecasting.data.encoders import (
+    EncoderNormalizer,
+    GroupNormalizer,
+    MultiNormalizer,
+    TorchNormalizer,
+)
 
 from .guards import guard
 
@@ -80,6 +85,40 @@ def _stack_scales(values: list[Any]) -> Tensors:
     return _stack_scale(values)
 
 
+def _series_scales(dataset: TimeSeriesDataSet, series_groups: torch.Tensor) -> Tensors:
+    """`_stack_scales` of `target_normalizer.get_parameters(groups, dataset.group_ids)` for
+    each series' encoded group ids: a group normalizer's `norm_` looked up by position for all
+    series at once (its `.loc` per series is what __getitem__ pays), a normalizer without
+    groups asked once; any other, series by series."""
+    normalizer = dataset.target_normalizer
+    if (
+        isinstance(normalizer, GroupNormalizer)
+        and not normalizer.scale_by_group
+        and normalizer._groups
+        and not dataset.multi_target
+    ):
+        columns = series_groups.numpy().T
+        norm = normalizer.norm_
+        keys = (
+            pd.MultiIndex.from_arrays(list(columns))
+            if isinstance(norm.index, pd.MultiIndex)
+            else pd.Index(columns[0])
+        )
+        position = norm.index.get_indexer(keys)
+        table = norm.to_numpy()[position]
+        table[position < 0] = [normalizer.missing_[name] for name in normalizer.names]
+        return torch.from_numpy(table.astype(np.float32))
+    if type(normalizer) is TorchNormalizer:  # the same scale for every series
+        return _stack_scale([normalizer.get_parameters()] * len(series_groups))
+    scales = []
+    for groups in series_groups:
+        scale = normalizer.get_parameters(groups, dataset.group_ids)
+        if not isinstance(normalizer, MultiNormalizer):
+            scale = [scale]
+        scales.append(scale if dataset.multi_target else scale[0])
+    return _stack_scales(scales)
+
+
 class _Part:
     """Row indices of the encoder or decoder part of a batch of windows, padded to the
     longest part in the batch. Padded positions point at row 0; `gather` zeroes them."""
@@ -107,30 +146,32 @@ class WindowBatcher:
         self._multi_target = dataset.multi_target
         data = dataset.data
 
-        # Per window. Without missing timesteps a window is the contiguous rows
-        # start .. start + sequence_length - 1; lengths as __getitem__ computes them.
+        # Per window, in the narrowest types (a panel has about as many windows as rows):
+        # the first row and the lengths, as __getitem__ computes them. Without missing
+        # timesteps a window is the contiguous rows start .. start + sequence_length - 1.
         index = dataset.index
-        start = torch.as_tensor(index["index_start"].to_numpy(np.int64))
+        start = index["index_start"].to_numpy()
         sequence_length = index["sequence_length"].to_numpy(np.int64)
-        time_last = data["time"][start + torch.as_tensor(sequence_length) - 1].numpy()
+        time_last = data["time"].numpy()[start + sequence_length - 1]
         decoder_length = dataset.calculate_decoder_length(time_last, sequence_length)
         encoder_length = sequence_length - decoder_length
+        narrow = np.int16 if sequence_length.max() <= np.iinfo(np.int16).max else np.int32
         # Kept on the CPU as well: the batch's padded lengths are needed as Python ints, and
         # reading them there spares a device synchronisation.
-        self._lengths_cpu = torch.as_tensor(np.stack([encoder_length, decoder_length], axis=1))
-        self._start = start.to(self.device)
-        self._encoder_length = torch.as_tensor(encoder_length).to(self.device)
-        self._decoder_length = torch.as_tensor(decoder_length).to(self.device)
-        self._time_first = data["time"][start].to(self.device)
-        window_groups = data["groups"][start]
-        self._groups = window_groups.to(self.device)
+        self._encoder_length_cpu = torch.from_numpy(encoder_length.astype(narrow))
+        self._decoder_length_cpu = torch.from_numpy(decoder_length.astype(narrow))
+        self._encoder_length = self._encoder_length_cpu.to(self.device)
+        self._decoder_length = self._decoder_length_cpu.to(self.device)
+        self._start = torch.from_numpy(np.ascontiguousarray(start, dtype=np.int32))
+        self._start = self._start.to(self.device)
 
         # Per row, as the dataset holds them (on the CPU: the same memory, not a copy).
+        self._time = data["time"].to(self.device)
+        self._row_groups = data["groups"].to(self.device)
         self._reals = data["reals"].to(self.device)
         self._categoricals = data["categoricals"].to(self.device)
         self._targets = [t.to(self.device) for t in data["target"]]
         self._weight = None if data["weight"] is None else data["weight"].to(self.device)
-
         # The two reals __getitem__ overwrites per window, as lookup tables computed with its
         # arithmetic on the CPU (a CUDA division by a scalar may round differently), each
         # with a trailing 0 for padded positions.
@@ -158,17 +199,16 @@ class WindowBatcher:
             self._encoder_length_feature = torch.tensor([*feature, 0.0], dtype=torch.float64)
             self._encoder_length_feature = self._encoder_length_feature.to(dtype).to(self.device)
 
-        # Target scales depend only on the window's series: ask the normalizer once per series
-        # exactly as __getitem__ does, stack them as _collate_fn does, then gather per window.
-        series_groups, self._series = torch.unique(window_groups, dim=0, return_inverse=True)
-        self._series = self._series.to(self.device)
-        scales = []
-        for groups in series_groups:
-            scale = dataset.target_normalizer.get_parameters(groups, dataset.group_ids)
-            if not isinstance(dataset.target_normalizer, MultiNormalizer):
-                scale = [scale]
-            scales.append(scale if self._multi_target else scale[0])
-        stacked = _stack_scales(scales)
+        # Target scales depend only on the window's series: asked of the normalizer once per
+        # series exactly as __getitem__ asks, stacked as _collate_fn stacks them, then
+        # gathered per window. The rows of a series are contiguous: a series starts where a
+        # group id changes.
+        groups = data["groups"].numpy()
+        change = np.ones(len(groups), dtype=bool)
+        change[1:] = (groups[1:] != groups[:-1]).any(axis=1)
+        series_of_row = np.cumsum(change, dtype=np.int64) - 1
+        self._series = torch.from_numpy(series_of_row[start].astype(np.int32)).to(self.device)
+        stacked = _series_scales(dataset, torch.from_numpy(groups[change]))
         self._target_scale = (
             [s.to(self.device) for s in stacked]
             if isinstance(stacked, list)
@@ -176,16 +216,17 @@ class WindowBatcher:
         )
 
     def __len__(self) -> int:
-        return len(self._lengths_cpu)
+        return len(self._start)
 
     def __call__(self, windows: Sequence[int] | np.ndarray | torch.Tensor) -> Batch:
         """The batch `_collate_fn` makes of these windows (positions in `dataset.index`)."""
         windows = torch.as_tensor(windows, dtype=torch.long).cpu()
-        max_encoder, max_decoder = (int(m) for m in self._lengths_cpu[windows].max(dim=0).values)
+        max_encoder = int(self._encoder_length_cpu[windows].max())
+        max_decoder = int(self._decoder_length_cpu[windows].max())
         windows = windows.to(self.device)
-        start = self._start[windows]
-        encoder_length = self._encoder_length[windows]
-        decoder_length = self._decoder_length[windows]
+        start = self._start[windows].long()
+        encoder_length = self._encoder_length[windows].long()
+        decoder_length = self._decoder_length[windows].long()
         encoder = _Part(start, encoder_length, max_encoder)
         decoder = _Part(start + encoder_length, decoder_length, max_decoder)
 
@@ -221,7 +262,7 @@ class WindowBatcher:
         weight = None if self._weight is None else decoder.gather(self._weight)
 
         # _collate_fn does not pad the time index: it counts on past each decoder's end.
-        decoder_time_idx = (self._time_first[windows] + encoder_length).unsqueeze(1) + decoder.steps
+        decoder_time_idx = (self._time[start] + encoder_length).unsqueeze(1) + decoder.steps
         x = dict(
             encoder_cat=encoder.gather(self._categoricals),
             encoder_cont=encoder_cont,
@@ -232,7 +273,7 @@ class WindowBatcher:
             decoder_target=target,
             decoder_lengths=decoder_length,
             decoder_time_idx=decoder_time_idx,
-            groups=self._groups[windows],
+            groups=self._row_groups[start],
             target_scale=target_scale,
         )
         return x, (target, weight)
