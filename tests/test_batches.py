@@ -287,3 +287,27 @@ def test_randomized_training_has_a_supported_validation_set():
 
 def test_stallion_supported(stallion):
     assert [unsupported_reason(d) for d in stallion] == [None, None]
+
+
+@pytest.mark.parametrize("group_ids", [["series"], ["series", "store"]])
+def test_series_without_a_scale(group_ids):
+    """Series the group normalizer has no scale for (not in training): the scales the
+    library's __getitem__ gives them (the normalizer's `missing_`), one group id or several."""
+    panel = synthetic_panel()
+    normalizer = GroupNormalizer(groups=group_ids, transformation="softplus")
+    encoders = {
+        "promo": NaNLabelEncoder(add_nan=True).fit(pd.Series(["a", "b"])),
+        "series": NaNLabelEncoder(add_nan=True),  # s0 unknown: the 'unknown' class
+    }
+    training = synthetic_dataset(
+        panel[panel["series"] != "s0"],
+        group_ids=group_ids,
+        target_normalizer=normalizer,
+        categorical_encoders=encoders,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        predict = TimeSeriesDataSet.from_dataset(
+            training, panel, predict=True, stop_randomization=True
+        )
+    check_equivalence(predict)

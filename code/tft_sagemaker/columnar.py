@@ -357,6 +357,22 @@ def _preprocess(dataset: TimeSeriesDataSet, data: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def _last_windows(
+    data: pd.DataFrame, parameters: dict[str, Any], bounds: np.ndarray
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows of `data` a predict-mode window can hold, and their series bounds: each
+    series' last max_encoder_length + max_prediction_length steps (its one window ends at the
+    series' end and spans no more). The windows and their batches are the library's; the
+    rows before, which no window reads, are left out (about two thirds of a long history).
+    Not for an EncoderNormalizer: the library fits its scales on every row of the dataset."""
+    time = data[parameters["time_idx"]].to_numpy()
+    span = parameters["max_encoder_length"] + parameters["max_prediction_length"]
+    time_last = np.repeat(time[bounds[1:] - 1], np.diff(bounds))
+    keep = time > time_last - span
+    kept = np.concatenate([[0], np.cumsum(keep)])
+    return data[keep], kept[bounds]
+
+
 def build_columnar(
     data: pd.DataFrame,
     parameters: dict[str, Any],
@@ -364,14 +380,17 @@ def build_columnar(
     allocate: Allocate = in_memory,
 ) -> TimeSeriesDataSet:
     """`TimeSeriesDataSet.from_parameters(parameters, data, predict=predict,
-    stop_randomization=predict)`, its tensors written chunk by chunk into `allocate`'s arrays.
-    `data`: sorted by series and time; `parameters`: fitted (`fit_parameters`)."""
+    stop_randomization=predict)`, its tensors written chunk by chunk into `allocate`'s arrays
+    (`predict`: of the rows its windows hold, `_last_windows`). `data`: sorted by series and
+    time; `parameters`: fitted (`fit_parameters`)."""
     if parameters["min_prediction_idx"] is not None:  # as the library filters (no lags)
         data = data[
             data[parameters["time_idx"]]
             >= parameters["min_prediction_idx"] - parameters["max_encoder_length"]
         ]
     bounds = series_bounds(data, parameters["group_ids"])
+    if predict and not isinstance(parameters["target_normalizer"], EncoderNormalizer):
+        data, bounds = _last_windows(data, parameters, bounds)
     schema = TimeSeriesDataSet.from_parameters(
         parameters, data.iloc[: bounds[1]], predict=predict, stop_randomization=predict
     )
