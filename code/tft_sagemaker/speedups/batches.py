@@ -17,7 +17,8 @@ a small library-built dataset whose batches must equal the library's bit for bit
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -135,6 +136,59 @@ class _Part:
         return gathered.masked_fill_(~mask, 0)
 
 
+# Per-window arrays of datasets whose host panel holds them (`prepared`): mapped, not computed.
+_PREPARED: weakref.WeakKeyDictionary[TimeSeriesDataSet, dict[str, np.ndarray]] = (
+    weakref.WeakKeyDictionary()
+)
+_CHUNK = 1 << 20  # windows at a time: the int64 intermediates stay small
+
+
+def window_arrays(
+    dataset: TimeSeriesDataSet,
+    allocate: Callable[[str, tuple[int, ...], np.dtype], np.ndarray] = (
+        lambda name, shape, dtype: np.empty(shape, dtype)
+    ),
+) -> dict[str, np.ndarray]:
+    """What WindowBatcher needs per window, in the narrowest types, into `allocate`'s arrays:
+    each window's first row (`start`), encoder and decoder lengths (as __getitem__ computes
+    them: without missing timesteps a window is the rows start .. start + sequence_length - 1)
+    and series (`series`, a position in `series_groups`: the encoded group ids of each run of
+    rows of one series)."""
+    index, time = dataset.index, dataset.data["time"].numpy()
+    groups = dataset.data["groups"].numpy()
+    change = np.ones(len(groups), dtype=bool)
+    change[1:] = (groups[1:] != groups[:-1]).any(axis=1)
+    series_groups = allocate("series_groups", (int(change.sum()), groups.shape[1]), groups.dtype)
+    series_groups[...] = groups[change]
+    series_start = np.flatnonzero(change)
+    n = len(index)
+    longest = int(index["sequence_length"].max())
+    narrow = np.int16 if longest <= np.iinfo(np.int16).max else np.int32
+    arrays = {
+        "start": allocate("start", (n,), np.dtype(np.int32)),
+        "encoder_length": allocate("encoder_length", (n,), np.dtype(narrow)),
+        "decoder_length": allocate("decoder_length", (n,), np.dtype(narrow)),
+        "series": allocate("series", (n,), np.dtype(np.int32)),
+        "series_groups": series_groups,
+    }
+    for first in range(0, n, _CHUNK):
+        part = slice(first, first + _CHUNK)
+        start = index["index_start"].to_numpy()[part].astype(np.int64)
+        sequence_length = index["sequence_length"].to_numpy()[part].astype(np.int64)
+        time_last = time[start + sequence_length - 1]
+        decoder_length = dataset.calculate_decoder_length(time_last, sequence_length)
+        arrays["start"][part] = start
+        arrays["encoder_length"][part] = sequence_length - decoder_length
+        arrays["decoder_length"][part] = decoder_length
+        arrays["series"][part] = np.searchsorted(series_start, start, side="right") - 1
+    return arrays
+
+
+def prepared(dataset: TimeSeriesDataSet, arrays: dict[str, np.ndarray]) -> None:
+    """WindowBatchers of `dataset` take these `window_arrays` (mapped from its host panel)."""
+    _PREPARED[dataset] = arrays
+
+
 class WindowBatcher:
     """Batches of `dataset`'s windows equal to TimeSeriesDataSet._collate_fn's, vectorized."""
 
@@ -146,24 +200,18 @@ class WindowBatcher:
         self._multi_target = dataset.multi_target
         data = dataset.data
 
-        # Per window, in the narrowest types (a panel has about as many windows as rows):
-        # the first row and the lengths, as __getitem__ computes them. Without missing
-        # timesteps a window is the contiguous rows start .. start + sequence_length - 1.
-        index = dataset.index
-        start = index["index_start"].to_numpy()
-        sequence_length = index["sequence_length"].to_numpy(np.int64)
-        time_last = data["time"].numpy()[start + sequence_length - 1]
-        decoder_length = dataset.calculate_decoder_length(time_last, sequence_length)
-        encoder_length = sequence_length - decoder_length
-        narrow = np.int16 if sequence_length.max() <= np.iinfo(np.int16).max else np.int32
+        # Per window (a panel has about as many windows as rows): prepared with the panel
+        # (host_panel.py) or computed here.
+        arrays = _PREPARED.get(dataset) or window_arrays(dataset)
         # Kept on the CPU as well: the batch's padded lengths are needed as Python ints, and
         # reading them there spares a device synchronisation.
-        self._encoder_length_cpu = torch.from_numpy(encoder_length.astype(narrow))
-        self._decoder_length_cpu = torch.from_numpy(decoder_length.astype(narrow))
+        self._encoder_length_cpu = torch.from_numpy(arrays["encoder_length"])
+        self._decoder_length_cpu = torch.from_numpy(arrays["decoder_length"])
         self._encoder_length = self._encoder_length_cpu.to(self.device)
         self._decoder_length = self._decoder_length_cpu.to(self.device)
-        self._start = torch.from_numpy(np.ascontiguousarray(start, dtype=np.int32))
-        self._start = self._start.to(self.device)
+        self._start = torch.from_numpy(arrays["start"]).to(self.device)
+        self._series = torch.from_numpy(arrays["series"]).to(self.device)
+        max_encoder_length_seen = int(self._encoder_length_cpu.max())
 
         # Per row, as the dataset holds them (on the CPU: the same memory, not a copy).
         self._time = data["time"].to(self.device)
@@ -183,7 +231,7 @@ class WindowBatcher:
             # Entry r + span is relative time r, for every r a window has (-encoder length up
             # to decoder length - 1): __getitem__'s arange(-e, d) / max_encoder_length, value
             # by value. (The column is float: the dataset adds it as 0.0.)
-            self._span = int(sequence_length.max())
+            self._span = int(dataset.index["sequence_length"].max())
             relative = torch.arange(-self._span, self._span, dtype=dtype) / max_encoder_length
             self._relative_time = torch.cat([relative, torch.zeros(1, dtype=dtype)])
             self._relative_time = self._relative_time.to(self.device)
@@ -194,21 +242,15 @@ class WindowBatcher:
             # does (its encoder length is a numpy integer) and rounded on assignment.
             feature = [
                 (e - 0.5 * max_encoder_length) / max_encoder_length * 2.0
-                for e in range(int(encoder_length.max()) + 1)
+                for e in range(max_encoder_length_seen + 1)
             ]
             self._encoder_length_feature = torch.tensor([*feature, 0.0], dtype=torch.float64)
             self._encoder_length_feature = self._encoder_length_feature.to(dtype).to(self.device)
 
         # Target scales depend only on the window's series: asked of the normalizer once per
         # series exactly as __getitem__ asks, stacked as _collate_fn stacks them, then
-        # gathered per window. The rows of a series are contiguous: a series starts where a
-        # group id changes.
-        groups = data["groups"].numpy()
-        change = np.ones(len(groups), dtype=bool)
-        change[1:] = (groups[1:] != groups[:-1]).any(axis=1)
-        series_of_row = np.cumsum(change, dtype=np.int64) - 1
-        self._series = torch.from_numpy(series_of_row[start].astype(np.int32)).to(self.device)
-        stacked = _series_scales(dataset, torch.from_numpy(groups[change]))
+        # gathered per window.
+        stacked = _series_scales(dataset, torch.from_numpy(arrays["series_groups"]))
         self._target_scale = (
             [s.to(self.device) for s in stacked]
             if isinstance(stacked, list)
