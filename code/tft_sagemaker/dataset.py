@@ -41,6 +41,7 @@ from .columnar import (
 from .config import DataConfig
 from .errors import DataError
 from .units import in_model_unit
+from .validation import is_sorted
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def to_internal(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
         )
     names = internal_names(config)
     columns = [c for c in names if c in frame.columns]
-    return frame[columns].rename(columns=names)
+    return frame[columns].rename(columns=names, copy=False)  # a copy already
 
 
 def _target_normalizer(config: DataConfig) -> TorchNormalizer:
@@ -242,7 +243,8 @@ def _sorted_internal(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
     """`to_internal(frame)`, sorted by series and time as the library sorts it."""
     names = internal_names(config)
     keys = [names[g] for g in config.group_ids] + [names[config.time_idx]]
-    return to_internal(frame, config).sort_values(keys)
+    internal = to_internal(frame, config)
+    return internal if is_sorted(internal, keys) else internal.sort_values(keys)
 
 
 def _library_built(
