@@ -170,8 +170,9 @@ def to_internal(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
             **{c: CALENDAR[v](dates).astype(str).astype("category") for v, c in calendar.items()}
         )
     names = internal_names(config)
-    columns = [c for c in names if c in frame.columns]
-    return frame[columns].rename(columns=names, copy=False)  # a copy already
+    # The frame's own columns under other names, not a copy of them (nothing writes into them:
+    # the library copies what it changes, and so does columnar.py).
+    return pd.DataFrame({names[c]: frame[c] for c in names if c in frame.columns}, copy=False)
 
 
 def _target_normalizer(config: DataConfig) -> TorchNormalizer:
