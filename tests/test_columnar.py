@@ -4,6 +4,7 @@ parameters, tensors, windows and the batches its collate function makes of them.
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
 
 import numpy as np
@@ -192,3 +193,18 @@ def test_unsupported_falls_back_to_the_library(monkeypatch, caplog):
     assert_same_dataset(library, ours)
     assert_same_dataset(build_validation_dataset(library, frame, config), our_validation)
     assert {"reals", "time", "target_0"} <= set(allocated)
+
+
+def test_non_finite_values_fail_as_in_the_library():
+    """A missing target (validate_frame refuses it before; this is the check behind it): the
+    library's error."""
+    frame, config = prepared(make_panel(n_stores=2, n_weeks=40, seed=1), {"preset": "synthetic"})
+    train = split_holdout(frame, config)
+    train.loc[train.index[5], config.target] = np.nan
+    with pytest.raises(ValueError) as library:
+        build_training_dataset(train, config)
+    with pytest.raises(ValueError) as ours:
+        build_columnar_training(train, config)
+    assert "found to be NA or infinite" in str(library.value)
+    share = re.compile(r" \(\d+\.\d+%\)")  # ours: of the chunk of series it is in
+    assert share.sub("", str(ours.value)) == share.sub("", str(library.value))
