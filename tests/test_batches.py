@@ -27,7 +27,7 @@ from tft_sagemaker.presets import PRESET_VALUES
 from tft_sagemaker.speedups.batches import (
     WindowBatcher,
     first_difference,
-    group_scales,
+    series_scales,
     unsupported_reason,
 )
 from tft_sagemaker.validation import min_series_length, validate_frame
@@ -258,22 +258,23 @@ def test_group_scales_of_every_series_at_once_are_the_normalizers(group_ids):
     unknown = series[:1] + 1000  # a series the normalizer was not fitted on: its `missing_`
     series = torch.cat([series.flip(0), unknown])
     expected = library_scales(dataset, series)
-    assert_identical(expected, group_scales(dataset, series))
+    assert_identical(expected, series_scales(dataset, series))
     missing = dataset.target_normalizer.missing_
     assert expected[-1].tolist() == pytest.approx([missing["center"], missing["scale"]])
 
 
-def test_group_scales_leave_other_normalizers_to_the_library():
+def test_series_scales_of_other_normalizers_are_the_librarys():
     scale_by_group = synthetic_dataset(**SYNTHETIC_VARIANTS["scale_by_group"])
     by_store = synthetic_dataset(target_normalizer=GroupNormalizer(groups=["store"]))
     for dataset in (scale_by_group, by_store, synthetic_dataset(target_normalizer=None)):
-        assert group_scales(dataset, torch.unique(dataset.data["groups"], dim=0)) is None
+        series = torch.unique(dataset.data["groups"], dim=0)
+        assert_identical(library_scales(dataset, series), series_scales(dataset, series))
 
 
 def test_stallion_group_scales(stallion):
     for dataset in stallion:
         series = torch.unique(dataset.data["groups"], dim=0)
-        assert_identical(library_scales(dataset, series), group_scales(dataset, series))
+        assert_identical(library_scales(dataset, series), series_scales(dataset, series))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,3 +327,27 @@ def test_randomized_training_has_a_supported_validation_set():
 
 def test_stallion_supported(stallion):
     assert [unsupported_reason(d) for d in stallion] == [None, None]
+
+
+@pytest.mark.parametrize("group_ids", [["series"], ["series", "store"]])
+def test_series_without_a_scale(group_ids):
+    """Series the group normalizer has no scale for (not in training): the scales the
+    library's __getitem__ gives them (the normalizer's `missing_`), one group id or several."""
+    panel = synthetic_panel()
+    normalizer = GroupNormalizer(groups=group_ids, transformation="softplus")
+    encoders = {
+        "promo": NaNLabelEncoder(add_nan=True).fit(pd.Series(["a", "b"])),
+        "series": NaNLabelEncoder(add_nan=True),  # s0 unknown: the 'unknown' class
+    }
+    training = synthetic_dataset(
+        panel[panel["series"] != "s0"],
+        group_ids=group_ids,
+        target_normalizer=normalizer,
+        categorical_encoders=encoders,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        predict = TimeSeriesDataSet.from_dataset(
+            training, panel, predict=True, stop_randomization=True
+        )
+    check_equivalence(predict)

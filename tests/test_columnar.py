@@ -4,6 +4,7 @@ parameters, tensors, windows and the batches its collate function makes of them.
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
 
 import numpy as np
@@ -41,9 +42,18 @@ def prepared(raw: pd.DataFrame, hyperparameters: dict[str, str]) -> tuple[pd.Dat
     return frame, resolve_data(config, frame)[0]
 
 
-def assert_same_dataset(expected: TimeSeriesDataSet, actual: TimeSeriesDataSet) -> None:
-    pd.testing.assert_frame_equal(expected.index, actual.index, check_exact=True)
-    assert first_difference(expected.data, actual.data, "data") is None
+def assert_same_dataset(
+    expected: TimeSeriesDataSet, actual: TimeSeriesDataSet, all_rows: bool = True
+) -> None:
+    """The same dataset; with `all_rows` false, `actual` may leave out rows no window holds
+    (the windows then start at other rows): the same windows and every window's batch."""
+    if all_rows:
+        pd.testing.assert_frame_equal(expected.index, actual.index, check_exact=True)
+        assert first_difference(expected.data, actual.data, "data") is None
+    else:
+        same = ["sequence_length", "time", "sequence_id"]
+        pd.testing.assert_frame_equal(expected.index[same], actual.index[same], check_exact=True)
+        assert len(actual.data["time"]) < len(expected.data["time"])
     ours, theirs = actual.get_parameters(), expected.get_parameters()
     assert ours.keys() == theirs.keys()
     for name, value in theirs.items():
@@ -60,7 +70,8 @@ def assert_same_dataset(expected: TimeSeriesDataSet, actual: TimeSeriesDataSet) 
             assert pickle.dumps(value) == pickle.dumps(ours[name]), name
     windows = np.arange(len(expected))
     rng = np.random.default_rng(0)
-    for batch in (windows[:64], rng.choice(windows, min(100, len(windows)), replace=False)):
+    batches = [windows[:64], rng.choice(windows, min(100, len(windows)), replace=False)]
+    for batch in batches if all_rows else np.array_split(windows, -(-len(windows) // 64)):
         reference = expected._collate_fn([expected[int(i)] for i in batch])
         assert (
             first_difference(reference, actual._collate_fn([actual[int(i)] for i in batch])) is None
@@ -75,7 +86,9 @@ def check_both(frame: pd.DataFrame, config: DataConfig) -> None:
     validation = build_validation_dataset(library, frame, config)
     our_validation = build_columnar_validation(ours, frame, config)
     assert_same_dataset(library, ours)
-    assert_same_dataset(validation, our_validation)
+    # The predict-mode windows' rows only, unless the scales are fitted on every row.
+    encoder = config.target_normalizer == "encoder"
+    assert_same_dataset(validation, our_validation, all_rows=encoder)
 
 
 @pytest.mark.parametrize(
@@ -115,3 +128,83 @@ def test_stallion_preset(stallion_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         check_both(frame, config)
+
+
+def test_end_indices_are_the_librarys():
+    """`end_indices` over arrays against the library's loop, on series with and without gaps,
+    of every length against every window length."""
+    from pytorch_forecasting.data.timeseries._timeseries import _find_end_indices
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        diffs, max_lengths = [], []
+        for _ in range(rng.integers(1, 6)):
+            steps = rng.choice([1, 1, 1, 2, 3], rng.integers(1, 30)) if trial % 2 else None
+            time = np.cumsum(steps) - steps[0] if steps is not None else np.arange(30)
+            diffs.append(np.append(np.diff(time), 1))
+            longest = np.minimum(time + rng.integers(1, 15) - 1, time[-1])
+            max_lengths.append(longest - time + 1)
+        args = np.concatenate(diffs), np.concatenate(max_lengths), int(rng.integers(1, 8))
+        expected_end, expected_missing = _find_end_indices(*args)
+        end, missing = columnar.end_indices(*args)
+        assert np.array_equal(end, expected_end)
+        assert np.array_equal(missing, expected_missing.reshape(-1, 2))
+
+
+def test_lookups_are_the_librarys():
+    """`encode` and `group_norm` give what NaNLabelEncoder.transform and
+    GroupNormalizer.get_norm give, unknown categories and series without a scale included."""
+    from pytorch_forecasting.data.encoders import GroupNormalizer, NaNLabelEncoder
+
+    values = pd.Series(["b", "a", "c", "a", "zz"], dtype="category")
+    encoder = NaNLabelEncoder(add_nan=True).fit(columnar.distinct(values.iloc[:3]))
+    with pytest.warns(UserWarning, match="1 unknown classes"):
+        expected = encoder.transform(values)
+    assert np.array_equal(columnar.encode(encoder, values), expected)
+    with pytest.raises(KeyError, match="Unknown category 'zz'"):
+        columnar.encode(NaNLabelEncoder().fit(values.iloc[:3]), values)
+
+    frame = pd.DataFrame({"g": [0, 0, 1, 1, 2], "h": [0, 0, 1, 1, 0], "y": [1.0, 2, 3, 5, 7]})
+    for groups in (["g"], ["g", "h"]):
+        normalizer = GroupNormalizer(groups=groups).fit(frame["y"], frame)  # g=2: one row, NaN
+        other = frame.assign(g=[0, 3, 1, 2, 2])  # 3: no scale
+        assert np.array_equal(columnar.group_norm(normalizer, other), normalizer.get_norm(other))
+
+
+def test_unsupported_falls_back_to_the_library(monkeypatch, caplog):
+    """Where the columnar build does not apply, the job gets the library's own datasets, their
+    tensors in the allocated arrays, and says so."""
+    from tft_sagemaker import dataset
+
+    frame, config = prepared(make_panel(n_stores=2, n_weeks=40, seed=1), {"preset": "synthetic"})
+    train = split_holdout(frame, config)
+    monkeypatch.setattr(dataset, "unsupported_reason", lambda kwargs: "lags are set")
+    allocated = []
+
+    def allocate(name, shape, dtype):
+        allocated.append(name)
+        return np.empty(shape, dtype)
+
+    with caplog.at_level("WARNING"):
+        ours = build_columnar_training(train, config, allocate)
+        our_validation = build_columnar_validation(ours, frame, config, allocate)
+    assert "built by pytorch-forecasting on the whole frame (lags are set)" in caplog.text
+    library = build_training_dataset(train, config)
+    assert_same_dataset(library, ours)
+    assert_same_dataset(build_validation_dataset(library, frame, config), our_validation)
+    assert {"reals", "time", "target_0"} <= set(allocated)
+
+
+def test_non_finite_values_fail_as_in_the_library():
+    """A missing target (validate_frame refuses it before; this is the check behind it): the
+    library's error."""
+    frame, config = prepared(make_panel(n_stores=2, n_weeks=40, seed=1), {"preset": "synthetic"})
+    train = split_holdout(frame, config)
+    train.loc[train.index[5], config.target] = np.nan
+    with pytest.raises(ValueError) as library:
+        build_training_dataset(train, config)
+    with pytest.raises(ValueError) as ours:
+        build_columnar_training(train, config)
+    assert "found to be NA or infinite" in str(library.value)
+    share = re.compile(r" \(\d+\.\d+%\)")  # ours: of the chunk of series it is in
+    assert share.sub("", str(ours.value)) == share.sub("", str(library.value))

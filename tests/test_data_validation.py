@@ -815,3 +815,26 @@ def test_yearly_dates_with_a_daily_freq(sm_job: SageMakerDir, tiny_panel: pd.Dat
         "30 series have gaps in 'time_idx', e.g. store=store_000, product=product_00: time_idx "
         "0 is followed by 365; the dates look like freq='YS-JAN', not 'D': set freq=YS-JAN.",
     )
+
+
+def test_is_sorted_orders_as_sort_values():
+    """`is_sorted` says whether sort_values(keys) would change the order: categories by their
+    order (not their text), ties broken by the next key, text left to sort_values."""
+    from tft_sagemaker.validation import is_sorted
+
+    frame = pd.DataFrame(
+        {
+            "g": pd.Categorical(["b", "b", "a"], categories=["b", "a"]),
+            "t": [1, 2, 0],
+            "text": ["x", "y", "z"],
+        }
+    )
+    assert is_sorted(frame, ["g", "t"])
+    assert not is_sorted(frame, ["t"])
+    assert not is_sorted(frame.iloc[[1, 0, 2]], ["g", "t"])
+    assert is_sorted(frame.assign(t=[2, 2, 0]), ["g", "t"])  # ties stay as they are
+    assert not is_sorted(frame, ["text"])  # not compared here: sort_values orders it
+    for keys in (["g", "t"], ["t"], ["g"]):
+        shuffled = frame.sample(frac=1, random_state=1)
+        expected = shuffled.sort_values(keys, kind="stable").index.equals(shuffled.index)
+        assert is_sorted(shuffled, keys) == expected

@@ -19,7 +19,7 @@ from tft_sagemaker.job_data import split_holdout
 from tft_sagemaker.preparation import prepare_training_frame
 from tft_sagemaker.presets import PRESET_VALUES
 from tft_sagemaker.recipe import resolve_data
-from tft_sagemaker.speedups.batches import WindowBatcher, first_difference
+from tft_sagemaker.speedups.batches import WindowBatcher, first_difference, window_arrays
 from tft_sagemaker.synthetic import make_panel
 from tft_sagemaker.validation import min_series_length, validate_frame
 
@@ -53,6 +53,11 @@ def test_the_other_processes_map_what_the_first_prepared(tmp_path: Path) -> None
         windows = np.arange(len(theirs))
         expected = theirs._collate_fn([theirs[int(i)] for i in windows[:50]])
         assert first_difference(expected, WindowBatcher(ours)(windows[:50])) is None
+        # the batcher's per-window arrays were computed once, and are mapped
+        mapped = {p.stem: np.load(p) for p in (tmp_path / "key" / name / "windows").glob("*")}
+        computed = window_arrays(theirs)
+        assert mapped.keys() == computed.keys()
+        assert all(np.array_equal(mapped[k], computed[k]) for k in computed)
     # mapped copy-on-write: what a process writes stays its own
     mapped = other.training.data["reals"]
     mapped[0, 0] += 1

@@ -14,6 +14,7 @@ same mapping from the saved configuration; `user_names` maps back, for anything 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import warnings
 from collections.abc import Callable
@@ -27,11 +28,24 @@ from pytorch_forecasting import TimeSeriesDataSet
 from pytorch_forecasting.data import EncoderNormalizer, GroupNormalizer, NaNLabelEncoder
 from pytorch_forecasting.data.encoders import TorchNormalizer
 
-from .columnar import CHUNK_ROWS, Allocate, build_columnar, fit_parameters, in_memory, series_bounds
+from .columnar import (
+    CHUNK_ROWS,
+    Allocate,
+    build_columnar,
+    fit_parameters,
+    flat_tensors,
+    in_memory,
+    series_bounds,
+    tensors,
+    unsupported_reason,
+)
 from .config import DataConfig
 from .errors import DataError
 from .shares import Agreement
 from .units import in_model_unit
+from .validation import is_sorted
+
+log = logging.getLogger(__name__)
 
 _EXAMPLES = 3
 # Columns pytorch-forecasting adds to the data itself (the target's scales are added below).
@@ -160,8 +174,9 @@ def to_internal(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
             **{c: CALENDAR[v](dates).astype(str).astype("category") for v, c in calendar.items()}
         )
     names = internal_names(config)
-    columns = [c for c in names if c in frame.columns]
-    return frame[columns].rename(columns=names)
+    # The frame's own columns under other names, not a copy of them (nothing writes into them:
+    # the library copies what it changes, and so does columnar.py).
+    return pd.DataFrame({names[c]: frame[c] for c in names if c in frame.columns}, copy=False)
 
 
 def _target_normalizer(config: DataConfig) -> TorchNormalizer:
@@ -283,7 +298,21 @@ def _sorted_internal(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
     """`to_internal(frame)`, sorted by series and time as the library sorts it."""
     names = internal_names(config)
     keys = [names[g] for g in config.group_ids] + [names[config.time_idx]]
-    return to_internal(frame, config).sort_values(keys)
+    internal = to_internal(frame, config)
+    return internal if is_sorted(internal, keys) else internal.sort_values(keys)
+
+
+def _library_built(
+    dataset: TimeSeriesDataSet, allocate: Allocate, reason: str
+) -> TimeSeriesDataSet:
+    """`dataset` (built by the library) with its tensors moved into `allocate`'s arrays."""
+    log.warning("datasets: built by pytorch-forecasting on the whole frame (%s)", reason)
+    arrays = {}
+    for name, tensor in flat_tensors(dataset.data).items():
+        arrays[name] = allocate(name, tuple(tensor.shape), tensor.numpy().dtype)
+        arrays[name][...] = tensor.numpy()
+    dataset.data = tensors(arrays)
+    return dataset
 
 
 def build_columnar_training(
@@ -298,6 +327,16 @@ def build_columnar_training(
     where given (`known_categories`); `agreement`: what the job's hosts agree on (shares.py),
     so that `frame`, one host's share, is fitted as the whole panel."""
     kwargs = dataset_parameters(config, categories)
+    reason = unsupported_reason(kwargs)
+    if reason is not None:
+        if agreement is not None:
+            raise DataError(
+                f"This job's hosts cannot share the panel: its dataset ({reason}) is built by "
+                "pytorch-forecasting on the whole frame. Train on one host, or choose another "
+                "target_normalizer."
+            )
+        library = TimeSeriesDataSet(to_internal(frame, config), **kwargs)
+        return _library_built(library, allocate, reason)
     data = _sorted_internal(frame, config)
     if agreement is not None:
         kwargs = agreement.encoders(data, kwargs)
@@ -318,6 +357,10 @@ def build_columnar_validation(
     """`build_validation_dataset`'s dataset, built chunk by chunk into `allocate`'s arrays."""
     parameters = training.get_parameters()
     refuse_unscaled_series(parameters, frame, config, "Channel 'validation'", "'train'")
+    reason = unsupported_reason(dataset_parameters(config))
+    if reason is not None:
+        validation = build_validation_dataset(training, frame, config)
+        return _library_built(validation, allocate, reason)
     return build_columnar(_sorted_internal(frame, config), parameters, True, allocate)
 
 

@@ -42,10 +42,11 @@ from .config import DataConfig
 from .errors import JobError, writing
 from .recipe import Choice
 from .sagemaker.paths import JobPaths
+from .speedups import batches
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # of the files below: a change makes new keys
+FORMAT = 2  # of the files below: a change makes new keys
 COMPLETE = "complete"
 DATASETS = ("training", "validation")
 _POLL_S = 0.2
@@ -100,6 +101,12 @@ def bytes_per_row(dataset: TimeSeriesDataSet) -> str:
     return f"{total / rows:.1f} bytes per row ({shares}; {rows} rows)"
 
 
+def _mapped(directory: Path) -> dict[str, np.ndarray]:
+    """The arrays of a panel directory, mapped copy-on-write: what a process writes stays its
+    own."""
+    return {path.stem: np.load(path, mmap_mode="c") for path in sorted(directory.glob("*.npy"))}
+
+
 class HostPanel:
     """The panel directory of one job on one host."""
 
@@ -135,7 +142,10 @@ class HostPanel:
 
     def allocate(self, dataset: str) -> Allocate:
         """Arrays of `dataset` in memory-mapped files of the panel being written."""
-        directory = self._staging / dataset
+        return self._allocate(dataset)
+
+    def _allocate(self, part: str) -> Allocate:
+        directory = self._staging / part
 
         def allocate(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
             directory.mkdir(parents=True, exist_ok=True)
@@ -151,6 +161,9 @@ class HostPanel:
         with writing("the prepared data", self._staging):
             for name in DATASETS:
                 dataset: TimeSeriesDataSet = getattr(prepared, name)
+                if batches.unsupported_reason(dataset) is None:  # WindowBatcher's, once
+                    arrays = batches.window_arrays(dataset, self._allocate(f"{name}/windows"))
+                    batches.prepared(dataset, arrays)
                 schema = copy.copy(dataset)
                 schema.data, schema.index = None, None
                 torch.save(schema, self._staging / name / "schema.pt")
@@ -176,14 +189,14 @@ class HostPanel:
         for name in DATASETS:
             directory = self.directory / name
             dataset = torch.load(directory / "schema.pt", weights_only=False)
-            arrays = {
-                path.stem: np.load(path, mmap_mode="c")
-                for path in sorted(directory.glob("*.npy"))
-                if path.stem != "index"
-            }
+            arrays = _mapped(directory)
+            del arrays["index"]
             dataset.data = tensors(arrays)
             columns = json.loads((directory / "index.json").read_text())
-            dataset.index = pd.DataFrame(np.load(directory / "index.npy"), columns=columns)
+            index = np.load(directory / "index.npy", mmap_mode="c")
+            dataset.index = pd.DataFrame(index, columns=columns, copy=False)
+            if (directory / "windows").is_dir():
+                batches.prepared(dataset, _mapped(directory / "windows"))
             datasets[name] = dataset
         return Prepared(meta["config"], meta["choices"], **datasets)
 

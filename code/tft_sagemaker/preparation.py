@@ -66,7 +66,9 @@ def _prepare_parsed(
         _require_columns(frame, preset.raw_columns, channel, f"the '{preset.name}' preset")
         frame = preset.prepare(frame)
     _require_columns(frame, config.required_columns, channel, "the configuration")
-    frame = frame.copy()
+    # Only whole columns are replaced below (never written into): the caller's frame keeps
+    # its own, and no copy of the others is made.
+    frame = frame.copy(deep=False)
     if config.date_column:
         assert time_axis is not None
         if config.time_idx in frame.columns and config.time_idx != config.date_column:

@@ -166,6 +166,25 @@ def refuse_duplicated_keys(frame: pd.DataFrame, config: DataConfig, channel: str
     )
 
 
+def is_sorted(frame: pd.DataFrame, keys: list[str]) -> bool:
+    """Whether `frame` is sorted by `keys` as `sort_values(keys)` sorts it (categories by
+    their order): one pass over the rows rather than a sort and a copy of the frame."""
+    before = np.zeros(max(len(frame) - 1, 0), dtype=bool)  # a key earlier already orders
+    tied = np.ones_like(before)
+    for key in keys:
+        column = frame[key]
+        values = (
+            column.cat.codes.to_numpy()
+            if isinstance(column.dtype, pd.CategoricalDtype)
+            else column.to_numpy()
+        )
+        if values.dtype.kind not in "iufmMb":
+            return False  # text or mixed: let sort_values order it
+        before |= tied & (values[:-1] < values[1:])
+        tied &= values[:-1] == values[1:]
+    return bool((before | tied).all())
+
+
 def validate_frame(
     frame: pd.DataFrame, config: DataConfig, channel: str, min_length: int
 ) -> pd.DataFrame:
@@ -221,7 +240,9 @@ def validate_frame(
     refuse_duplicated_keys(frame, config, channel)
     _check_statics(frame, config, channel)
 
-    ordered = frame.sort_values(keys, kind="stable").astype({time: np.int64})
+    ordered = frame if is_sorted(frame, keys) else frame.sort_values(keys, kind="stable")
+    if ordered[time].dtype != np.int64:
+        ordered = ordered.assign(**{time: ordered[time].astype(np.int64)})
     by_series = ordered.groupby(groups, observed=True, sort=False)[time]
     steps = by_series.diff()
     _check_steps(ordered, steps, config, channel)
@@ -264,4 +285,6 @@ def validate_frame(
             )
         log.warning("%s: dropping them (drop_short_series=true)", message)
         ordered = ordered.loc[~short]
+    if ordered.index.equals(pd.RangeIndex(len(ordered))):
+        return ordered  # each step above copies the frame only where it changes it
     return ordered.reset_index(drop=True)

@@ -17,14 +17,20 @@ a small library-built dataset whose batches must equal the library's bit for bit
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from pytorch_forecasting import TimeSeriesDataSet
-from pytorch_forecasting.data.encoders import EncoderNormalizer, GroupNormalizer, MultiNormalizer
+from pytorch_forecasting.data.encoders import (
+    EncoderNormalizer,
+    GroupNormalizer,
+    MultiNormalizer,
+    TorchNormalizer,
+)
 
 from .guards import guard
 
@@ -80,28 +86,38 @@ def _stack_scales(values: list[Any]) -> Tensors:
     return _stack_scale(values)
 
 
-def group_scales(dataset: TimeSeriesDataSet, series_groups: torch.Tensor) -> torch.Tensor | None:
-    """A GroupNormalizer's `get_parameters` of every series (rows of encoded group ids) at
-    once, stacked as `_stack_scales` stacks them; None where the normalizer is another (ask it
-    series by series). The library looks each series up in `norm_` (the fitted parameters,
-    one row per series) and falls back to `missing_`; one lookup takes about 0.3 ms, 15 s for
-    a panel of 50,000 series, in every process and for every loader."""
+def series_scales(dataset: TimeSeriesDataSet, series_groups: torch.Tensor) -> Tensors:
+    """`_stack_scales` of `target_normalizer.get_parameters(groups, dataset.group_ids)` for
+    each series' encoded group ids: a group normalizer's `norm_` looked up by position for all
+    series at once (its `.loc` per series is what __getitem__ pays), a normalizer without
+    groups asked once; any other, series by series."""
     normalizer = dataset.target_normalizer
     if (
-        type(normalizer) is not GroupNormalizer
-        or normalizer.scale_by_group
-        or not normalizer.groups
-        or list(normalizer.groups) != list(dataset.group_ids)
+        type(normalizer) is GroupNormalizer
+        and not normalizer.scale_by_group
+        and normalizer.groups
+        and list(normalizer.groups) == list(dataset.group_ids)  # norm_ indexed as the series
+        and not dataset.multi_target
+        and isinstance(normalizer.norm_.index, pd.MultiIndex) == (series_groups.shape[1] > 1)
     ):
-        return None
-    norm = normalizer.norm_
-    codes = series_groups.numpy()
-    if isinstance(norm.index, pd.MultiIndex) != (codes.shape[1] > 1):
-        return None
-    keys = pd.MultiIndex.from_arrays(codes.T) if codes.shape[1] > 1 else pd.Index(codes[:, 0])
-    values = norm.reindex(keys).to_numpy()
-    values[~keys.isin(norm.index)] = [normalizer.missing_[name] for name in normalizer.names]
-    return torch.from_numpy(values.astype(np.float32))
+        columns = series_groups.numpy().T
+        norm = normalizer.norm_
+        keys = (
+            pd.MultiIndex.from_arrays(list(columns)) if len(columns) > 1 else pd.Index(columns[0])
+        )
+        position = norm.index.get_indexer(keys)
+        table = norm.to_numpy()[position]
+        table[position < 0] = [normalizer.missing_[name] for name in normalizer.names]
+        return torch.from_numpy(table.astype(np.float32))
+    if type(normalizer) is TorchNormalizer:  # the same scale for every series
+        return _stack_scale([normalizer.get_parameters()] * len(series_groups))
+    scales = []
+    for groups in series_groups:
+        scale = normalizer.get_parameters(groups, dataset.group_ids)
+        if not isinstance(normalizer, MultiNormalizer):
+            scale = [scale]
+        scales.append(scale if dataset.multi_target else scale[0])
+    return _stack_scales(scales)
 
 
 class _Part:
@@ -120,6 +136,59 @@ class _Part:
         return gathered.masked_fill_(~mask, 0)
 
 
+# Per-window arrays of datasets whose host panel holds them (`prepared`): mapped, not computed.
+_PREPARED: weakref.WeakKeyDictionary[TimeSeriesDataSet, dict[str, np.ndarray]] = (
+    weakref.WeakKeyDictionary()
+)
+_CHUNK = 1 << 20  # windows at a time: the int64 intermediates stay small
+
+
+def window_arrays(
+    dataset: TimeSeriesDataSet,
+    allocate: Callable[[str, tuple[int, ...], np.dtype], np.ndarray] = (
+        lambda name, shape, dtype: np.empty(shape, dtype)
+    ),
+) -> dict[str, np.ndarray]:
+    """What WindowBatcher needs per window, in the narrowest types, into `allocate`'s arrays:
+    each window's first row (`start`), encoder and decoder lengths (as __getitem__ computes
+    them: without missing timesteps a window is the rows start .. start + sequence_length - 1)
+    and series (`series`, a position in `series_groups`: the encoded group ids of each run of
+    rows of one series)."""
+    index, time = dataset.index, dataset.data["time"].numpy()
+    groups = dataset.data["groups"].numpy()
+    change = np.ones(len(groups), dtype=bool)
+    change[1:] = (groups[1:] != groups[:-1]).any(axis=1)
+    series_groups = allocate("series_groups", (int(change.sum()), groups.shape[1]), groups.dtype)
+    series_groups[...] = groups[change]
+    series_start = np.flatnonzero(change)
+    n = len(index)
+    longest = int(index["sequence_length"].max())
+    narrow = np.int16 if longest <= np.iinfo(np.int16).max else np.int32
+    arrays = {
+        "start": allocate("start", (n,), np.dtype(np.int32)),
+        "encoder_length": allocate("encoder_length", (n,), np.dtype(narrow)),
+        "decoder_length": allocate("decoder_length", (n,), np.dtype(narrow)),
+        "series": allocate("series", (n,), np.dtype(np.int32)),
+        "series_groups": series_groups,
+    }
+    for first in range(0, n, _CHUNK):
+        part = slice(first, first + _CHUNK)
+        start = index["index_start"].to_numpy()[part].astype(np.int64)
+        sequence_length = index["sequence_length"].to_numpy()[part].astype(np.int64)
+        time_last = time[start + sequence_length - 1]
+        decoder_length = dataset.calculate_decoder_length(time_last, sequence_length)
+        arrays["start"][part] = start
+        arrays["encoder_length"][part] = sequence_length - decoder_length
+        arrays["decoder_length"][part] = decoder_length
+        arrays["series"][part] = np.searchsorted(series_start, start, side="right") - 1
+    return arrays
+
+
+def prepared(dataset: TimeSeriesDataSet, arrays: dict[str, np.ndarray]) -> None:
+    """WindowBatchers of `dataset` take these `window_arrays` (mapped from its host panel)."""
+    _PREPARED[dataset] = arrays
+
+
 class WindowBatcher:
     """Batches of `dataset`'s windows equal to TimeSeriesDataSet._collate_fn's, vectorized."""
 
@@ -131,30 +200,26 @@ class WindowBatcher:
         self._multi_target = dataset.multi_target
         data = dataset.data
 
-        # Per window. Without missing timesteps a window is the contiguous rows
-        # start .. start + sequence_length - 1; lengths as __getitem__ computes them.
-        index = dataset.index
-        start = torch.as_tensor(index["index_start"].to_numpy(np.int64))
-        sequence_length = index["sequence_length"].to_numpy(np.int64)
-        time_last = data["time"][start + torch.as_tensor(sequence_length) - 1].numpy()
-        decoder_length = dataset.calculate_decoder_length(time_last, sequence_length)
-        encoder_length = sequence_length - decoder_length
+        # Per window (a panel has about as many windows as rows): prepared with the panel
+        # (host_panel.py) or computed here.
+        arrays = _PREPARED.get(dataset) or window_arrays(dataset)
         # Kept on the CPU as well: the batch's padded lengths are needed as Python ints, and
         # reading them there spares a device synchronisation.
-        self._lengths_cpu = torch.as_tensor(np.stack([encoder_length, decoder_length], axis=1))
-        self._start = start.to(self.device)
-        self._encoder_length = torch.as_tensor(encoder_length).to(self.device)
-        self._decoder_length = torch.as_tensor(decoder_length).to(self.device)
-        self._time_first = data["time"][start].to(self.device)
-        window_groups = data["groups"][start]
-        self._groups = window_groups.to(self.device)
+        self._encoder_length_cpu = torch.from_numpy(arrays["encoder_length"])
+        self._decoder_length_cpu = torch.from_numpy(arrays["decoder_length"])
+        self._encoder_length = self._encoder_length_cpu.to(self.device)
+        self._decoder_length = self._decoder_length_cpu.to(self.device)
+        self._start = torch.from_numpy(arrays["start"]).to(self.device)
+        self._series = torch.from_numpy(arrays["series"]).to(self.device)
+        max_encoder_length_seen = int(self._encoder_length_cpu.max())
 
         # Per row, as the dataset holds them (on the CPU: the same memory, not a copy).
+        self._time = data["time"].to(self.device)
+        self._row_groups = data["groups"].to(self.device)
         self._reals = data["reals"].to(self.device)
         self._categoricals = data["categoricals"].to(self.device)
         self._targets = [t.to(self.device) for t in data["target"]]
         self._weight = None if data["weight"] is None else data["weight"].to(self.device)
-
         # The two reals __getitem__ overwrites per window, as lookup tables computed with its
         # arithmetic on the CPU (a CUDA division by a scalar may round differently), each
         # with a trailing 0 for padded positions.
@@ -166,7 +231,7 @@ class WindowBatcher:
             # Entry r + span is relative time r, for every r a window has (-encoder length up
             # to decoder length - 1): __getitem__'s arange(-e, d) / max_encoder_length, value
             # by value. (The column is float: the dataset adds it as 0.0.)
-            self._span = int(sequence_length.max())
+            self._span = int(dataset.index["sequence_length"].max())
             relative = torch.arange(-self._span, self._span, dtype=dtype) / max_encoder_length
             self._relative_time = torch.cat([relative, torch.zeros(1, dtype=dtype)])
             self._relative_time = self._relative_time.to(self.device)
@@ -177,24 +242,15 @@ class WindowBatcher:
             # does (its encoder length is a numpy integer) and rounded on assignment.
             feature = [
                 (e - 0.5 * max_encoder_length) / max_encoder_length * 2.0
-                for e in range(int(encoder_length.max()) + 1)
+                for e in range(max_encoder_length_seen + 1)
             ]
             self._encoder_length_feature = torch.tensor([*feature, 0.0], dtype=torch.float64)
             self._encoder_length_feature = self._encoder_length_feature.to(dtype).to(self.device)
 
-        # Target scales depend only on the window's series: ask the normalizer once per series
-        # exactly as __getitem__ does, stack them as _collate_fn does, then gather per window.
-        series_groups, self._series = torch.unique(window_groups, dim=0, return_inverse=True)
-        self._series = self._series.to(self.device)
-        stacked = group_scales(dataset, series_groups)
-        if stacked is None:
-            scales = []
-            for groups in series_groups:
-                scale = dataset.target_normalizer.get_parameters(groups, dataset.group_ids)
-                if not isinstance(dataset.target_normalizer, MultiNormalizer):
-                    scale = [scale]
-                scales.append(scale if self._multi_target else scale[0])
-            stacked = _stack_scales(scales)
+        # Target scales depend only on the window's series: asked of the normalizer once per
+        # series exactly as __getitem__ asks, stacked as _collate_fn stacks them, then
+        # gathered per window.
+        stacked = series_scales(dataset, torch.from_numpy(arrays["series_groups"]))
         self._target_scale = (
             [s.to(self.device) for s in stacked]
             if isinstance(stacked, list)
@@ -202,16 +258,17 @@ class WindowBatcher:
         )
 
     def __len__(self) -> int:
-        return len(self._lengths_cpu)
+        return len(self._start)
 
     def __call__(self, windows: Sequence[int] | np.ndarray | torch.Tensor) -> Batch:
         """The batch `_collate_fn` makes of these windows (positions in `dataset.index`)."""
         windows = torch.as_tensor(windows, dtype=torch.long).cpu()
-        max_encoder, max_decoder = (int(m) for m in self._lengths_cpu[windows].max(dim=0).values)
+        max_encoder = int(self._encoder_length_cpu[windows].max())
+        max_decoder = int(self._decoder_length_cpu[windows].max())
         windows = windows.to(self.device)
-        start = self._start[windows]
-        encoder_length = self._encoder_length[windows]
-        decoder_length = self._decoder_length[windows]
+        start = self._start[windows].long()
+        encoder_length = self._encoder_length[windows].long()
+        decoder_length = self._decoder_length[windows].long()
         encoder = _Part(start, encoder_length, max_encoder)
         decoder = _Part(start + encoder_length, decoder_length, max_decoder)
 
@@ -247,7 +304,7 @@ class WindowBatcher:
         weight = None if self._weight is None else decoder.gather(self._weight)
 
         # _collate_fn does not pad the time index: it counts on past each decoder's end.
-        decoder_time_idx = (self._time_first[windows] + encoder_length).unsqueeze(1) + decoder.steps
+        decoder_time_idx = (self._time[start] + encoder_length).unsqueeze(1) + decoder.steps
         x = dict(
             encoder_cat=encoder.gather(self._categoricals),
             encoder_cont=encoder_cont,
@@ -258,7 +315,7 @@ class WindowBatcher:
             decoder_target=target,
             decoder_lengths=decoder_length,
             decoder_time_idx=decoder_time_idx,
-            groups=self._groups[windows],
+            groups=self._row_groups[start],
             target_scale=target_scale,
         )
         return x, (target, weight)
