@@ -265,8 +265,7 @@ def test_group_scales_of_every_series_at_once_are_the_normalizers(group_ids):
 
 def test_series_scales_of_other_normalizers_are_the_librarys():
     scale_by_group = synthetic_dataset(**SYNTHETIC_VARIANTS["scale_by_group"])
-    by_store = synthetic_dataset(target_normalizer=GroupNormalizer(groups=["store"]))
-    for dataset in (scale_by_group, by_store, synthetic_dataset(target_normalizer=None)):
+    for dataset in (scale_by_group, synthetic_dataset(target_normalizer=None)):
         series = torch.unique(dataset.data["groups"], dim=0)
         assert_identical(library_scales(dataset, series), series_scales(dataset, series))
 
