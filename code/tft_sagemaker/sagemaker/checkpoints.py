@@ -92,9 +92,9 @@ class ResumePoint:
                 continue
             new, gone = [c for c in now if c not in then], [c for c in then if c not in now]
             changed[name] = (
-                f"{name!r}: {len(new)} new (e.g. {new[0]!r})"
+                f"{name!r}: {len(new)} new (e.g. {str(new[0])!r})"
                 if new
-                else f"{name!r}: {len(gone)} gone (e.g. {gone[0]!r})"
+                else f"{name!r}: {len(gone)} gone (e.g. {str(gone[0])!r})"
                 if gone
                 else f"{name!r}: the same in another order"
             )
