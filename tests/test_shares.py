@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import record_error
 
 from tft_sagemaker.config import DataConfig, build_config
 from tft_sagemaker.dataset import build_columnar_training, known_categories
@@ -138,6 +139,7 @@ def test_two_hosts_fit_what_one_process_fits_on_the_panel(
 
 
 def test_a_host_that_cannot_prepare_fails_the_others_with_its_cause() -> None:
+    """Two hosts; the second's train channel has no rows: the first host's failure names it."""
     master = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     client = dist.TCPStore("127.0.0.1", master.port, is_master=False)
     hosts = [Hosts(0, 2, store=master, timeout_s=60), Hosts(1, 2, store=client, timeout_s=60)]
@@ -152,12 +154,19 @@ def test_a_host_that_cannot_prepare_fails_the_others_with_its_cause() -> None:
         "Another host could not prepare its share of the data: node 1: Channel 'train' has no "
         "rows (1 file(s))."
     )
+    record_error("job", str(failed.value))
 
 
 def test_a_gather_waits_at_most_its_timeout() -> None:
+    """Two hosts; the second never sends its window counts (collective_timeout_s=0 here)."""
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-    with pytest.raises(JobError, match=r"^Node\(s\) 1 had not sent their windows after 0 s"):
+    with pytest.raises(JobError) as late:
         Hosts(0, 2, store=store, timeout_s=0).gather("windows", (10, 2))
+    assert str(late.value) == (
+        "Node(s) 1 had not sent their windows after 0 s (collective_timeout_s): their logs have "
+        "the cause."
+    )
+    record_error("job", str(late.value))
 
 
 def test_hosts_windows_make_one_balanced_epoch() -> None:

@@ -8,16 +8,16 @@
 - What must be the same everywhere is agreed through `Hosts.gather` (a TCPStore on the master
   host at `master_port + 1`: each host's first process writes its value, every process reads
   them all) before any dataset is built: the time axis (the earliest date), the recipe's data
-  statistics, the category vocabularies (their union, so codes are the ones one process would
-  give on the whole panel), the scalers of the real variables (global mean and variance), a
-  global target normaliser's centre and scale, and each host's window counts (a global
-  numbering and a balanced epoch, loaders.HostWindows).
+  statistics, the category vocabularies and series ids (their union, so codes are the ones one
+  process would give on the whole panel), the scalers of the real variables (global mean and
+  variance), a global target normaliser's centre and scale, and each host's window counts (a
+  global numbering and a balanced epoch, loaders.HostWindows).
 - The training datasets take what the hosts agree on (`Agreement`, asked by
   dataset.build_columnar_training): one preparation per host still (host_panel.py), which the
   host's other processes map.
-- After training, each host evaluates its share of the validation windows and global rank 0
-  gathers them over the process group (job.evaluate): the scores are those of one process on
-  every window.
+- After training, every rank evaluates its share of its host's validation windows, each host's
+  first process the baselines of the host's windows, and global rank 0 gathers them over the
+  process group (job.evaluate): the scores are those of one process on every window.
 """
 
 from __future__ import annotations
