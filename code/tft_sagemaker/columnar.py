@@ -385,10 +385,9 @@ def build_columnar(
     (`predict`: of the rows its windows hold, `_last_windows`). `data`: sorted by series and
     time; `parameters`: fitted (`fit_parameters`)."""
     if parameters["min_prediction_idx"] is not None:  # as the library filters (no lags)
-        data = data[
-            data[parameters["time_idx"]]
-            >= parameters["min_prediction_idx"] - parameters["max_encoder_length"]
-        ]
+        first_time = parameters["min_prediction_idx"] - parameters["max_encoder_length"]
+        kept = data[parameters["time_idx"]].to_numpy() >= first_time
+        data = data if kept.all() else data[kept]  # a copy only where rows go
     bounds = series_bounds(data, parameters["group_ids"])
     if predict and not isinstance(parameters["target_normalizer"], EncoderNormalizer):
         data, bounds = _last_windows(data, parameters, bounds)
