@@ -245,15 +245,17 @@ def end_indices(
     return end, np.stack([current[missing], missing], axis=1)
 
 
-def window_index(
-    time: np.ndarray, groups: np.ndarray, bounds: np.ndarray, dataset: TimeSeriesDataSet
-) -> pd.DataFrame:
-    """`dataset._construct_index` for rows whose time index is `time` and whose encoded group
-    ids are `groups`, series by series between `bounds`: the same windows in the same order,
-    computed over arrays."""
+def _windows(
+    time: np.ndarray,
+    bounds: np.ndarray,
+    sequence: np.ndarray,
+    dataset: TimeSeriesDataSet,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The windows of whole series (rows of `time`, series between `bounds`, `sequence`: each
+    series' id), as the library makes them: one starting at every row, and the shortened ones
+    it appends (both with its filters applied; positions relative to these rows)."""
     starts, ends = bounds[:-1], bounds[1:]
     series = np.repeat(np.arange(len(starts)), np.diff(bounds))
-    sequence = np.unique(groups[starts], axis=0, return_inverse=True)[1].reshape(-1)[series]
     time_last = time[ends - 1][series]
     to_next = np.ones(len(time), dtype=np.int64)
     to_next[:-1] = time[1:] - time[:-1]
@@ -266,31 +268,57 @@ def window_index(
         "set allow_missing_timesteps=True"
     )
     index_end, missing = end_indices(to_next, max_time - time + 1, min_length)
-    start = np.arange(len(time))
-    if len(missing):  # windows ending at every step: appended, as the library appends them
-        start = np.concatenate([start, missing[:, 0]])
-        index_end = np.concatenate([index_end, missing[:, 1]])
-    window_time = time[start]
-    length = time[index_end] - window_time + 1
-    keep = (length >= min_length) & (
-        length + window_time >= dataset.min_prediction_idx + dataset.min_prediction_length
-    )
-    if dataset.predict_mode:  # the longest window reaching each series' end
-        keep &= time_last[start] - window_time + 1 <= max_length
-    start, index_end, window_time, length = (
-        a[keep] for a in (start, index_end, window_time, length)
-    )
-    window_sequence = sequence[start]
-    if dataset.predict_mode:
-        order = np.lexsort((np.arange(len(start)), -length, window_sequence))
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = window_sequence[order][1:] != window_sequence[order][:-1]
-        chosen = order[first]
-        start, index_end, window_time, length = (
-            a[chosen] for a in (start, index_end, window_time, length)
+    parts = []
+    for start, end in ((np.arange(len(time)), index_end), (missing[:, 0], missing[:, 1])):
+        window_time = time[start]
+        length = time[end] - window_time + 1
+        keep = (length >= min_length) & (
+            length + window_time >= dataset.min_prediction_idx + dataset.min_prediction_length
         )
-        window_sequence = window_sequence[chosen]
-    dropped = len(starts) - len(np.unique(window_sequence))
+        if dataset.predict_mode:  # the longest window reaching each series' end
+            keep &= time_last[start] - window_time + 1 <= max_length
+        columns = {
+            "index_start": start,
+            "index_end": end,
+            "sequence_length": length,
+            "time": window_time,
+            "sequence_id": sequence[series[start]],
+        }
+        parts.append({name: values[keep].astype(np.int32) for name, values in columns.items()})
+    return parts[0], parts[1]
+
+
+def window_index(
+    time: np.ndarray, groups: np.ndarray, bounds: np.ndarray, dataset: TimeSeriesDataSet
+) -> pd.DataFrame:
+    """`dataset._construct_index` for rows whose time index is `time` and whose encoded group
+    ids are `groups`, series by series between `bounds`: the same windows in the same order,
+    computed over arrays, a chunk of series at a time (a window never leaves its series; the
+    shortened windows go after all the others, as the library appends them)."""
+    starts = bounds[:-1]
+    sequence = np.unique(groups[starts], axis=0, return_inverse=True)[1].reshape(-1)
+    # Predict mode picks one window per series id over all of them: in one piece (its
+    # datasets hold a few steps per series).
+    chunks = [(0, len(time))] if dataset.predict_mode else _chunks(bounds, CHUNK_ROWS)
+    regular, shortened = [], []
+    for first, end in chunks:
+        inside = bounds[(bounds >= first) & (bounds <= end)]
+        part_regular, part_shortened = _windows(
+            time[first:end], inside - first, sequence[np.searchsorted(bounds, inside[:-1])], dataset
+        )
+        for part in (part_regular, part_shortened):
+            part["index_start"] += first
+            part["index_end"] += first
+        regular.append(part_regular)
+        shortened.append(part_shortened)
+    index = {name: np.concatenate([p[name] for p in regular + shortened]) for name in regular[0]}
+    if dataset.predict_mode:
+        window_sequence, length = index["sequence_id"], index["sequence_length"]
+        order = np.lexsort((np.arange(len(length)), -length.astype(np.int64), window_sequence))
+        first_of = np.ones(len(order), dtype=bool)
+        first_of[1:] = window_sequence[order][1:] != window_sequence[order][:-1]
+        index = {name: values[order[first_of]] for name, values in index.items()}
+    dropped = len(starts) - len(np.unique(index["sequence_id"]))
     if dropped:
         warnings.warn(
             "Min encoder length and/or min_prediction_idx and/or min prediction length and/or "
@@ -299,22 +327,13 @@ def window_index(
             UserWarning,
             stacklevel=2,
         )
-    assert len(start) > 0, (
+    assert len(index["index_start"]) > 0, (
         "filters should not remove entries all entries - check encoder/decoder lengths and lags"
     )
-    columns = ["index_start", "index_end", "sequence_length", "time", "sequence_id"]
+    frame = pd.DataFrame(index, copy=False)  # the columns above, not a copy of them
     if dataset.predict_mode:
-        columns.append("sequence_id")  # twice, as the library has it
-    index = pd.DataFrame(
-        {
-            "index_start": start,
-            "index_end": index_end,
-            "sequence_length": length,
-            "time": window_time,
-            "sequence_id": window_sequence,
-        }
-    )
-    return index[columns].astype("int32")
+        return frame[[*index, "sequence_id"]]  # the id twice, as the library has it
+    return frame
 
 
 def _preprocess(dataset: TimeSeriesDataSet, data: pd.DataFrame) -> pd.DataFrame:
@@ -385,10 +404,9 @@ def build_columnar(
     (`predict`: of the rows its windows hold, `_last_windows`). `data`: sorted by series and
     time; `parameters`: fitted (`fit_parameters`)."""
     if parameters["min_prediction_idx"] is not None:  # as the library filters (no lags)
-        data = data[
-            data[parameters["time_idx"]]
-            >= parameters["min_prediction_idx"] - parameters["max_encoder_length"]
-        ]
+        first_time = parameters["min_prediction_idx"] - parameters["max_encoder_length"]
+        kept = data[parameters["time_idx"]].to_numpy() >= first_time
+        data = data if kept.all() else data[kept]  # a copy only where rows go
     bounds = series_bounds(data, parameters["group_ids"])
     if predict and not isinstance(parameters["target_normalizer"], EncoderNormalizer):
         data, bounds = _last_windows(data, parameters, bounds)

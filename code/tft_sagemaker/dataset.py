@@ -335,7 +335,7 @@ def build_columnar_training(
                 "pytorch-forecasting on the whole frame. Train on one host, or choose another "
                 "target_normalizer."
             )
-        library = TimeSeriesDataSet(to_internal(frame, config), **kwargs)
+        library = TimeSeriesDataSet(to_internal(frame, config), **deepcopy(kwargs))
         return _library_built(library, allocate, reason)
     data = _sorted_internal(frame, config)
     if agreement is not None:

@@ -37,11 +37,13 @@ from .sagemaker.paths import SHARDED, JobPaths
 
 log = logging.getLogger(__name__)
 
-# Calibrated on main at 6d3b3a0 (issue 18): the built-in generator's 11 columns at 5 million rows
-# peaked at 5.9 GB in one process (about 98 bytes per value once read, validated, encoded and
-# laid out as pytorch-forecasting's tensors and index), and a process holds about 0.6 GB of
-# torch, Lightning and the model before any data.
-BYTES_PER_VALUE = 100
+# Calibrated on the host panel (issue 18, branch panel): the built-in generator's 11 columns
+# peaked at 3.2 GB summed RSS at 5 million rows and 9.7 GB at 20 million in one process (47 and
+# 41 bytes per value once read, validated, encoded and laid out as pytorch-forecasting's tensors,
+# index and batcher arrays, the pandas frames rank 0 keeps included); a process holds about
+# 0.55 GB of torch, Lightning and pytorch-forecasting once imported (0.6-0.8 GB more RSS summed
+# with a second process, which maps the panel).
+BYTES_PER_VALUE = 50
 PROCESS_BYTES = 600 * 1024**2
 _CHUNK = 1 << 22
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
