@@ -13,6 +13,7 @@ partial model behind.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from .errors import JobError, writing
 from .model import JobTemporalFusionTransformer, load_model
 from .presets import PRESET_VALUES
 from .sagemaker import stops
+from .sagemaker.paths import JobPaths
 from .time_axis import TimeAxis
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,54 @@ def _versions() -> dict[str, str]:
     return {p: version(p) for p in ("torch", "lightning", "pytorch-forecasting", "pandas")}
 
 
+# What a job writes besides the weights, at most (measured on small jobs, with room to spare):
+# the JSON files beside the model; TensorBoard's event files (hparams, scalars, the report's
+# figures at the end) and per epoch; the report and the training summaries in output/data.
+MODEL_EXTRAS_BYTES = 2**20
+TENSORBOARD_BYTES, TENSORBOARD_EPOCH_BYTES = 2**20, 32 * 2**10
+REPORT_BYTES, SUMMARY_BYTES = 4 * 2**20, 256 * 2**10
+CHECKPOINT_EXTRAS_BYTES = 256 * 2**10  # loops, callbacks, schedulers
+
+
+def _saved_bytes(value: Any) -> int:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.tell()
+
+
+def planned_writes(
+    model: torch.nn.Module,
+    dataset_parameters: dict[str, Any],
+    config: JobConfig,
+    paths: JobPaths,
+) -> dict[str, tuple[Path, int]]:
+    """What the job will write at most, per directory, from the model's measured size: for
+    JobPaths.check_room before training."""
+    weights = _saved_bytes(model.state_dict())
+    parameters = _saved_bytes(dataset_parameters)
+    hyperparameters = _saved_bytes(dict(getattr(model, "hparams", {})))
+    # The optimizer holds two tensors per weight (Adam); weight averaging two more copies.
+    copies = 3 + (2 if config.model.ema_decay else 0)
+    checkpoint = copies * weights + parameters + hyperparameters + CHECKPOINT_EXTRAS_BYTES
+    # best, the kept epochs and one more before the oldest goes, last, and one being written.
+    checkpoints = checkpoint * (config.training.keep_checkpoints + 4)
+    checkpoints -= sum(p.stat().st_size for p in paths.checkpoint_dir.glob("*.ckpt") if p.is_file())
+    epochs = config.training.max_epochs or 1
+    model_files = weights + 2 * parameters + hyperparameters + MODEL_EXTRAS_BYTES
+    return {
+        "the model": (paths.model_dir, model_files),
+        "checkpoints": (paths.checkpoint_dir, max(checkpoints, checkpoint)),
+        "TensorBoard logs": (
+            paths.tensorboard_dir,
+            TENSORBOARD_BYTES + epochs * TENSORBOARD_EPOCH_BYTES,
+        ),
+        "the report": (
+            paths.output_data_dir,
+            (REPORT_BYTES if config.report.report else 0) + SUMMARY_BYTES,
+        ),
+    }
+
+
 def write_model_artifacts(
     model_dir: Path,
     best_checkpoint: dict[str, Any],
@@ -70,7 +120,8 @@ def write_model_artifacts(
     with writing("the model", model_dir):
         model_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
-        try:
+    try:  # removed after `writing` has looked at the disk (a full one is named so)
+        with writing("the model", model_dir):
             torch.save(
                 {k: v for k, v in best_checkpoint.items() if k not in _TRAINING_STATE},
                 staging / MODEL_FILE,
@@ -91,8 +142,8 @@ def write_model_artifacts(
             with stops.deferred():  # a model directory is whole or empty
                 for path in staging.iterdir():
                     os.replace(path, model_dir / path.name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @dataclass
