@@ -234,7 +234,7 @@ def known_categories(frames: list[pd.DataFrame], config: DataConfig) -> dict[str
             dates = frame[config.date_column]
             columns |= {names[c]: CALENDAR[v](dates) for v, c in calendar.items()}
         for name, values in columns.items():
-            labels.setdefault(name, set()).update(pd.unique(values.dropna()).astype(str))
+            labels.setdefault(name, set()).update(str(v) for v in pd.unique(values.dropna()))
     return labels
 
 

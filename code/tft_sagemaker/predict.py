@@ -254,13 +254,14 @@ def new_categories(
                 )
     if unseen:
 
-        def quoted(values: list[str], more: bool) -> str:
-            return ", ".join(repr(v) for v in values[:_EXAMPLES]) + ", ..." * more
+        def quoted(values: list[str]) -> str:
+            return ", ".join(repr(v) for v in values[:_EXAMPLES]) + ", ..." * (
+                len(values) > _EXAMPLES
+            )
 
         listed = "; ".join(
-            f"{column} {quoted(list(frame.loc[mask, column].astype(str).unique()), False)} "
-            f"({_rows_of(frame, mask, config)}; it knows "
-            f"{quoted(sorted(known[column]), len(known[column]) > _EXAMPLES)})"
+            f"{column} {quoted(list(frame.loc[mask, column].astype(str).unique()))} "
+            f"({_rows_of(frame, mask, config)}; it knows {quoted(sorted(known[column]))})"
             for column, mask in unseen.items()
         )
         raise DataError(
