@@ -9,6 +9,7 @@ the per-rank training summaries of both runs, train every window of every epoch 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CODE_DIR, VENV_BIN, files_under, to_cli
+from conftest import CODE_DIR, ROOT, VENV_BIN, files_under, to_cli
 
 from tft_sagemaker.config import build_config
 from tft_sagemaker.dataset import build_training_dataset
 from tft_sagemaker.job_data import load_job_data
 from tft_sagemaker.presets import PRESET_VALUES
 from tft_sagemaker.sagemaker.paths import JobPaths
+from tft_sagemaker.sagemaker.stops import SUPERVISOR_MODULE
 from tft_sagemaker.synthetic import make_panel
 
 pytestmark = pytest.mark.slow
@@ -77,36 +79,56 @@ def batches_per_epoch(base: Path) -> int:
     return math.ceil(len(build_training_dataset(data.train, config.data)) / BATCH_SIZE)
 
 
-def run_job(base: Path, stop: dict[str, str], supervised: bool = False) -> int:
-    """The job in its own process session; `supervised`: as the image runs it (supervisor →
-    SageMaker toolkit → train.py), else train.py alone. Returns the exit code."""
+def job_env(base: Path, stop: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_", "TFT_"))}
-    env |= {
+    return env | {
         "SAGEMAKER_BASE_DIR": str(base),
         "SAGEMAKER_PROGRAM": "train.py",
         "SM_STUDIO_LOCAL_MODE": "true",  # the toolkit would wait for algo-1 to resolve
         "PYTHONPATH": str(base / "code"),
+        "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",  # python, train
         "OMP_NUM_THREADS": "1",
         **stop,
     }
-    if supervised:
-        command = [
-            sys.executable,
-            "-m",
-            "tft_sagemaker.sagemaker.supervise",
-            str(VENV_BIN / "train"),
-        ]
-    else:
-        command = [sys.executable, str(base / "code" / "train.py"), *to_cli(QUICK)]
-    with (base / "job.log").open("a") as log:
+
+
+def run_in_session(
+    command: list[str], env: dict[str, str], cwd: Path, log_path: Path
+) -> subprocess.Popen[bytes]:
+    """`command` as the leader of its own process session (as a terminal or the container
+    starts it), once it has exited (`returncode`; the session's id is its `pid`)."""
+    with log_path.open("a") as log:
         process = subprocess.Popen(
-            command, env=env, cwd=base, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            return process.wait(timeout=300)
+            process.wait(timeout=300)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             raise
+    return process
+
+
+def run_job(base: Path, stop: dict[str, str], supervised: bool = False) -> int:
+    """The job in its own process session; `supervised`: as the image runs it (supervisor →
+    SageMaker toolkit → train.py), else train.py alone. Returns the exit code."""
+    if supervised:
+        command = [sys.executable, "-m", SUPERVISOR_MODULE, str(VENV_BIN / "train")]
+    else:
+        command = [sys.executable, str(base / "code" / "train.py"), *to_cli(QUICK)]
+    return run_in_session(command, job_env(base, stop), base, base / "job.log").returncode
+
+
+def restore(directory: Path, order: tuple[str, ...]) -> None:
+    """The checkpoints copied back into `directory` as a restore from S3 may leave them: the
+    files' times in `order` (oldest first)."""
+    saved = directory.with_name("saved-checkpoints")
+    directory.rename(saved)
+    directory.mkdir()
+    assert sorted(p.name for p in saved.glob("*.ckpt")) == sorted(order)
+    for i, name in enumerate(order):
+        shutil.copyfile(saved / name, directory / name)
+        os.utime(directory / name, (1_700_000_000 + i, 1_700_000_000 + i))
 
 
 def trained_windows(*summaries: dict) -> dict[int, dict[str, int]]:
@@ -141,7 +163,10 @@ def stop_and_restart(
     phase: str,
     signame: str = "SIGTERM",
     target: str = "self",
+    restored_order: tuple[str, ...] = (),
 ) -> None:
+    """Stop the job at `at`, then restart it; `restored_order`: the checkpoints are restored
+    before the restart (copied back, their file times in this order, oldest first)."""
     base = make_base(tmp_path, panel)
     if "LAST" in at:
         at = at.replace("LAST", str(batches_per_epoch(base) - 1))
@@ -161,6 +186,8 @@ def stop_and_restart(
     # SageMaker restarts a job with a fresh output directory (the checkpoints are copied back).
     shutil.rmtree(base / "output")
     (base / "output" / "data").mkdir(parents=True)
+    if restored_order:
+        restore(base / "checkpoints", restored_order)
     assert run_job(base, {}, supervised) == 0, (base / "job.log").read_text()[-3000:]
     second = json.loads((base / SUMMARY).read_text()) if (base / SUMMARY).exists() else None
     runs = [run for run in (first, second) if run is not None]
@@ -209,3 +236,63 @@ def test_a_stop_through_the_image_supervisor(
     if not (VENV_BIN / "train").is_file():
         pytest.skip("sagemaker-training is not installed")
     stop_and_restart(tmp_path, panel, at, phase, target=target)
+
+
+def test_a_restore_that_leaves_last_ckpt_oldest_trains_no_batch_twice(
+    tmp_path: Path, panel: pd.DataFrame
+) -> None:
+    """The newest state (last.ckpt, saved on SIGTERM mid-epoch) has the oldest file time."""
+    order = ("last.ckpt", "best.ckpt", "epoch=0.ckpt")
+    stop_and_restart(tmp_path, panel, "training@1.3", "training of epoch 1", restored_order=order)
+
+
+# The doors a job is started by, as the user or SageMaker starts them: the image's command
+# (supervisor → toolkit → train.py; docker run and compose run it so) and local_test's script
+# (which runs the same). The toolkit's `train` alone is no door: on SIGINT it exits 0 (README).
+DOORS = ("supervisor", "train_local.sh")
+STOP_MATRIX = [
+    (door, signame, target, "data preparation")
+    for door in DOORS
+    for signame in ("SIGINT", "SIGTERM")
+    for target in ("leader", "group")  # the command started (`kill PID`), or all (Ctrl-C)
+] + [  # Ctrl-C while training and while the model is written (#22: these exited 0)
+    ("supervisor", "SIGINT", "group", "training@0.2"),
+    ("supervisor", "SIGINT", "group", "artifacts"),
+    ("train_local.sh", "SIGINT", "group", "training@0.2"),
+]
+
+
+@pytest.mark.parametrize(("door", "signame", "target", "at"), STOP_MATRIX)
+def test_every_stop_through_every_door_fails_with_its_cause(
+    tmp_path: Path, panel: pd.DataFrame, door: str, signame: str, target: str, at: str
+) -> None:
+    """The command that the user or SageMaker waits on exits with 128 + the signal, and only
+    once the cause is in output/failure and every process of the job has ended."""
+    if not (VENV_BIN / "train").is_file():
+        pytest.skip("sagemaker-training is not installed")
+    base = make_base(tmp_path, panel)
+    run_dir = base  # where the job runs: train_local.sh copies the directory it is given
+    command = [sys.executable, "-m", SUPERVISOR_MODULE, str(VENV_BIN / "train")]
+    if door == "train_local.sh":
+        run_dir = tmp_path / "run"
+        script = ROOT / "local_test" / "train_local.sh"
+        command = ["bash", str(script), "--template", str(base), "--run-dir", str(run_dir)]
+    stop = {"TFT_STOP_AT": at, "TFT_STOP_SIGNAL": signame, "TFT_STOP_TARGET": target}
+    process = run_in_session(command, job_env(base, stop), tmp_path, tmp_path / "job.log")
+    failure = run_dir / "output" / "failure"
+    cause = failure.read_text() if failure.exists() else ""  # read at once: nothing is left
+    try:
+        os.killpg(process.pid, 0)
+        leftover = True
+    except ProcessLookupError:
+        leftover = False
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    log = (tmp_path / "job.log").read_text()[-3000:]
+    assert not leftover, f"a process of the job outlived the command: {log}"
+    assert process.returncode == 128 + signal.Signals[signame], log
+    phase = at.replace("@", " of epoch ").split(".")[0]
+    assert cause.startswith(f"Stopped by {signame} during {phase}"), (cause, log)
+    assert not (run_dir / "output" / "success").exists()
+    assert files_under(run_dir / "model") == [], "a stopped job left a model behind"

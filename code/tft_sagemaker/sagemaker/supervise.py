@@ -12,8 +12,12 @@ report as usual.
 
 When the signal reaches every process at once (`docker kill --signal`, a process-group kill, a
 terminal's Ctrl-C), the shell and the toolkit may die before training has saved anything. The
-supervisor is a child subreaper, so training processes orphaned that way stay its children: it
-waits for them before it exits, since the container ends, and kills them, when it does.
+supervisor is a child subreaper, so training processes orphaned that way stay its children: after
+a stop it waits for every process below it before it exits, since the container ends, and kills
+them, when it does. Its exit status is 128 + the signal after a stop, whatever the toolkit's
+(which exits 0 on SIGINT).
+
+Before it starts the toolkit, it checks what the toolkit reads first (preflight.py).
 
     python -m tft_sagemaker.sagemaker.supervise COMMAND [ARGS ...]
 """
@@ -155,10 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     child = subprocess.Popen(command)
     code = exit_status(child.wait())
     if stopping:
-        # The shell or the toolkit may have died of the signal before training finished saving.
+        # The shell or the toolkit may have died of the signal before training finished saving;
+        # and the shell between the toolkit and the script (dash does not exec it) ends a moment
+        # after the script: this process, which the container or a terminal waits on, ends last.
         deadline = time.monotonic() + STOP_WAIT_S
-        while training_processes(program) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             _reap()
+            if not descendants(os.getpid()):
+                break
             time.sleep(0.1)
     _reap()
     return outcome(code, stopping, paths.output_dir, toolkit)
