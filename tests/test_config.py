@@ -498,7 +498,23 @@ def test_checked_fields_are_the_expected_ones() -> None:
             "host_wait_timeout_s",
         ]
     )
-    assert _checked_fields("max") == ["dropout", "ema_decay", "learning_rate", "master_port"]
+    assert _checked_fields("max") == [
+        "attention_head_size",
+        "batch_size",
+        "devices",
+        "dropout",
+        "ema_decay",
+        "hidden_continuous_size",
+        "hidden_size",
+        "keep_checkpoints",
+        "learning_rate",
+        "lstm_layers",
+        "master_port",
+        "max_encoder_length",
+        "max_prediction_length",
+        "num_workers",
+        "val_batch_size",
+    ]
     assert _checked_fields("exclusive_min") == [
         "learning_rate",
         "limit_train_batches",

@@ -4,23 +4,38 @@ lost run."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import json
 import os
+import re
 import resource
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from conftest import CODE_DIR, SYNTHETIC_SHORT, TINY, JobRun, SageMakerDir, to_cli
+from conftest import (
+    CODE_DIR,
+    SYNTHETIC_SHORT,
+    TINY,
+    VENV_BIN,
+    JobRun,
+    SageMakerDir,
+    record_error,
+    to_cli,
+)
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tft_sagemaker.errors import JobError
+from tft_sagemaker.sagemaker import failure
 from tft_sagemaker.sagemaker.checkpoints import AtomicCheckpointIO, RelocatableModelCheckpoint
+from tft_sagemaker.sagemaker.paths import JobPaths
 
 HP = {**SYNTHETIC_SHORT, **TINY}
 
@@ -166,3 +181,187 @@ def test_moved_checkpoints_keep_their_best(tmp_path: Path) -> None:
     same.load_state_dict(copy.deepcopy(state))
     assert same.best_model_path == str(old / "best.ckpt")
     assert same.best_model_score == torch.tensor(0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# Full disks: real small filesystems (tmpfs) mounted by the test
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(request: pytest.FixtureRequest) -> Iterator[Callable[[Path, int], Path]]:
+    """mount(directory, bytes): a tmpfs of that size at `directory` (unmounted afterwards)."""
+    mounted: list[Path] = []
+
+    def mount(directory: Path, size: int) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
+        mounted.append(directory)
+        return directory
+
+    yield mount
+    for directory in reversed(mounted):
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def fill(directory: Path) -> None:
+    """Take every free byte of the filesystem (as another writer on that disk would)."""
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for size in (2**16, 2**12, 1):  # down to the last byte
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    assert shutil.disk_usage(directory).free == 0
+
+
+def fill_after_the_room_check(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
+    """The disk fills up once the job has checked it has room (another writer on it)."""
+    check_room = JobPaths.check_room
+
+    def then_fill(paths: JobPaths, writes: dict) -> None:
+        check_room(paths, writes)
+        fill(directory)
+
+    monkeypatch.setattr(JobPaths, "check_room", then_fill)
+
+
+def assert_disk_cause(result: JobRun, *words: str) -> str:
+    assert result.code == 2, result.failure
+    line = result.failure_line
+    for word in words:
+        assert word in line, f"{word!r} not in {line!r}"
+    assert result.model_files == []
+    record_error("job", line)
+    return line
+
+
+def test_the_failure_file_is_written_on_a_full_disk(small_disk: Callable, tmp_path: Path) -> None:
+    output = small_disk(tmp_path / "output", 64 * 1024)
+    path = output / "failure"
+    failure.reserve(path)
+    fill(output)
+    assert failure.write_failure(path, JobError("the cause"))
+    assert path.read_text() == "the cause\n"
+    assert sorted(p.name for p in output.iterdir()) == ["failure", "filler"], "reservation left"
+
+
+def test_a_failure_file_that_cannot_be_written_is_logged(
+    small_disk: Callable, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = small_disk(tmp_path / "output", 64 * 1024)
+    fill(output)  # before any room was reserved
+    assert not failure.write_failure(output / "failure", JobError("the cause"))
+    assert "the cause" in capsys.readouterr().err
+    assert sorted(p.name for p in output.iterdir()) == ["filler"]
+
+
+@pytest.mark.slow
+def test_a_small_output_disk_is_refused_before_training(
+    sm_job: SageMakerDir, tiny_panel: pd.DataFrame, small_disk: Callable
+) -> None:
+    """output/ on a 1 MiB disk: too small for the TensorBoard logs and the report."""
+    small_disk(sm_job.output_dir, 2**20)
+    (sm_job.output_dir / "data").mkdir()
+    sm_job.write_data(tiny_panel)
+    line = assert_disk_cause(
+        sm_job.run(HP),
+        f"MiB in {sm_job.output_dir}/tensorboard, the report ~",
+        f"MiB in {sm_job.output_dir}/data: 1.0 MiB free there, about ",
+    )
+    assert re.match(r"Not enough room to write TensorBoard logs ~\d+\.\d MiB in ", line), line
+    assert not (sm_job.base / "checkpoints").exists() or not list(
+        (sm_job.base / "checkpoints").iterdir()
+    ), "it trained"
+
+
+@pytest.mark.slow
+def test_a_small_model_disk_is_refused_before_training(
+    sm_job: SageMakerDir, tiny_panel: pd.DataFrame, small_disk: Callable
+) -> None:
+    """model/ on a 256 KiB disk: smaller than the model."""
+    small_disk(sm_job.model_dir, 256 * 1024)
+    sm_job.write_data(tiny_panel)
+    line = assert_disk_cause(sm_job.run(HP), "the model ~", f"MiB in {sm_job.model_dir}:")
+    assert line.startswith("Not enough room to write the model "), line
+    assert not list((sm_job.base / "checkpoints").glob("*.ckpt")), "it trained"
+
+
+@pytest.mark.slow
+def test_an_output_disk_that_fills_during_training(
+    sm_job: SageMakerDir,
+    tiny_panel: pd.DataFrame,
+    small_disk: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """output/ fills up after the job checked its room: TensorBoard and the training summary
+    meet "No space left on device" mid-training. The cause still reaches output/failure
+    (written into room reserved at the start), and the job fails."""
+    output = small_disk(sm_job.output_dir, 16 * 2**20)
+    (output / "data").mkdir()
+    fill_after_the_room_check(monkeypatch, output)
+    sm_job.write_data(tiny_panel)
+    line = assert_disk_cause(sm_job.run(HP), f"{output}/", "No space left on device")
+    assert line.startswith("Could not write "), line
+    assert not (output / "success").exists()
+    assert not list(output.glob(".failure*")), "the reserved room was left behind"
+
+
+@pytest.mark.slow
+def test_a_model_disk_that_fills_while_the_model_is_written(
+    sm_job: SageMakerDir,
+    tiny_panel: pd.DataFrame,
+    small_disk: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """model/ fills up after the room check: torch.save's "[enforce fail at
+    inline_container.cc] unexpected pos" becomes a cause naming the directory and the disk."""
+    model_dir = small_disk(sm_job.model_dir, 16 * 2**20)
+    fill_after_the_room_check(monkeypatch, model_dir)
+    sm_job.write_data(tiny_panel)
+    code = sm_job.run(HP).code
+    (model_dir / "filler").unlink()
+    line = assert_disk_cause(
+        sm_job.result(code), f"Could not write the model to {model_dir}: No space left on device"
+    )
+    assert "inline_container" not in line
+
+
+@pytest.mark.slow
+def test_a_full_output_disk_under_the_supervisor_is_a_failure(
+    sm_job: SageMakerDir, tiny_panel: pd.DataFrame, small_disk: Callable
+) -> None:
+    """output/ full before the job starts, under the image's supervisor and the real toolkit:
+    not even the failure file can be written (the toolkit's own write raises, and it exits 0
+    then); the supervisor exits non-zero and the cause is in the log."""
+    if not (VENV_BIN / "train").is_file():
+        pytest.skip("sagemaker-training is not installed")
+    output = small_disk(sm_job.output_dir, 256 * 1024)
+    (output / "data").mkdir()
+    fill(output)
+    sm_job.write_data(tiny_panel)
+    sm_job.write_hyperparameters(HP)
+    shutil.copytree(CODE_DIR, sm_job.base / "code", ignore=shutil.ignore_patterns("__pycache__"))
+    process = subprocess.run(
+        [sys.executable, "-m", "tft_sagemaker.sagemaker.supervise", str(VENV_BIN / "train")],
+        env={**sm_job.toolkit_env(), "PYTHONPATH": str(CODE_DIR)},
+        cwd=sm_job.base,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    log = process.stdout + process.stderr
+    assert process.returncode == 1, log[-3000:]
+    assert (
+        f"the cause: Could not write a test file in the output directory to {output}/data/" in log
+    ), log[-3000:]
+    assert "supervise: The training toolkit exited 0 without reporting success" in log
+    assert not (output / "success").exists()

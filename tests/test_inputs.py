@@ -23,15 +23,18 @@ from tft_sagemaker.artifacts import load_trained_model
 from tft_sagemaker.channels import read_files, undeclared_channel_dirs
 from tft_sagemaker.config import DataConfig, build_config, parse_cli
 from tft_sagemaker.dataset import (
+    build_columnar_training,
     build_prediction_dataset,
     build_training_dataset,
     build_validation_dataset,
     internal_config,
     internal_names,
+    known_categories,
+    trained_labels,
     user_names,
 )
 from tft_sagemaker.evaluate import forecast
-from tft_sagemaker.job_data import load_job_data
+from tft_sagemaker.job_data import load_job_data, split_holdout
 from tft_sagemaker.model import build_model
 from tft_sagemaker.preparation import as_labels, prepare_frame, prepare_training_frame
 from tft_sagemaker.presets import PRESET_VALUES
@@ -101,6 +104,56 @@ def _parse(values: pd.Series, **settings: object) -> pd.Series:
     return parse_dates(values, dates_config(**settings), "train")
 
 
+@pytest.mark.parametrize(
+    ("period", "freq", "expected"),
+    [
+        ("D", "D", ["2023-01-30", "2023-01-31", "2023-02-01"]),
+        ("W-SUN", "W-SUN", ["2023-02-05", "2023-02-12", "2023-02-19"]),
+        ("W-SUN", "W-MON", ["2023-01-30", "2023-02-06", "2023-02-13"]),
+        ("M", "MS", ["2023-01-01", "2023-02-01", "2023-03-01"]),
+        ("M", "ME", ["2023-01-31", "2023-02-28", "2023-03-31"]),
+    ],
+)
+def test_pandas_periods_in_a_parquet_file(
+    tmp_path: Path, period: str, freq: str, expected: list[str]
+) -> None:
+    """A Period column (as pandas writes it to parquet) is read as the dates on the freq grid:
+    the period's start, or its last day where that is the grid (W-SUN, ME)."""
+    days = pd.period_range("2023-01-30", periods=3, freq=period)
+    path = tmp_path / "periods.parquet"
+    pd.DataFrame({"id": "a", "day": days, "y": [1.0, 2.0, 3.0]}).to_parquet(path)
+    frame = read_files([path], "channel 'train'")
+    assert isinstance(frame["day"].dtype, pd.PeriodDtype)
+    config = DataConfig(target="y", group_ids=["id"], date_column="day", freq=freq)
+    prepared, axis = prepare_training_frame(frame, config)
+    assert [str(d.date()) for d in prepared["day"]] == expected
+    assert axis is not None and axis.origin == f"{expected[0]}T00:00:00"
+    assert list(prepared["time_idx"]) == [0, 1, 2]
+
+
+def test_decimal_target_and_reals_in_a_parquet_file(tmp_path: Path) -> None:
+    """decimal128 columns (as databases export money) are numbers: read as floats."""
+    path = tmp_path / "decimals.parquet"
+    table = pa.table(
+        {
+            "id": ["a", "a", "a"],
+            "t": pa.array([0, 1, 2], pa.decimal128(5, 0)),
+            "y": pa.array(["1.25", "2.50", "3.75"], pa.string()).cast(pa.decimal128(10, 2)),
+            "price": pa.array(["9.99", "9.49", "8.99"], pa.string()).cast(pa.decimal128(10, 2)),
+        }
+    )
+    pq.write_table(table, path)
+    frame = read_files([path], "channel 'train'")
+    assert pd.api.types.infer_dtype(frame["y"]) == "decimal"
+    config = DataConfig(
+        target="y", group_ids=["id"], time_idx="t", time_varying_known_reals=["price"]
+    )
+    prepared = prepare_frame(frame, config, "train", None)
+    assert prepared["y"].dtype == np.float64 and list(prepared["y"]) == [1.25, 2.5, 3.75]
+    assert list(prepared["price"]) == [9.99, 9.49, 8.99]
+    assert prepared["t"].dtype == np.int64 and list(prepared["t"]) == [0, 1, 2]
+
+
 def test_one_letter_keys_as_the_toolkit_passes_them() -> None:
     mapping = pytest.importorskip("sagemaker_training.mapping")
     argv = mapping.to_cmd_args({"d": 1, "preset": "synthetic"})
@@ -109,22 +162,49 @@ def test_one_letter_keys_as_the_toolkit_passes_them() -> None:
 
 
 def test_integer_dates_say_how_they_were_read(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="tft_sagemaker.data"):
+    with caplog.at_level(logging.INFO, logger="tft_sagemaker"):
         _parse(pd.Series([20230102, 20230103]))
     assert "'day' holds integers, read as YYYYMMDD (20230102 → 2023-01-02)" in caplog.text
 
 
-def test_mixed_utc_offsets_become_utc(caplog: pytest.LogCaptureFixture) -> None:
-    values = pd.Series(["2023-03-25T00:00:00+01:00", "2023-03-26T00:00:00+02:00"])
-    with caplog.at_level(logging.INFO, logger="tft_sagemaker.data"):
-        parsed = _parse(values)
+def test_mixed_utc_offsets_become_utc_below_a_day(caplog: pytest.LogCaptureFixture) -> None:
+    values = pd.Series(["2023-03-26T01:00:00+01:00", "2023-03-26T03:00:00+02:00"])
+    with caplog.at_level(logging.INFO, logger="tft_sagemaker"):
+        parsed = _parse(values, freq="h")
     assert str(parsed.dt.tz) == "UTC"
-    assert list(parsed.astype(str)) == ["2023-03-24 23:00:00+00:00", "2023-03-25 22:00:00+00:00"]
+    assert list(parsed.astype(str)) == ["2023-03-26 00:00:00+00:00", "2023-03-26 01:00:00+00:00"]
     assert "'day' mixes UTC offsets (+01:00, +02:00): converted to UTC" in caplog.text
 
 
+@pytest.mark.parametrize("date_format", [None, "%Y-%m-%dT%H:%M:%S%z"])
+def test_local_midnights_across_a_dst_change_keep_their_dates(
+    caplog: pytest.LogCaptureFixture, date_format: str | None
+) -> None:
+    """Daily Europe/Berlin midnights written with their offsets (+01:00, then +02:00 from 26
+    March): the calendar dates, consecutive on the daily grid, not UTC's 22:00 and 23:00."""
+    days = pd.date_range("2023-03-20", "2023-04-02", freq="D", tz="Europe/Berlin")
+    text = [d.isoformat() for d in days]
+    assert {t[-6:] for t in text} == {"+01:00", "+02:00"}
+    frame = pd.DataFrame({"id": "a", "day": text, "y": np.arange(len(days), dtype=float)})
+    config = DataConfig(
+        target="y", group_ids=["id"], date_column="day", freq="D", date_format=date_format
+    )
+    with caplog.at_level(logging.INFO, logger="tft_sagemaker"):
+        prepared, axis = prepare_training_frame(frame, config)
+    assert list(prepared["day"]) == list(pd.date_range("2023-03-20", "2023-04-02", freq="D"))
+    assert axis is not None and axis.origin == "2023-03-20T00:00:00"
+    assert list(prepared["time_idx"]) == list(range(len(days)))
+    assert (
+        "'day' mixes UTC offsets (+01:00, +02:00): read as the local dates they show (freq=D is "
+        "daily or coarser)" in caplog.text
+    )
+    weekly = pd.Series([d.isoformat() for d in days[::7]])  # coarser than daily: the same
+    config = DataConfig(date_column="day", freq="W-MON", date_format=date_format)
+    assert list(parse_dates(weekly, config, "train").astype(str)) == ["2023-03-20", "2023-03-27"]
+
+
 def test_day_first_reading_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="tft_sagemaker.data"):
+    with caplog.at_level(logging.INFO, logger="tft_sagemaker"):
         _parse(pd.Series(["01/02/2023", "13/02/2023"]))
     assert (
         "'day' read with dayfirst=true (e.g. 01/02/2023 → 2023-02-01): only that reading fits "
@@ -135,7 +215,7 @@ def test_day_first_reading_is_logged(caplog: pytest.LogCaptureFixture) -> None:
 def test_ambiguous_dates_read_onto_the_freq_grid(caplog: pytest.LogCaptureFixture) -> None:
     """Monthly dates written 01/02/2023, 01/03/2023, ...: every one reads both ways."""
     values = pd.Series(pd.date_range("2022-01-01", periods=24, freq="MS").strftime("%d/%m/%Y"))
-    with caplog.at_level(logging.INFO, logger="tft_sagemaker.data"):
+    with caplog.at_level(logging.INFO, logger="tft_sagemaker"):
         parsed = parse_dates(values, DataConfig(date_column="day", freq="MS"), "train")
     assert list(parsed) == list(pd.date_range("2022-01-01", periods=24, freq="MS"))
     assert "(e.g. 01/02/2022 → 2022-02-01): the dates read so are on the freq=MS grid" in (
@@ -169,7 +249,9 @@ def test_daily_text_dates_with_a_time_axis() -> None:
     assert list(prepared["time_idx"]) == [0, 1, 2, 3]
 
 
-def test_calendar_variables_in_training_and_in_forecasts_of_unseen_months() -> None:
+def test_calendar_variables_in_training_and_in_forecasts_of_unseen_months(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     days = pd.date_range("2023-01-01", "2023-02-28", freq="D")
     frame = pd.concat(
         [
@@ -204,6 +286,12 @@ def test_calendar_variables_in_training_and_in_forecasts_of_unseen_months() -> N
         ignore_index=True,
     )
     future = prepare_frame(future, config, "forecast", axis)
+    with caplog.at_level(logging.WARNING, logger="tft_sagemaker"):
+        predict.new_categories(future, trained_labels(parameters, config), config, "forecast")
+    assert (
+        "Channel 'forecast': calendar month 3 (14 rows, e.g. at id=a, time_idx=59) never occurs "
+        "in the training data: the model reads it as unknown" in caplog.text
+    )
     windows = build_prediction_dataset(parameters, future.fillna({"y": 0.0}), config)
     x, _ = next(iter(windows.to_dataloader(train=False, batch_size=2)))
     month = known.index("calendar_month_")
@@ -211,6 +299,31 @@ def test_calendar_variables_in_training_and_in_forecasts_of_unseen_months() -> N
     assert x["decoder_cat"][0, :, known.index("calendar_day_of_week")].tolist() == list(
         weekday.transform(pd.Series([str(d.dayofweek) for d in march]))
     )
+
+
+def test_encoders_learn_the_categories_of_the_held_out_horizon(small_panel: pd.DataFrame) -> None:
+    """Fitted on the rows they are built on, the encoders are the library's own; given the
+    held-out horizon's categories too (as the job gives them), they know its holiday 'xmas'
+    and its calendar month, which the training rows alone never hold."""
+    frame = small_panel.assign(holiday=small_panel["holiday"].astype(str))
+    frame.loc[frame["week"].eq(frame["week"].max()), "holiday"] = "xmas"
+    config = synthetic(calendar_features=["month", "quarter"])
+    prepared = validate_frame(prepare_training_frame(frame, config)[0], config, "train", 11)
+    train = split_holdout(prepared, config)
+    library = build_training_dataset(train, config).get_parameters()["categorical_encoders"]
+    own = build_columnar_training(train, config, categories=known_categories([train], config))
+    encoders = own.get_parameters()["categorical_encoders"]
+    for name in ("holiday", "month", "calendar_month", "calendar_quarter", "store"):
+        assert encoders[name].classes_ == library[name].classes_, name
+    assert "xmas" not in library["holiday"].classes_
+
+    categories = known_categories([train, prepared], config)
+    encoders = build_columnar_training(train, config, categories=categories).get_parameters()[
+        "categorical_encoders"
+    ]
+    assert set(encoders["holiday"].classes_) == set(library["holiday"].classes_) | {"xmas"}
+    known = trained_labels({"categorical_encoders": encoders}, config)
+    assert known["holiday"] == (set(library["holiday"].classes_) - {"nan"}) | {"xmas"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,7 +392,7 @@ def test_files_without_rows_are_skipped(
     (tmp_path / "part-2.csv").write_text("")  # empty
     small_panel.iloc[:0].to_parquet(tmp_path / "part-3.parquet")
     files = sorted(tmp_path.iterdir())
-    with caplog.at_level(logging.INFO, logger="tft_sagemaker.data"):
+    with caplog.at_level(logging.INFO, logger="tft_sagemaker"):
         frame = read_files(files, "channel 'train'", tmp_path)
     assert len(frame) == len(small_panel)
     assert frame["sales"].dtype == float  # not text, as the header-only part would make it
@@ -337,7 +450,7 @@ def test_undeclared_channel_folder_is_reported(
     }
     paths = JobPaths.from_env(env)
     assert undeclared_channel_dirs(paths) == [sm_job.data_dir / "validation"]
-    with caplog.at_level(logging.INFO, logger="tft_sagemaker.data"):
+    with caplog.at_level(logging.INFO, logger="tft_sagemaker"):
         load_job_data(paths, synthetic())
     assert (
         "input/data/validation is not a channel of this job (channels: train): its files are "
@@ -446,6 +559,35 @@ def _clashing_panel(panel: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
         "max_prediction_length": "4",
     }
     return frame.drop(columns=["week"]), hyperparameters
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("given", ["local-dates-in-a-csv", "periods-and-decimals-in-a-parquet"])
+def test_jobs_on_local_dates_periods_and_decimals(
+    sm_job: SageMakerDir, small_panel: pd.DataFrame, capsys: pytest.CaptureFixture, given: str
+) -> None:
+    """The weekly panel with its Mondays written as Europe/Berlin midnights (+01:00 in winter,
+    +02:00 in summer) in a CSV; or as a Period[D] column beside a decimal128 target."""
+    weeks = small_panel["week"]
+    if given == "local-dates-in-a-csv":
+        local = weeks.dt.tz_localize("Europe/Berlin").map(lambda d: d.isoformat())
+        sm_job.write_data(small_panel.assign(week=local), name="data.csv")
+    else:
+        frame = small_panel.assign(week=weeks.dt.to_period("D"))
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        sales = table["sales"].cast(pa.decimal128(12, 4), safe=False)
+        table = table.set_column(table.schema.get_field_index("sales"), "sales", sales)
+        pq.write_table(table, sm_job.channel("train") / "data.parquet")
+    result = sm_job.run({"preset": "synthetic", **TINY, **{k: str(v) for k, v in SHORT.items()}})
+    assert result.code == 0, result.failure
+    out = capsys.readouterr().out
+    if given == "local-dates-in-a-csv":
+        assert (
+            "Channel 'train': 'week' mixes UTC offsets (+01:00, +02:00): read as the local dates "
+            "they show (freq=W-MON is daily or coarser)"
+        ) in out
+    axis = json.loads((sm_job.model_dir / "config.json").read_text())["time_axis"]
+    assert axis == {"freq": "W-MON", "origin": "2022-01-03T00:00:00"}
 
 
 @pytest.mark.slow

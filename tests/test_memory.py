@@ -8,7 +8,7 @@ import gzip
 
 import pandas as pd
 import pytest
-from conftest import TINY, SageMakerDir
+from conftest import SYNTHETIC_SHORT, TINY, SageMakerDir, record_error
 
 from tft_sagemaker.memory import (
     BYTES_PER_VALUE,
@@ -87,3 +87,43 @@ def test_a_panel_within_the_limit_reaches_preparation(
     assert result.code != 0
     assert "sales" in result.failure_line
     assert not result.failure_line.startswith("Not enough memory")
+
+
+def test_a_hidden_size_of_100000_is_refused_at_once(
+    sm_job: SageMakerDir, small_panel: pd.DataFrame
+) -> None:
+    """hidden_size=100000 (an extra digit: 500 billion weights)."""
+    sm_job.write_data(small_panel)
+    result = sm_job.run({**SYNTHETIC_SHORT, **TINY, "hidden_size": "100000"})
+    assert result.code == 2, result.failure
+    assert result.failure_line == "Hyperparameter hidden_size=100000 is above its maximum 8192."
+    assert not (sm_job.base / "checkpoints").exists()
+    record_error("job", result.failure_line)
+
+
+def test_a_model_larger_than_the_memory_is_refused_before_it_is_built(
+    sm_job: SageMakerDir, small_panel: pd.DataFrame
+) -> None:
+    """hidden_size=4096 on a host of 2 GB (memory_limit_gb=2): its weights alone need more."""
+    sm_job.write_data(small_panel)
+    result = sm_job.run({**SYNTHETIC_SHORT, **TINY, "hidden_size": "4096", "memory_limit_gb": "2"})
+    assert result.code == 2, result.failure
+    line = result.failure_line
+    assert line.startswith(
+        "The model cannot train in 2.0 GB (memory_limit_gb=2): hidden_size=4096, "
+        "hidden_continuous_size=4, lstm_layers=1 make "
+    ), line
+    assert line.endswith("Lower hidden_size or batch_size, or use an instance with more memory."), (
+        line
+    )
+    assert not list((sm_job.base / "checkpoints").glob("*.ckpt")), "it trained"
+    record_error("job", line)
+
+
+def test_the_default_model_fits_a_small_host(
+    sm_job: SageMakerDir, small_panel: pd.DataFrame
+) -> None:
+    """The check refuses nothing that trains: the tiny model on a host of 2 GB."""
+    sm_job.write_data(small_panel)
+    result = sm_job.run({**SYNTHETIC_SHORT, **TINY, "memory_limit_gb": "2"})
+    assert result.code == 0, result.failure

@@ -5,6 +5,8 @@ warning, never forecast into its past."""
 from __future__ import annotations
 
 import tarfile
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +137,20 @@ def test_output_exists(capsys: pytest.CaptureFixture, files: dict[str, Path]) ->
     line = assert_predict_error(capsys, args(files), "exists; pass --overwrite to replace it.")
     assert line == f"error: {files['output']} exists; pass --overwrite to replace it."
     assert files["output"].read_bytes() == b"an earlier forecast"
+
+
+@pytest.mark.parametrize("name", ["forecast.xlsx", "forecast", "forecast.txt.gz"])
+def test_output_in_a_format_predict_does_not_write(
+    capsys: pytest.CaptureFixture, files: dict[str, Path], name: str
+) -> None:
+    output = files["output"].with_name(name)
+    suffix = "".join(output.suffixes) or "(no extension)"
+    assert_predict_error(
+        capsys,
+        args(files, output=str(output)),
+        f"error: --output {output}: unknown format {suffix}; name a file ending in .parquet, "
+        ".pq, .csv, .csv.gz, .csv.bz2, .csv.xz, .json, .jsonl.",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,3 +314,171 @@ def test_known_covariate_missing_in_the_future(
         argv,
         "error: The prediction data: missing or infinite values in real column(s): price (120)",
     )
+
+
+@pytest.mark.slow
+def test_a_category_never_seen_in_training(
+    model_dir: Path, small_panel: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A future holiday 'Holiday' the model was never trained on (it would read it as missing)."""
+    frame = future(small_panel, HORIZON).astype({"holiday": str})
+    frame.loc[frame["sales"].isna() & frame["store"].eq("store_001"), "holiday"] = "Holiday"
+    argv = run_predict(model_dir, frame, tmp_path, capsys)
+    assert_predict_error(
+        capsys,
+        argv,
+        "error: The prediction data: categories the model never saw in training, which it would "
+        "read as missing values: holiday 'Holiday' (40 rows, e.g. at store=store_001, "
+        "product=product_00, time_idx=60; it knows 'christmas', ",
+        "give values it was trained on, or train it on data that holds these.",
+    )
+
+
+@pytest.mark.slow
+def test_the_same_rows_in_a_parquet_and_a_csv(
+    model_dir: Path, small_panel: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A folder holding the same rows twice, as a parquet and as a CSV file."""
+    folder = tmp_path / "new"
+    folder.mkdir()
+    small_panel.to_parquet(folder / "panel.parquet", index=False)
+    small_panel.to_csv(folder / "panel.csv", index=False)
+    argv = ["--model", str(model_dir), "--data", str(folder), "--output", str(tmp_path / "f.pq")]
+    assert_predict_error(
+        capsys,
+        argv,
+        "error: The prediction data: 3600 rows share a (group, time) key, e.g. store=store_000, "
+        "product=product_00, time_idx=0;",
+        "each series needs one row per step (3600 of them are copies of another row: the same "
+        "data given twice, in two files or one?).",
+    )
+
+
+@pytest.mark.slow
+def test_a_model_archive_with_its_files_one_folder_down(
+    model_dir: Path, small_panel: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`tar czf model.tar.gz model/`: the files are found in model/."""
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(model_dir, arcname="model")
+    argv = run_predict(model_dir, small_panel, tmp_path, capsys)
+    argv[argv.index("--model") + 1] = str(archive)
+    assert predict.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"{archive}: the model's files are in model/" in out
+    assert "wrote 120 forecasts for 30 series" in out
+
+
+def test_a_model_archive_holding_two_models(
+    capsys: pytest.CaptureFixture, files: dict[str, Path], tmp_path: Path
+) -> None:
+    archive = tmp_path / "models.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("model.ckpt", "dataset_parameters.pt", "config.json"):
+            (files["model"] / name).write_bytes(b"")
+        tar.add(files["model"], arcname="old")
+        tar.add(files["model"], arcname="new")
+    assert_predict_error(
+        capsys,
+        args(files, model=str(archive)),
+        f"error: {archive} holds 2 models, in new, old: give the model directory, or the "
+        "model.tar.gz, of one of them.",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Ids and categories against what the model was trained on
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PaddedModel:
+    """A model of series ids with leading zeros ('000', '001', '002'), whose 'holiday' takes
+    a value only in the held-out last week, and the warnings its job emitted."""
+
+    directory: Path
+    panel: pd.DataFrame
+    job_warnings: list[str]
+
+
+def _unknown_classes(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if "unknown classes" in str(w.message)]
+
+
+@pytest.fixture(scope="module")
+def padded_model(
+    tmp_path_factory: pytest.TempPathFactory, small_panel: pd.DataFrame
+) -> PaddedModel:
+    panel = small_panel.assign(
+        store=small_panel["store"].astype(str).str[-3:],
+        holiday=small_panel["holiday"].astype(str),
+    )
+    panel.loc[panel["week"].eq(panel["week"].max()), "holiday"] = "xmas"
+    with (
+        pytest.MonkeyPatch.context() as monkeypatch,
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
+        job = SageMakerDir(tmp_path_factory.mktemp("padded") / "opt_ml", monkeypatch)
+        job.write_data(panel)
+        result = job.run({**SYNTHETIC_SHORT, **TINY, "target_normalizer": "encoder"})
+    assert result.code == 0, result.failure
+    return PaddedModel(job.model_dir, panel, _unknown_classes(caught))
+
+
+def predict_recording(argv: list[str]) -> tuple[int, list[str]]:
+    """predict's exit code, and the library's unknown-class warnings it emitted."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = predict.main(argv)
+    return code, _unknown_classes(caught)
+
+
+@pytest.mark.slow
+def test_predict_on_the_training_data_warns_of_no_unknown_class(
+    padded_model: PaddedModel, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The holiday only the held-out week holds is a category the model knows: neither the job
+    nor predict on its training data says "Found 1 unknown classes which were set to NaN"."""
+    assert padded_model.job_warnings == []
+    argv = run_predict(padded_model.directory, padded_model.panel, tmp_path, capsys)
+    code, caught = predict_recording(argv)
+    assert code == 0 and caught == []
+    assert "wrote 120 forecasts for 30 series" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ids_that_lost_their_leading_zeros_in_a_csv(
+    padded_model: PaddedModel, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The training ids '000', '001', '002' written to a CSV read back as 0, 1, 2."""
+    data = tmp_path / "new.csv"
+    padded_model.panel.to_csv(data, index=False)
+    output = tmp_path / "forecast.parquet"
+    argv = ["--model", str(padded_model.directory), "--data", str(data), "--output", str(output)]
+    assert predict.main(argv) == 0
+    assert (
+        "The prediction data: 3 value(s) of 'store' are the training data's with their leading "
+        "zeros lost (e.g. 0 for '000', as numbers read from a CSV lose them): read as those"
+    ) in capsys.readouterr().out
+    forecasts = pd.read_parquet(output)
+    assert sorted(forecasts["store"].unique()) == [0, 1, 2]  # as given
+    assert len(forecasts[["store", "product"]].drop_duplicates()) == 30
+
+
+@pytest.mark.slow
+def test_new_series_are_named_instead_of_the_librarys_warning(
+    padded_model: PaddedModel, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A store the model never saw (scaled per window, so it may be forecast): named by
+    predict, not by pytorch-forecasting's "Found 1 unknown classes"."""
+    panel = padded_model.panel
+    new = panel[panel["store"].eq("002")].assign(store="003")
+    argv = run_predict(padded_model.directory, pd.concat([panel, new]), tmp_path, capsys)
+    code, caught = predict_recording(argv)
+    assert code == 0 and caught == []
+    assert (
+        "The prediction data: 10 series are not in the training data (e.g. store=003, "
+        "product=product_00; store=003, product=product_01; store=003, product=product_02): the "
+        "model knows no 'store' of theirs and forecasts them from their history and covariates "
+        "alone"
+    ) in capsys.readouterr().out

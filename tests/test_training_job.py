@@ -438,6 +438,32 @@ def test_predict_refuses_to_overwrite(
     assert_reproduces_val_mae(pd.read_parquet(output), trained.metrics)
 
 
+@pytest.mark.slow
+def test_predict_writes_the_format_its_output_names(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The same forecasts as parquet, CSV (gzip), JSON records and JSON lines."""
+    argv = ["--model", str(trained.job.model_dir), "--data", str(trained.data_file)]
+    readers = {
+        "out.parquet": pd.read_parquet,
+        "out.csv.gz": lambda path: pd.read_csv(path, parse_dates=["week"]),
+        "out.json": lambda path: pd.read_json(path, orient="records", convert_dates=["week"]),
+        "out.jsonl": lambda path: pd.read_json(path, lines=True, convert_dates=["week"]),
+    }
+    read = {}
+    for name, reader in readers.items():
+        assert predict.main([*argv, "--output", str(tmp_path / name)]) == 0
+        read[name] = reader(tmp_path / name)
+    capsys.readouterr()
+    assert (tmp_path / "out.csv.gz").read_bytes()[:2] == b"\x1f\x8b"  # gzip's magic number
+    assert (tmp_path / "out.json").read_text().startswith('[{"store":"store_000"')
+    expected = read.pop("out.parquet")
+    expected["week"] = expected["week"].astype("datetime64[ns]")
+    for name, frame in read.items():
+        frame["week"] = frame["week"].dt.tz_localize(None).astype("datetime64[ns]")
+        pd.testing.assert_frame_equal(frame, expected, check_dtype=False, obj=name)
+
+
 def test_predict_rejects_something_that_is_not_a_model(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -13,7 +13,9 @@ partial model behind.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import shutil
 import tarfile
@@ -32,8 +34,10 @@ from .errors import JobError, writing
 from .model import JobTemporalFusionTransformer, load_model
 from .presets import PRESET_VALUES
 from .sagemaker import stops
+from .sagemaker.paths import JobPaths
 from .time_axis import TimeAxis
 
+log = logging.getLogger(__name__)
 MODEL_FILE = "model.ckpt"
 DATASET_FILE = "dataset_parameters.pt"
 CONFIG_FILE = "config.json"
@@ -55,6 +59,54 @@ def _versions() -> dict[str, str]:
     return {p: version(p) for p in ("torch", "lightning", "pytorch-forecasting", "pandas")}
 
 
+# What a job writes besides the weights, at most (measured on small jobs, with room to spare):
+# the JSON files beside the model; TensorBoard's event files (hparams, scalars, the report's
+# figures at the end) and per epoch; the report and the training summaries in output/data.
+MODEL_EXTRAS_BYTES = 2**20
+TENSORBOARD_BYTES, TENSORBOARD_EPOCH_BYTES = 2**20, 32 * 2**10
+REPORT_BYTES, SUMMARY_BYTES = 4 * 2**20, 256 * 2**10
+CHECKPOINT_EXTRAS_BYTES = 256 * 2**10  # loops, callbacks, schedulers
+
+
+def _saved_bytes(value: Any) -> int:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.tell()
+
+
+def planned_writes(
+    model: torch.nn.Module,
+    dataset_parameters: dict[str, Any],
+    config: JobConfig,
+    paths: JobPaths,
+) -> dict[str, tuple[Path, int]]:
+    """What the job will write at most, per directory, from the model's measured size: for
+    JobPaths.check_room before training."""
+    weights = _saved_bytes(model.state_dict())
+    parameters = _saved_bytes(dataset_parameters)
+    hyperparameters = _saved_bytes(dict(getattr(model, "hparams", {})))
+    # The optimizer holds two tensors per weight (Adam); weight averaging two more copies.
+    copies = 3 + (2 if config.model.ema_decay else 0)
+    checkpoint = copies * weights + parameters + hyperparameters + CHECKPOINT_EXTRAS_BYTES
+    # best, the kept epochs and one more before the oldest goes, last, and one being written.
+    checkpoints = checkpoint * (config.training.keep_checkpoints + 4)
+    checkpoints -= sum(p.stat().st_size for p in paths.checkpoint_dir.glob("*.ckpt") if p.is_file())
+    epochs = config.training.max_epochs or 1
+    model_files = weights + 2 * parameters + hyperparameters + MODEL_EXTRAS_BYTES
+    return {
+        "the model": (paths.model_dir, model_files),
+        "checkpoints": (paths.checkpoint_dir, max(checkpoints, checkpoint)),
+        "TensorBoard logs": (
+            paths.tensorboard_dir,
+            TENSORBOARD_BYTES + epochs * TENSORBOARD_EPOCH_BYTES,
+        ),
+        "the report": (
+            paths.output_data_dir,
+            (REPORT_BYTES if config.report.report else 0) + SUMMARY_BYTES,
+        ),
+    }
+
+
 def write_model_artifacts(
     model_dir: Path,
     best_checkpoint: dict[str, Any],
@@ -68,7 +120,8 @@ def write_model_artifacts(
     with writing("the model", model_dir):
         model_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
-        try:
+    try:  # removed after `writing` has looked at the disk (a full one is named so)
+        with writing("the model", model_dir):
             torch.save(
                 {k: v for k, v in best_checkpoint.items() if k not in _TRAINING_STATE},
                 staging / MODEL_FILE,
@@ -89,8 +142,8 @@ def write_model_artifacts(
             with stops.deferred():  # a model directory is whole or empty
                 for path in staging.iterdir():
                     os.replace(path, model_dir / path.name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @dataclass
@@ -102,7 +155,7 @@ class TrainedModel:
     metrics: dict[str, Any]
 
 
-def _model_dir(path: Path, scratch: Path) -> Path:
+def _unpacked(path: Path, scratch: Path) -> Path:
     """A model directory, or a SageMaker model.tar.gz unpacked into `scratch`."""
     if path.is_dir():
         return path
@@ -113,11 +166,37 @@ def _model_dir(path: Path, scratch: Path) -> Path:
     raise JobError(f"{path} is neither a model directory nor a model.tar.gz.")
 
 
+def _model_files_in(directory: Path, path: Path) -> Path:
+    """The folder of `directory` that holds the model's files: itself, or the one folder up to
+    three levels below it that does (an archive of the model directory rather than of its
+    files: `tar czf model.tar.gz model/`, or `opt/ml/model/`)."""
+    required = (MODEL_FILE, DATASET_FILE, CONFIG_FILE)
+    if any((directory / f).is_file() for f in required):
+        return directory
+    found = sorted(
+        p.parent
+        for depth in range(1, 4)
+        for p in directory.glob("*/" * depth + MODEL_FILE)
+        if all((p.parent / f).is_file() for f in required)
+    )
+    if len(found) > 1:
+        folders = ", ".join(str(f.relative_to(directory)) for f in found[:3])
+        raise JobError(
+            f"{path} holds {len(found)} models, in {folders}: give the model directory, or "
+            "the model.tar.gz, of one of them."
+        )
+    if found:
+        log.info("%s: the model's files are in %s/", path, found[0].relative_to(directory))
+        return found[0]
+    return directory  # named missing by load_trained_model
+
+
 @contextmanager
 def model_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """A model directory as it is, or SageMaker's model.tar.gz unpacked while in use."""
+    """The folder of a model's files: a model directory, or SageMaker's model.tar.gz unpacked
+    while in use (in either, the files may be one folder down)."""
     with tempfile.TemporaryDirectory() as scratch:
-        yield _model_dir(Path(path), Path(scratch))
+        yield _model_files_in(_unpacked(Path(path), Path(scratch)), Path(path))
 
 
 def load_trained_model(path: str | os.PathLike[str]) -> TrainedModel:

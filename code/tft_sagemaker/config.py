@@ -50,6 +50,10 @@ def _opt(default: Any, help: str, **checks: Any) -> Any:
 
 
 _AUTO = " Default: chosen from the data (recipe.py)."
+# Upper bounds of the sizes, far above what trains on any instance: they catch a typo (an extra
+# digit) at once; what fits below them is checked against the memory before the model is built
+# (model.check_model_fits).
+MAX_WIDTH, MAX_STEPS, MAX_BATCH = 8192, 100_000, 2**20
 # What `calendar_features` may name (dataset.CALENDAR computes them from the dates).
 CALENDAR_VARIABLES = ("month", "quarter", "day_of_week", "hour")
 
@@ -100,11 +104,11 @@ class DataConfig:
         {}, "Groups of categorical columns embedded as one variable, e.g. {'holidays': [...]}."
     )
     weight: str | None = _opt(None, "Optional column of sample weights.")
-    max_encoder_length: int = _opt(24, "Longest history the model sees.", min=1)
+    max_encoder_length: int = _opt(24, "Longest history the model sees.", min=1, max=MAX_STEPS)
     min_encoder_length: int | None = _opt(
         None, "Shortest history of a training window (default: max_encoder_length // 2).", min=0
     )
-    max_prediction_length: int = _opt(6, "Forecast horizon.", min=1)
+    max_prediction_length: int = _opt(6, "Forecast horizon.", min=1, max=MAX_STEPS)
     min_prediction_length: int = _opt(1, "Shortest horizon of a training window.", min=1)
     target_normalizer: str = _opt(
         "auto",
@@ -194,12 +198,12 @@ class DataConfig:
 class ModelConfig:
     """The Temporal Fusion Transformer and its optimisation."""
 
-    hidden_size: int | None = _opt(None, "Width of the network." + _AUTO, min=1)
-    attention_head_size: int = _opt(2, "Attention heads.", min=1)
+    hidden_size: int | None = _opt(None, "Width of the network." + _AUTO, min=1, max=MAX_WIDTH)
+    attention_head_size: int = _opt(2, "Attention heads.", min=1, max=128)
     hidden_continuous_size: int | None = _opt(
-        None, "Width of the real-variable embeddings." + _AUTO, min=1
+        None, "Width of the real-variable embeddings." + _AUTO, min=1, max=MAX_WIDTH
     )
-    lstm_layers: int = _opt(1, "LSTM layers in encoder and decoder.", min=1)
+    lstm_layers: int = _opt(1, "LSTM layers in encoder and decoder.", min=1, max=32)
     dropout: float | None = _opt(None, "Dropout rate." + _AUTO, min=0.0, max=0.9)
     quantiles: list[float] = _opt(
         [0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98], "Quantiles of the QuantileLoss (need 0.5)."
@@ -234,9 +238,11 @@ class TrainingConfig:
         + _AUTO,
         exclusive_min=0.0,
     )
-    batch_size: int | None = _opt(None, "Training windows per batch and device." + _AUTO, min=1)
+    batch_size: int | None = _opt(
+        None, "Training windows per batch and device." + _AUTO, min=1, max=MAX_BATCH
+    )
     val_batch_size: int | None = _opt(
-        None, "Validation batch size (default 8 x batch_size).", min=1
+        None, "Validation batch size (default 8 x batch_size).", min=1, max=MAX_BATCH
     )
     gradient_clip_val: float = _opt(0.1, "Gradient norm clipping (0 disables).", min=0.0)
     early_stopping_patience: int | None = _opt(
@@ -256,10 +262,10 @@ class TrainingConfig:
     )
     accelerator: str = _opt("auto", "auto, gpu or cpu.", choices=("auto", "gpu", "cpu"))
     devices: int | None = _opt(
-        None, "Devices per host (default: every GPU, or 1 CPU process).", min=1
+        None, "Devices per host (default: every GPU, or 1 CPU process).", min=1, max=256
     )
     num_workers: int | None = _opt(
-        None, "DataLoader worker processes (default: fitted to host).", min=0
+        None, "DataLoader worker processes (default: fitted to host).", min=0, max=256
     )
     learning_rate_scaling: str = _opt(
         "sqrt",
@@ -271,7 +277,7 @@ class TrainingConfig:
     checkpoint_dir: str | None = _opt(
         None, "Where epoch checkpoints go and are resumed from (default /opt/ml/checkpoints)."
     )
-    keep_checkpoints: int = _opt(2, "Epoch checkpoints kept besides the best one.", min=1)
+    keep_checkpoints: int = _opt(2, "Epoch checkpoints kept besides the best one.", min=1, max=1000)
     resume: bool = _opt(True, "Resume from the newest checkpoint in checkpoint_dir, if any.")
     memory_limit_gb: float | None = _opt(
         None,

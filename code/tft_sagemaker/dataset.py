@@ -20,6 +20,7 @@ from collections.abc import Callable
 from copy import deepcopy
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from pytorch_forecasting import TimeSeriesDataSet
@@ -36,6 +37,8 @@ _EXAMPLES = 3
 _LIBRARY_COLUMNS = {"relative_time_idx", "encoder_length", "__time_idx__", "__weight__"}
 _LIBRARY_PREFIXES = ("__group_id__", "__target__")
 _MODULE_DICT = torch.nn.ModuleDict()  # its attributes (pop, keys, type, ...) cannot be keys
+# NaNLabelEncoder.transform's warning for labels it does not know (which it encodes as missing).
+UNKNOWN_CLASSES = r"Found \d+ unknown classes which were set to NaN"
 
 
 # Calendar variables (`calendar_features`), from the parsed date column.
@@ -178,21 +181,71 @@ def _target_normalizer(config: DataConfig) -> TorchNormalizer:
             )
 
 
-def _categorical_encoders(config: DataConfig) -> dict[str, NaNLabelEncoder]:
+def _categorical_encoders(
+    config: DataConfig, categories: dict[str, set[str]] | None = None
+) -> dict[str, NaNLabelEncoder]:
     """Encoders that map categories unseen in training to a learned 'unknown' embedding, so
-    that validation and prediction data may hold new stores, products or holidays."""
-    names = (
+    that validation and prediction data may hold new stores, products or holidays.
+    `categories` (internal name → labels, `known_categories`): the categoricals' encoders come
+    fitted on them (the library fits the others, and these where not given, on the rows it is
+    built on)."""
+    categoricals = (
         config.static_categoricals
         + config.time_varying_known_categoricals
         + config.time_varying_unknown_categoricals
-        + config.group_ids
-        + [f"__group_id__{g}" for g in config.group_ids]
     )
-    return {name: NaNLabelEncoder(add_nan=True) for name in dict.fromkeys(names)}
+    names = categoricals + config.group_ids + [f"__group_id__{g}" for g in config.group_ids]
+    encoders = {name: NaNLabelEncoder(add_nan=True) for name in dict.fromkeys(names)}
+    for name in dict.fromkeys(categoricals) if categories is not None else []:
+        members = config.variable_groups.get(name, [name])
+        labels = set().union(*(categories[m] for m in members))
+        encoders[name].fit(np.array(sorted(labels), dtype=object))
+    return encoders
 
 
-def dataset_parameters(config: DataConfig) -> dict[str, Any]:
-    """The TimeSeriesDataSet keyword arguments of the training dataset (nothing fitted)."""
+def known_categories(frames: list[pd.DataFrame], config: DataConfig) -> dict[str, set[str]]:
+    """Internal categorical column → every label it holds in `frames` (the job's: the training
+    rows and the validated ones). Encoders fitted on them know a category that only the
+    held-out horizon holds (a holiday in the last weeks, a new calendar month): fitted on the
+    training rows alone, the job's validation and `predict` on the training data would read
+    it as unknown (pytorch-forecasting's "Found 1 unknown classes which were set to NaN")."""
+    names = internal_names(config)
+    calendar = calendar_columns(config)
+    labels: dict[str, set[str]] = {}
+    for frame in frames:
+        columns = {names[c]: frame[c] for c in config.categoricals}
+        if calendar:  # numbers, labelled as to_internal labels them once they are distinct
+            dates = frame[config.date_column]
+            columns |= {names[c]: CALENDAR[v](dates) for v, c in calendar.items()}
+        for name, values in columns.items():
+            labels.setdefault(name, set()).update(pd.unique(values.dropna()).astype(str))
+    return labels
+
+
+def trained_labels(parameters: dict[str, Any], config: DataConfig) -> dict[str, set[str]]:
+    """The labels a trained model's encoders know (`parameters`: its dataset's), by the data's
+    column: series ids (those it was fitted on), categoricals and calendar columns; without
+    the encoders' placeholder for missing values."""
+    names = internal_names(config)
+    internal = internal_config(config)
+    encoders = parameters["categorical_encoders"]
+    group_of = {m: g for g, members in internal.variable_groups.items() for m in members}
+    columns = {g: f"__group_id__{names[g]}" for g in config.group_ids}
+    columns |= {c: group_of.get(names[c], names[c]) for c in config.categoricals}
+    columns |= {c: names[c] for c in calendar_columns(config).values()}
+    labels = {}
+    for column, name in columns.items():
+        encoder = encoders[name]
+        placeholder = 0 if encoder.add_nan else None
+        labels[column] = {str(k) for k, code in encoder.classes_.items() if code != placeholder}
+    return labels
+
+
+def dataset_parameters(
+    config: DataConfig, categories: dict[str, set[str]] | None = None
+) -> dict[str, Any]:
+    """The TimeSeriesDataSet keyword arguments of the training dataset (nothing fitted but the
+    categoricals' encoders, on `categories` where given: `known_categories`)."""
     internal = internal_config(config)
     return dict(
         time_idx=internal.time_idx,
@@ -211,7 +264,7 @@ def dataset_parameters(config: DataConfig) -> dict[str, Any]:
         time_varying_unknown_reals=internal.time_varying_unknown_reals,
         variable_groups=internal.variable_groups,
         target_normalizer=_target_normalizer(internal),
-        categorical_encoders=_categorical_encoders(internal),
+        categorical_encoders=_categorical_encoders(internal, categories),
         add_relative_time_idx=internal.add_relative_time_idx,
         add_target_scales=internal.add_target_scales,
         add_encoder_length=internal.add_encoder_length,
@@ -233,11 +286,15 @@ def _sorted_internal(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
 
 
 def build_columnar_training(
-    frame: pd.DataFrame, config: DataConfig, allocate: Allocate = in_memory
+    frame: pd.DataFrame,
+    config: DataConfig,
+    allocate: Allocate = in_memory,
+    categories: dict[str, set[str]] | None = None,
 ) -> TimeSeriesDataSet:
     """`build_training_dataset`'s dataset, fitted on whole columns and built chunk by chunk
-    into `allocate`'s arrays (columnar.py)."""
-    kwargs = dataset_parameters(config)
+    into `allocate`'s arrays (columnar.py); the categoricals' encoders fitted on `categories`
+    where given (`known_categories`)."""
+    kwargs = dataset_parameters(config, categories)
     data = _sorted_internal(frame, config)
     first = series_bounds(data.iloc[:CHUNK_ROWS], kwargs["group_ids"])
     skeleton = TimeSeriesDataSet(data.iloc[: first[1]], **deepcopy(kwargs))
@@ -268,7 +325,7 @@ def unscaled_series(
         return series.iloc[:0]
     names = internal_names(config)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "Found N unknown classes which were set to NaN"
+        warnings.filterwarnings("ignore", message=UNKNOWN_CLASSES, category=UserWarning)
         codes = [
             parameters["categorical_encoders"][names[g]].transform(series[g])
             for g in config.group_ids
@@ -313,7 +370,12 @@ def build_prediction_dataset(
     parameters: dict[str, Any], frame: pd.DataFrame, config: DataConfig
 ) -> TimeSeriesDataSet:
     """Windows forecasting the last `max_prediction_length` steps of each series in `frame`,
-    with the encoders and scales of a trained model (`parameters`)."""
-    return TimeSeriesDataSet.from_parameters(
-        parameters, to_internal(frame, config), predict=True, stop_randomization=True
-    )
+    with the encoders and scales of a trained model (`parameters`). `predict.new_categories`
+    has named every category the encoders do not know (refused, or logged for new series and
+    calendar values), so their "Found N unknown classes which were set to NaN" says nothing
+    more and is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=UNKNOWN_CLASSES, category=UserWarning)
+        return TimeSeriesDataSet.from_parameters(
+            parameters, to_internal(frame, config), predict=True, stop_randomization=True
+        )

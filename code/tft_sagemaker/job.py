@@ -26,28 +26,32 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pytorch_forecasting import TimeSeriesDataSet
 
 from . import STARTED
-from .artifacts import METRICS_FILE, write_model_artifacts
+from .artifacts import METRICS_FILE, planned_writes, write_model_artifacts
 from .baselines import Comparison, against_baselines, describe
 from .channels import channel_data_files, read_channel
 from .config import JobConfig, describe_hyperparameters, load_config
 from .console import setup_logging
-from .dataset import build_columnar_training, build_columnar_validation, user_names
+from .dataset import (
+    build_columnar_training,
+    build_columnar_validation,
+    known_categories,
+    user_names,
+)
 from .errors import JobError, writing
 from .evaluate import Forecast, forecast, score
 from .host_panel import HostPanel, Prepared, bytes_per_row
 from .interpret import InterpretationSum, largest_series
 from .job_data import JobData, describe_frame, load_job_data
 from .loaders import LoaderSettings, make_loader
-from .memory import check_host_memory
-from .model import JobTemporalFusionTransformer, build_model, load_model
+from .memory import check_host_memory, process_memory_available
+from .model import JobTemporalFusionTransformer, build_model, check_model_fits, load_model
 from .predict import PredictionInput, forecast_table, prepare_prediction, write_forecasts
 from .presets import PRESET_VALUES
 from .recipe import Settings, resolve_data, settle
 from .report import check_report_series, data_summary, plotted_series, write_job_report
-from .sagemaker import stops
+from .sagemaker import failure, stops
 from .sagemaker.checkpoints import find_resume_checkpoint, fingerprint
 from .sagemaker.cluster import cluster_failures, configure_process, wait_for_hosts
-from .sagemaker.failure import write_failure
 from .sagemaker.launch_plan import (
     LaunchPlan,
     launched_by_launcher,
@@ -120,7 +124,10 @@ def prepare_data(
         if panel.complete():
             log.info("data: the panel this host prepared before, in %s", panel.directory)
             return data, panel.load()
-        training = build_columnar_training(data.train, data_config, panel.allocate("training"))
+        categories = known_categories([data.train, data.validation], data_config)
+        training = build_columnar_training(
+            data.train, data_config, panel.allocate("training"), categories
+        )
         log.info("memory: %s", bytes_per_row(training))
         validation = build_columnar_validation(
             training, data.validation, data_config, panel.allocate("validation")
@@ -166,7 +173,12 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
         )
     )
 
+    check_model_fits(
+        training, settings, *process_memory_available(plan, config.training.memory_limit_gb)
+    )
     model = build_model(training, settings)
+    if plan.global_rank == 0:  # the one process that writes checkpoints, logs and the model
+        paths.check_room(planned_writes(model, training.get_parameters(), config, paths))
     stamp = fingerprint(config)
     trainer = build_trainer(settings, plan, paths, stamp)
     datasets = {"training": training, "validation": validation}
@@ -363,8 +375,10 @@ def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, Any]:
         if job.config.training.resume
         else None
     )
+    if resume is not None:
+        resume.check_fits(job.model.state_dict(), job.training.get_parameters())
     fit_started = time.monotonic()
-    fit(job, resume)
+    fit(job, None if resume is None else resume.path)
     if (signum := stops.received()) is not None:
         raise stops.Stopped(signum)  # after Lightning's last look: every epoch is checkpointed
     refused: JobError | None = None
@@ -403,7 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = JobPaths.from_env()
         if not launched_by_launcher(os.environ):
             paths.failure_file.unlink(missing_ok=True)  # a stale one from an earlier local run
+        failure.reserve(paths.failure_file)
         try:
+            stops.rehearse(os.environ)
             # The train channel may hold the configuration file: without it or data, say that.
             channel_data_files(paths, "train", required=True)
             config, config_file = load_config(argv, paths.channels, PRESET_VALUES)
@@ -415,9 +431,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (SIGTERMException, stops.Stopped) as err:
             cause = stops.cause(paths.checkpoint_dir, saved=isinstance(err, SIGTERMException))
             log.error("job stopped: %s", cause)
-            write_failure(paths.failure_file, JobError(cause))
+            failure.write_failure(paths.failure_file, JobError(cause))
             return stops.exit_code()
         except Exception as err:  # every failure must reach the failure file
             log.error("job failed: %s", err, exc_info=not isinstance(err, JobError))
-            write_failure(paths.failure_file, err)
+            failure.write_failure(paths.failure_file, err)
             return 2 if isinstance(err, JobError) else 1
+        finally:
+            failure.release(paths.failure_file)

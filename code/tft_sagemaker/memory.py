@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 import pyarrow.parquet as pq
+import torch
 
 from .channels import channel_data_files
 from .errors import DataError
@@ -161,10 +162,27 @@ def check_host_memory(paths: JobPaths, plan: LaunchPlan, limit_gb: float | None)
         for path in channel_data_files(paths, name, required=name == "train") or []
     ]
     estimated = estimate(table_size(files), plan.devices)
+    check_memory(estimated, *host_memory_available(limit_gb))
+
+
+def host_memory_available(limit_gb: float | None) -> tuple[int, str]:
+    """The memory this host's processes share, and where the figure comes from: `limit_gb`,
+    else the container's (shared by the hosts on one machine)."""
     if limit_gb is not None:
-        available, source = int(limit_gb * 1e9), f"memory_limit_gb={limit_gb:g}"
-    else:
-        available, source = process_memory()
-        if source.startswith("MemTotal") and (sharing := hosts_per_machine(os.environ)) > 1:
-            available, source = available // sharing, f"{source}, shared by {sharing} hosts"
-    check_memory(estimated, available, source)
+        return int(limit_gb * 1e9), f"memory_limit_gb={limit_gb:g}"
+    available, source = process_memory()
+    if source.startswith("MemTotal") and (sharing := hosts_per_machine(os.environ)) > 1:
+        return available // sharing, f"{source}, shared by {sharing} hosts"
+    return available, source
+
+
+def process_memory_available(plan: LaunchPlan, limit_gb: float | None) -> tuple[int, str]:
+    """The memory one training process has for its model: its GPU's, or its share of the
+    host's."""
+    if plan.accelerator == "gpu":
+        device = torch.cuda.get_device_properties(plan.local_rank % torch.cuda.device_count())
+        return device.total_memory, f"the memory of one {device.name}"
+    available, source = host_memory_available(limit_gb)
+    if plan.devices > 1:
+        return available // plan.devices, f"{source}, shared by {plan.devices} processes"
+    return available, source

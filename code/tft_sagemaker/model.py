@@ -13,6 +13,7 @@ from pytorch_forecasting.metrics import MAE, MAPE, RMSE, SMAPE, QuantileLoss
 from torch import nn
 
 from .config import SpeedupConfig
+from .errors import ConfigError
 from .recipe import Settings
 from .speedups import engage
 from .speedups.gradients import FlatGradientHooks
@@ -87,6 +88,53 @@ def build_model(dataset: TimeSeriesDataSet, settings: Settings) -> JobTemporalFu
         weight_decay=config.weight_decay,
         reduce_on_plateau_patience=config.reduce_on_plateau_patience,
         log_interval=-1,
+    )
+
+
+# What training holds per parameter: the fp32 weight, its gradient and the optimizer's two
+# moments (Adam, AdamW; SGD fewer), and the weight average's copy when ema_decay is on.
+BYTES_PER_PARAMETER, EMA_BYTES_PER_PARAMETER = 16, 4
+# Tensors a training step keeps per window, time step and hidden unit for the backward pass,
+# at the least: each variable's embedding and selection, and about ten more layers of hidden
+# width (LSTM gates, gated residual networks, attention, output); attention keeps its weights.
+HIDDEN_TENSORS_PER_STEP = 10
+
+
+def check_model_fits(
+    dataset: TimeSeriesDataSet, settings: Settings, available: int, source: str
+) -> None:
+    """Refuse, before any weight is allocated, a model whose training cannot fit in the memory
+    a process has (`available` bytes, `source` says whose): the parameters are counted
+    exactly on a model built on torch's meta device, which allocates nothing; a training step's
+    activations are a lower bound."""
+    with torch.device("meta"):
+        model = build_model(dataset, settings)
+    parameters = sum(p.numel() for p in model.parameters())
+    config, training = settings.config.model, settings.config.training
+    per_parameter = BYTES_PER_PARAMETER + (EMA_BYTES_PER_PARAMETER if config.ema_decay else 0)
+    weights = parameters * per_parameter
+    hidden = int(model.hparams.hidden_size)
+    variables = len(model.encoder_variables) + len(model.decoder_variables)
+    encoder, decoder = dataset.max_encoder_length, dataset.max_prediction_length
+    batch = int(training.batch_size)
+    steps = encoder + decoder
+    activations = (
+        4
+        * batch
+        * (
+            steps * hidden * (variables + HIDDEN_TENSORS_PER_STEP)
+            + int(model.hparams.attention_head_size) * decoder * steps
+        )
+    )
+    if weights + activations <= available:
+        return
+    raise ConfigError(
+        f"The model cannot train in {available / 1e9:.1f} GB ({source}): hidden_size={hidden}, "
+        f"hidden_continuous_size={model.hparams.hidden_continuous_size}, "
+        f"lstm_layers={config.lstm_layers} make {parameters:,} parameters "
+        f"({weights / 1e9:.1f} GB with gradients and optimizer state), and batch_size={batch} "
+        f"windows of {steps} steps need at least {activations / 1e9:.1f} GB per step. Lower "
+        "hidden_size or batch_size, or use an instance with more memory."
     )
 
 

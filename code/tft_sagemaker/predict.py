@@ -9,10 +9,11 @@ A series without such steps is skipped with a warning. Given complete data inste
 forecasts the last steps of each series and adds the actuals, which is how the job's
 validation metrics are reproduced.
 
-Output (parquet, or CSV for a name ending in .csv): one row per (series, forecast step) with
-the group ids as given, the time index (and date), `horizon`, `prediction` (the median), one
-column per quantile (`q0.1`, ...) and `actual`. Every bad argument, file or row is one line
-`error: ...` on stderr and exit code 2.
+Output in the format its name ends in (`OUTPUT_FORMATS`: parquet, CSV, optionally compressed,
+JSON records or JSON lines): one row per (series, forecast step) with the group ids as given,
+the time index (and date), `horizon`, `prediction` (the median), one column per quantile
+(`q0.1`, ...) and `actual`. Every bad argument, file or row is one line `error: ...` on stderr
+and exit code 2.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sys
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,12 +39,15 @@ from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
 
 from .artifacts import TrainedModel, load_trained_model
 from .channels import channel_files, read_files, source_of
-from .config import DataConfig
+from .config import DataConfig, unique
 from .console import setup_logging
 from .dataset import (
+    CALENDAR,
     build_prediction_dataset,
+    calendar_columns,
     internal_names,
     refuse_unscaled_series,
+    trained_labels,
     user_names,
 )
 from .errors import DataError, JobError
@@ -50,11 +55,34 @@ from .evaluate import forecast, to_frame
 from .preparation import as_labels, prepare_frame
 from .speedups import batches_reason
 from .time_axis import TimeAxis
-from .validation import validate_frame
+from .validation import refuse_duplicated_keys, validate_frame
 
 log = logging.getLogger(__name__)
 CHANNEL = "The prediction data"  # how messages name it
 _EXAMPLES = 3
+# CSV name ending → compression (stated: the partial file's name does not end in it).
+_CSV_COMPRESSION = {".csv": None, ".csv.gz": "gzip", ".csv.bz2": "bz2", ".csv.xz": "xz"}
+# The output's name ending → how the forecasts are written (dates in ISO 8601, empty as null).
+OUTPUT_FORMATS: dict[str, Callable[[pd.DataFrame, Path], object]] = {
+    ".parquet": lambda frame, path: frame.to_parquet(path, index=False),
+    ".pq": lambda frame, path: frame.to_parquet(path, index=False),
+    **{
+        suffix: lambda frame, path, compression=compression: frame.to_csv(
+            path, index=False, compression=compression
+        )
+        for suffix, compression in _CSV_COMPRESSION.items()
+    },
+    ".json": lambda frame, path: frame.to_json(path, orient="records", date_format="iso"),
+    ".jsonl": lambda frame, path: frame.to_json(
+        path, orient="records", date_format="iso", lines=True
+    ),
+}
+
+
+def output_format(path: Path) -> str | None:
+    """The `OUTPUT_FORMATS` key `path`'s name ends in (the longest: .csv.gz before .gz)."""
+    name = path.name.lower()
+    return max((s for s in OUTPUT_FORMATS if name.endswith(s)), key=len, default=None)
 
 
 def _examples(series: pd.DataFrame) -> str:
@@ -145,14 +173,111 @@ def _dates(time_idx: pd.Series, axis: TimeAxis) -> pd.Series:
     return pd.Series(grid[time_idx.to_numpy() - first], index=time_idx.index)
 
 
+def _with_training_labels(
+    frame: pd.DataFrame, known: dict[str, set[str]], config: DataConfig, label: str
+) -> pd.DataFrame:
+    """`frame` with its ids and categoricals as labels, those that lost the leading zeros of a
+    training label (the id '001' written to a CSV and read back as the number 1) read as that
+    label, with a warning."""
+    labelled = {}
+    for column in unique([*config.group_ids, *config.categoricals]):
+        if column not in frame.columns:
+            continue  # reported with the other missing columns
+        labels = as_labels(frame[column])
+        padded: dict[int, list[str]] = {}
+        for known_label in known.get(column, ()):
+            if known_label.isdigit():
+                padded.setdefault(int(known_label), []).append(known_label)
+        lost = {}
+        for value in labels.cat.categories:
+            if value.isdigit() and value not in known[column]:
+                matches = padded.get(int(value), [])
+                if len(matches) == 1:  # 1 for both '01' and '001' would be a guess
+                    lost[value] = matches[0]
+        if lost:
+            example = next(iter(lost.items()))
+            log.warning(
+                "%s: %d value(s) of '%s' are the training data's with their leading zeros "
+                "lost (e.g. %s for '%s', as numbers read from a CSV lose them): read as those",
+                source_of(label),
+                len(lost),
+                column,
+                *example,
+            )
+            labels = labels.map(lambda value, lost=lost: lost.get(value, value)).astype("category")
+        labelled[column] = labels
+    return frame.assign(**labelled)
+
+
+def _rows_of(frame: pd.DataFrame, mask: pd.Series, config: DataConfig) -> str:
+    """Where the `mask` rows are: their count and the first one's series and time."""
+    first = frame.loc[mask, [*config.group_ids, config.time_idx]].iloc[0]
+    return f"{int(mask.sum())} rows, e.g. at {', '.join(f'{k}={v}' for k, v in first.items())}"
+
+
+def new_categories(
+    frame: pd.DataFrame, known: dict[str, set[str]], config: DataConfig, label: str
+) -> None:
+    """Categories the model never saw in training, which it would read as missing values:
+    refused in the data's categoricals, named for series ids (new series, with their own
+    history but no embedding of their own) and calendar values (a month not trained on)."""
+    unseen = {}
+    for column in config.categoricals:
+        mask = ~frame[column].astype(str).isin(known[column])
+        if mask.any():
+            unseen[column] = mask
+    new_ids = [c for c in config.group_ids if c in unseen]
+    if new_ids:
+        series = frame.loc[np.logical_or.reduce([unseen.pop(c) for c in new_ids]), config.group_ids]
+        series = series.drop_duplicates()
+        log.warning(
+            "%s: %d series are not in the training data (e.g. %s): the model knows no '%s' of "
+            "theirs and forecasts them from their history and covariates alone",
+            source_of(label),
+            len(series),
+            _examples(series),
+            "', '".join(new_ids),
+        )
+    if config.date_column:
+        dates = frame[config.date_column]
+        for variable, column in calendar_columns(config).items():
+            values = CALENDAR[variable](dates)
+            new = [v for v in pd.unique(values) if str(v) not in known[column]]
+            if new:
+                log.warning(
+                    "%s: calendar %s %s (%s) never occurs in the training data: the model reads "
+                    "it as unknown",
+                    source_of(label),
+                    variable,
+                    ", ".join(str(v) for v in sorted(new)[:_EXAMPLES]),
+                    _rows_of(frame, values.isin(new), config),
+                )
+    if unseen:
+
+        def quoted(values: list[str], more: bool) -> str:
+            return ", ".join(repr(v) for v in values[:_EXAMPLES]) + ", ..." * more
+
+        listed = "; ".join(
+            f"{column} {quoted(list(frame.loc[mask, column].astype(str).unique()), False)} "
+            f"({_rows_of(frame, mask, config)}; it knows "
+            f"{quoted(sorted(known[column]), len(known[column]) > _EXAMPLES)})"
+            for column, mask in unseen.items()
+        )
+        raise DataError(
+            f"{source_of(label)}: categories the model never saw in training, which it would "
+            f"read as missing values: {listed}; give values it was trained on, or train it on "
+            "data that holds these."
+        )
+
+
 @dataclass
 class PredictionInput:
     """New data ready for the model: its windows, the actual targets it holds, and the series
-    ids as given (1, not the label '1' the model knows), which the forecasts keep."""
+    ids as given (1, not the label '1' the model knows), by label, which the forecasts keep."""
 
     dataset: TimeSeriesDataSet
     actuals: pd.DataFrame
-    given_ids: dict[str, pd.Series]
+    given_ids: dict[str, dict[str, Any]]
 
 
 def prepare_prediction(
@@ -164,8 +289,19 @@ def prepare_prediction(
 ) -> PredictionInput:
     """Windows for the rows to forecast of every series in `frame`, checked (the job prepares
     its `forecast` channel with this before training)."""
-    given = {g: frame[g].drop_duplicates() for g in config.group_ids if g in frame.columns}
-    prepared = prepare_frame(frame, config, label, time_axis)
+    known = trained_labels(dataset_parameters, config)
+    labelled = _with_training_labels(frame, known, config, label)
+    given = {
+        g: dict(
+            pd.DataFrame({"label": labelled[g].astype(str), "given": frame[g]})
+            .drop_duplicates("label")
+            .itertuples(index=False)
+        )
+        for g in config.group_ids
+        if g in frame.columns
+    }
+    prepared = prepare_frame(labelled, config, label, time_axis)
+    refuse_duplicated_keys(prepared, config, label)
     actuals = prepared[[*config.group_ids, config.time_idx, config.target]]
     prepared = validate_frame(
         _future_rows(prepared, config, label),
@@ -174,6 +310,7 @@ def prepare_prediction(
         config.resolved_min_encoder_length + config.max_prediction_length,
     )
     refuse_unscaled_series(dataset_parameters, prepared, config, label, "the training data")
+    new_categories(prepared, known, config, label)
     dataset = build_prediction_dataset(dataset_parameters, prepared, config)
     return PredictionInput(dataset, actuals, given)
 
@@ -205,8 +342,8 @@ def forecast_table(
     actuals = data.actuals.astype({g: str for g in config.group_ids})
     out = out.astype({g: str for g in config.group_ids})
     out = out.merge(actuals.rename(columns={config.target: "actual"}), on=keys, how="left")
-    for column, values in data.given_ids.items():
-        out[column] = out[column].map(dict(zip(as_labels(values).astype(str), values, strict=True)))
+    for column, given in data.given_ids.items():
+        out[column] = out[column].map(given)
     columns = [*keys, *(c for c in out.columns if c not in keys)]  # ids, time, forecasts
     if time_axis is not None and config.date_column:
         out[config.date_column] = _dates(out[config.time_idx], time_axis)
@@ -282,6 +419,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(
             f"--output {output} is a directory: name a file, e.g. {output}/fc.parquet."
         )
+    if output_format(output) is None:
+        raise UsageError(
+            f"--output {output}: unknown format {''.join(output.suffixes) or '(no extension)'}; "
+            f"name a file ending in {', '.join(OUTPUT_FORMATS)}."
+        )
     if output.exists() and not args.overwrite:
         raise UsageError(f"{output} exists; pass --overwrite to replace it.")
     folder = next(p for p in output.parents if p.exists())
@@ -321,15 +463,14 @@ def _load(path: Path) -> TrainedModel:
 
 
 def write_forecasts(forecasts: pd.DataFrame, output: Path, config: DataConfig) -> None:
-    """Forecasts to parquet (CSV for a name ending in .csv), whole or not at all: a partial
-    file never takes the output's name."""
+    """Forecasts in the format `output`'s name ends in (`OUTPUT_FORMATS`), whole or not at
+    all: a partial file never takes the output's name."""
+    suffix = output_format(output)
+    assert suffix is not None, output  # _check_args refuses other names; the job's is .parquet
     partial = output.with_name(f".{output.name}.partial")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        if output.suffix.lower() == ".csv":
-            forecasts.to_csv(partial, index=False)
-        else:
-            forecasts.to_parquet(partial, index=False)
+        OUTPUT_FORMATS[suffix](forecasts, partial)
         os.replace(partial, output)
     except OSError as err:
         partial.unlink(missing_ok=True)
@@ -343,7 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="python -m tft_sagemaker.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="model dir or model.tar.gz")
     parser.add_argument("--data", type=Path, required=True, help="parquet/CSV file or folder")
-    parser.add_argument("--output", type=Path, required=True, help="forecasts (.parquet, or .csv)")
+    parser.add_argument(
+        "--output", type=Path, required=True, help=f"forecasts ({', '.join(OUTPUT_FORMATS)})"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -1,8 +1,8 @@
 """Raw frames → prepared frames: a preset's features, the time index, labels and dtypes.
 
-Categoricals and series ids become text labels (1 and 1.0 are the label '1'), numbers become
-floats, the time index is computed from the dates (`time_axis.py`); missing columns and wrong
-types are refused with the column and an example.
+Categoricals and series ids become text labels (1 and 1.0 are the label '1'), numbers
+(decimals included) become floats, the time index is computed from the dates (`time_axis.py`);
+missing columns and wrong types are refused with the column and an example.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def _prepare_parsed(
         frame[config.time_idx] = time_axis.to_time_idx(
             frame[config.date_column], channel, frame[config.group_ids]
         )
+    _decimals_as_floats(frame, config)
     _check_dtypes(frame, config, channel)
     frame[config.time_idx] = _whole_numbers(frame[config.time_idx], channel)
     numeric_labels = []
@@ -128,6 +129,14 @@ def _require_columns(frame: pd.DataFrame, columns: list[str], channel: str, what
             f"{source_of(channel)} lacks {len(missing)} column(s) required by {what}: "
             f"{', '.join(missing)} (it has: {', '.join(map(str, frame.columns[:30]))}){hint}."
         )
+
+
+def _decimals_as_floats(frame: pd.DataFrame, config: DataConfig) -> None:
+    """Numeric columns of Python decimals (parquet's decimal128, read by pandas as objects)
+    as floats, in place: the model computes in float32 anyway."""
+    for column in unique([config.target, config.time_idx, *config.reals, config.weight]):
+        if pd.api.types.infer_dtype(frame[column], skipna=True) == "decimal":
+            frame[column] = frame[column].to_numpy(dtype=float, na_value=np.nan)
 
 
 def _check_dtypes(frame: pd.DataFrame, config: DataConfig, channel: str) -> None:

@@ -1,12 +1,14 @@
 """Dates → the integer time index: frequencies, date parsing and the `TimeAxis`.
 
-`parse_dates` reads a date column whatever form it comes in (datetimes, text in one format,
-day-first or not, integers such as 20230131, 202301 or 2023, mixed UTC offsets); `TimeAxis`
-maps dates on the `freq` grid to time steps and is stored with the model for prediction.
+`parse_dates` reads a date column whatever form it comes in (datetimes, pandas periods, text
+in one format, day-first or not, integers such as 20230131, 202301 or 2023, mixed UTC
+offsets); `TimeAxis` maps dates on the `freq` grid to time steps and is stored with the model
+for prediction.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import warnings
@@ -50,6 +52,7 @@ _OLD_FREQ_ALIASES = {
     "AS": "YS",
     "BAS": "BYS",
 }
+_UTC_OFFSET = r"([+-]\d\d:?\d\d|Z)\s*$"  # at the end of a date's text: +01:00, -0500, Z
 # Integers users give as dates: digits → strptime pattern and name (never ns since 1970).
 _DATE_INTEGERS = ((8, "%Y%m%d", "YYYYMMDD"), (6, "%Y%m", "YYYYMM"), (4, "%Y", "years"))
 
@@ -88,12 +91,16 @@ def inferred_freq(dates: pd.Series, ids: pd.DataFrame | None) -> str | None:
 
 
 def parse_dates(values: pd.Series, config: DataConfig, channel: str) -> pd.Series:
-    """`date_column` as datetimes: dates as they are; text by `date_format` / `dayfirst`
-    (else in the format of the first date); integers as YYYYMMDD, YYYYMM or years, never as
-    nanoseconds since 1970. Mixed UTC offsets are converted to UTC."""
+    """`date_column` as datetimes: dates as they are; periods by the end of theirs on the
+    `freq` grid; text by `date_format` / `dayfirst` (else in the format of the first date);
+    integers as YYYYMMDD, YYYYMM or years, never as nanoseconds since 1970. Mixed UTC offsets
+    (local dates across a DST change) keep their wall-clock dates at a daily or coarser `freq`
+    (the calendar date is what was meant) and are converted to UTC at a finer one."""
     name = config.date_column
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = values
+    elif isinstance(values.dtype, pd.PeriodDtype):
+        parsed = _dates_from_periods(values, config)
     elif pd.api.types.is_bool_dtype(values):
         raise DataError(f"{source_of(channel)}: column '{name}' holds true/false, not dates.")
     elif isinstance(values.dtype, pd.CategoricalDtype):
@@ -151,6 +158,14 @@ def _dates_from_numbers(values: pd.Series, config: DataConfig, channel: str) -> 
     )
 
 
+def _dates_from_periods(values: pd.Series, config: DataConfig) -> pd.Series:
+    """Periods (pandas' Period[D], [W-SUN], [M], ...) as the date that starts them, or the day
+    that ends them where that one is on the `freq` grid (W-SUN, ME) and the start is not."""
+    start = values.dt.to_timestamp(how="start")
+    end = values.dt.to_timestamp(how="end").dt.normalize()
+    return min((start, end), key=lambda dates: _off_grid(dates, config.freq))
+
+
 def _on_period_anchor(dates: pd.Series, config: DataConfig) -> pd.Series:
     """Years and months read as integers start their period; a monthly, quarterly or yearly
     `freq` anchored elsewhere (freq=YE: 31 December) places them on its anchor."""
@@ -190,6 +205,25 @@ def _reading(
     return None
 
 
+def _daily_or_coarser(freq: str | None) -> bool:
+    try:
+        offset = to_offset(normalize_freq(freq)) if freq else None
+    except ValueError:
+        return False  # reported with the time axis
+    if offset is None:
+        return False
+    return not isinstance(offset, Tick) or pd.Timedelta(offset) >= pd.Timedelta(days=1)
+
+
+def _wall_clock(values: pd.Series, config: DataConfig, dayfirst: bool) -> pd.Series | None:
+    """Dates written with UTC offsets read as the local dates and times they show (None if
+    they do not read so)."""
+    text = values.astype("string").str.replace(r"\s*" + _UTC_OFFSET, "", regex=True)
+    fmt = config.date_format.replace("%z", "").strip() if config.date_format else None
+    reading = _reading(text, dataclasses.replace(config, date_format=fmt), dayfirst)
+    return reading[0] if reading is not None and not reading[1] else None
+
+
 def _off_grid(dates: pd.Series, freq: str | None) -> int:
     """Distinct dates off the `freq` grid through the first of them (0 without a usable freq)."""
     unique = pd.DatetimeIndex(dates.dropna().unique()).sort_values()
@@ -225,12 +259,18 @@ def _dates_from_text(values: pd.Series, config: DataConfig, channel: str) -> pd.
         )
         parsed, utc = found[dayfirst]
         if utc:
-            offsets = values.astype(str).str.extract(r"([+-]\d\d:?\d\d|Z)\s*$")[0]
+            offsets = values.astype(str).str.extract(_UTC_OFFSET)[0]
+            daily = _daily_or_coarser(config.freq)
+            local = _wall_clock(values, config, dayfirst) if daily else None
+            parsed = parsed if local is None else local
             log.warning(
-                "%s: '%s' mixes UTC offsets (%s): converted to UTC",
+                "%s: '%s' mixes UTC offsets (%s): %s",
                 source_of(channel),
                 name,
                 ", ".join(map(str, offsets.dropna().unique()[:3])),
+                "converted to UTC"
+                if local is None
+                else f"read as the local dates they show (freq={config.freq} is daily or coarser)",
             )
         if dayfirst != config.dayfirst and not year_first:
             differ = found[True][0].ne(found[False][0]) if len(found) > 1 else parsed.notna()

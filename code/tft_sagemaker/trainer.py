@@ -39,7 +39,13 @@ from .errors import writing
 from .loaders import ShardedBatchSampler
 from .recipe import Settings
 from .sagemaker import stops
-from .sagemaker.checkpoints import STAMP, AtomicCheckpointIO, RelocatableModelCheckpoint
+from .sagemaker.checkpoints import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    STAMP,
+    AtomicCheckpointIO,
+    RelocatableModelCheckpoint,
+)
 from .sagemaker.cluster import SageMakerEnvironment
 from .sagemaker.launch_plan import LaunchPlan
 from .sagemaker.metric_lines import format_metric_line
@@ -47,8 +53,6 @@ from .sagemaker.paths import JobPaths
 
 log = logging.getLogger(__name__)
 
-BEST_CHECKPOINT = "best"
-LAST_CHECKPOINT = "last.ckpt"
 MONITOR = "val_loss"
 
 
@@ -327,6 +331,32 @@ class RankReport(Callback):
         )
 
 
+class JobTensorBoardLogger(TensorBoardLogger):
+    """TensorBoard's writer fails in its own thread (a full disk) and raises the bare OSError at
+    the next write, anywhere in training: here every write names the logs' directory."""
+
+    @property
+    def experiment(self) -> Any:
+        with writing("the TensorBoard logs", Path(self.log_dir)):
+            return super().experiment
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        with writing("the TensorBoard logs", Path(self.log_dir)):
+            super().log_metrics(metrics, step)
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        with writing("the TensorBoard logs", Path(self.log_dir)):
+            super().log_hyperparams(params, *args, **kwargs)
+
+    def save(self) -> None:
+        with writing("the TensorBoard logs", Path(self.log_dir)):
+            super().save()
+
+    def finalize(self, status: str) -> None:
+        with writing("the TensorBoard logs", Path(self.log_dir)):
+            super().finalize(status)
+
+
 class ExponentialMovingAverage(WeightAveraging):
     """An exponential moving average of the weights, updated after every optimizer step.
     Validation, checkpoints (hence early stopping, the best model and the learning-rate
@@ -418,7 +448,7 @@ def build_trainer(
         gradient_clip_val=training.gradient_clip_val or None,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
-        logger=TensorBoardLogger(save_dir=paths.tensorboard_dir, name="", version=""),
+        logger=JobTensorBoardLogger(save_dir=paths.tensorboard_dir, name="", version=""),
         default_root_dir=checkpoint_dir,
         use_distributed_sampler=False,  # loaders.py shards the windows itself
         enable_progress_bar=sys.stderr.isatty(),
@@ -435,8 +465,9 @@ def log_final_results(trainer: pl.Trainer, val_mae: float, figures: dict[str, by
     if not isinstance(trainer.logger, TensorBoardLogger):
         return
     writer = trainer.logger.experiment  # reopens the event file that Lightning closed
-    writer.add_scalar("hp_metric", val_mae, trainer.global_step)
-    for name, png in figures.items():
-        image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-        writer.add_image(f"report/{name}", image, trainer.global_step, dataformats="HWC")
-    writer.close()
+    with writing("the TensorBoard logs", Path(trainer.logger.log_dir)):
+        writer.add_scalar("hp_metric", val_mae, trainer.global_step)
+        for name, png in figures.items():
+            image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+            writer.add_image(f"report/{name}", image, trainer.global_step, dataformats="HWC")
+        writer.close()

@@ -146,6 +146,26 @@ def _check_steps(ordered: pd.DataFrame, steps: pd.Series, config: DataConfig, ch
     )
 
 
+def refuse_duplicated_keys(frame: pd.DataFrame, config: DataConfig, channel: str) -> None:
+    """Rows that share a (group, time) key: a DataError naming them, and saying so when they
+    are copies of each other (the same rows given twice, in two files or one)."""
+    keys = [*config.group_ids, config.time_idx]
+    duplicated = frame.duplicated(subset=keys, keep=False)
+    if not duplicated.any():
+        return
+    copies = int(frame[duplicated].duplicated(keep=False).sum())
+    raise DataError(
+        f"{source_of(channel)}: {int(duplicated.sum())} rows share a (group, time) key, e.g. "
+        f"{_series_examples(frame, duplicated, keys)}; each series needs one row per step"
+        + (
+            f" ({copies} of them are copies of another row: the same data given twice, in two "
+            "files or one?)."
+            if copies
+            else "."
+        )
+    )
+
+
 def validate_frame(
     frame: pd.DataFrame, config: DataConfig, channel: str, min_length: int
 ) -> pd.DataFrame:
@@ -198,12 +218,7 @@ def validate_frame(
         f"{source_of(channel)}: missing values in categorical column(s)",
         "fill them (e.g. with '-' or 'unknown').",
     )
-    duplicated = frame.duplicated(subset=keys, keep=False)
-    if duplicated.any():
-        raise DataError(
-            f"{source_of(channel)}: {int(duplicated.sum())} rows share a (group, time) key, e.g. "
-            f"{_series_examples(frame, duplicated, keys)}; each series needs one row per step."
-        )
+    refuse_duplicated_keys(frame, config, channel)
     _check_statics(frame, config, channel)
 
     ordered = frame.sort_values(keys, kind="stable").astype({time: np.int64})

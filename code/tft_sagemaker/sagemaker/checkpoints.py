@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..config import JobConfig
-from ..errors import JobError, writing
+from ..errors import DataError, JobError, writing
 
 log = logging.getLogger(__name__)
 
 STAMP = "tft_sagemaker"  # checkpoint key of the fingerprint
+BEST_CHECKPOINT = "best"  # ModelCheckpoint's filename: best.ckpt
+LAST_CHECKPOINT = "last.ckpt"
 
 
 def fingerprint(config: JobConfig) -> dict[str, Any]:
@@ -41,43 +44,125 @@ def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     ]
 
 
-def find_resume_checkpoint(directory: Path, current: dict[str, Any]) -> Path | None:
-    """The newest valid checkpoint in `directory`, or None to start from scratch."""
+def training_position(checkpoint: dict[str, Any]) -> tuple[int, int, int]:
+    """How far training had got when the checkpoint was written, from the state inside it
+    (optimizer steps, completed epochs, completed batches): a later state is larger. File times
+    say nothing: a restore from checkpoint_s3_uri, or a `cp`, sets them in any order."""
+    fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+
+    def completed(key: str) -> int:
+        return int(fit_loop.get(key, {}).get("total", {}).get("completed", -1))
+
+    return (
+        int(checkpoint.get("global_step", -1)),
+        completed("epoch_progress"),
+        completed("epoch_loop.batch_progress"),
+    )
+
+
+# On a tie (the same state saved twice at an epoch's end), last.ckpt, then an epoch's file:
+# best.ckpt is another callback's copy.
+_TIE_ORDER = {LAST_CHECKPOINT: 2, f"{BEST_CHECKPOINT}.ckpt": 0}
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a job resumes from, memory-mapped (its tensors are read when used)."""
+
+    path: Path
+    checkpoint: dict[str, Any]
+
+    def check_fits(
+        self, weights: Mapping[str, torch.Tensor], dataset_parameters: dict[str, Any]
+    ) -> None:
+        """Refuse, before training, a checkpoint the data no longer fits (`weights`: the state
+        dict of the model built for the data): other categories (a new series, a new holiday)
+        change the embeddings, which Lightning would find out only as a size mismatch."""
+        remedy = (
+            "Set resume=false to train afresh, or give the job a new checkpoint_dir "
+            "(checkpoint_s3_uri)."
+        )
+        saved = (self.checkpoint.get("dataset_parameters") or {}).get("categorical_encoders", {})
+        current = dataset_parameters.get("categorical_encoders", {})
+        changed: dict[str, str] = {}
+        for name, encoder in current.items():
+            then = getattr(saved.get(name), "classes_", None)
+            now = getattr(encoder, "classes_", None)
+            if then is None or now is None or list(then) == list(now):
+                continue
+            new, gone = [c for c in now if c not in then], [c for c in then if c not in now]
+            changed[name] = (
+                f"{name!r}: {len(new)} new (e.g. {str(new[0])!r})"
+                if new
+                else f"{name!r}: {len(gone)} gone (e.g. {str(gone[0])!r})"
+                if gone
+                else f"{name!r}: the same in another order"
+            )
+        # A series id's internal copy (__group_id__NAME) only repeats what its column says.
+        copy = "__group_id__"
+        shown = [
+            text
+            for name, text in changed.items()
+            if not (name.startswith(copy) and name.removeprefix(copy) in changed)
+        ]
+        if shown:
+            raise DataError(
+                f"Cannot resume from {self.path}: it was trained on data with other categories "
+                f"({'; '.join(shown[:3])}). {remedy}"
+            )
+        saved_weights = self.checkpoint.get("state_dict", {})
+        for name, tensor in weights.items():
+            then = saved_weights.get(name)
+            if then is not None and tuple(then.shape) != tuple(tensor.shape):
+                raise DataError(
+                    f"Cannot resume from {self.path}: its {name} is {list(then.shape)}, the "
+                    f"model of this data needs {list(tensor.shape)}. {remedy}"
+                )
+
+
+def find_resume_checkpoint(directory: Path, current: dict[str, Any]) -> ResumePoint | None:
+    """The checkpoint in `directory` with the newest training state, or None to start from
+    scratch. Refused if it was not written by this job or with other settings."""
     if not directory.is_dir():
         return None
-    candidates = sorted(
-        (p for p in directory.glob("*.ckpt") if p.stem != "best"),
-        key=lambda p: p.stat().st_mtime,
-        reverse=True,
-    )
-    for path in candidates:
+    found: list[ResumePoint] = []
+    for path in sorted(directory.glob("*.ckpt")):
         try:
-            # Trusted: written by this job or placed in checkpoint_dir by the user.
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+            # Trusted: written by this job or placed in checkpoint_dir by the user. Mapped, not
+            # read: only the counters are looked at here.
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
         except Exception as err:  # a checkpoint cut short by SIGKILL, for instance
             log.warning("skipping unreadable checkpoint %s: %s", path, err)
             continue
-        saved = checkpoint.get(STAMP)
-        if saved is None:
-            raise JobError(
-                f"{path} was not written by this training job; empty checkpoint_dir "
-                f"({directory}) or set resume=false."
-            )
-        changes = _differences(saved, current)
-        if changes:
-            raise JobError(
-                f"Cannot resume from {path}: it was trained with other settings "
-                f"({'; '.join(changes[:5])}). Use a new checkpoint_s3_uri/checkpoint_dir or "
-                "set resume=false."
-            )
-        log.info(
-            "resuming from %s (epoch %s, step %s)",
-            path,
-            checkpoint.get("epoch"),
-            checkpoint.get("global_step"),
+        found.append(ResumePoint(path, checkpoint))
+    if not found:
+        return None
+    newest = max(
+        found,
+        key=lambda p: (training_position(p.checkpoint), _TIE_ORDER.get(p.path.name, 1)),
+    )
+    path, checkpoint = newest.path, newest.checkpoint
+    saved = checkpoint.get(STAMP)
+    if saved is None:
+        raise JobError(
+            f"{path} was not written by this training job; empty checkpoint_dir "
+            f"({directory}) or set resume=false."
         )
-        return path
-    return None
+    changes = _differences(saved, current)
+    if changes:
+        raise JobError(
+            f"Cannot resume from {path}: it was trained with other settings "
+            f"({'; '.join(changes[:5])}). Use a new checkpoint_s3_uri/checkpoint_dir or "
+            "set resume=false."
+        )
+    log.info(
+        "resuming from %s (epoch %s, step %s: the newest training state of %d checkpoints)",
+        path,
+        checkpoint.get("epoch"),
+        checkpoint.get("global_step"),
+        len(found),
+    )
+    return newest
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -7,13 +7,20 @@ found under `SAGEMAKER_BASE_DIR` (default `/opt/ml`), as the toolkit itself does
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import writing
+from ..errors import JobError, writing
+
+log = logging.getLogger(__name__)
+
+
+def mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,32 @@ class JobPaths:
                 directory.mkdir(parents=True, exist_ok=True)
                 (directory / probe).write_bytes(b"\0" * 4096)
                 (directory / probe).unlink()
+
+    def check_room(self, writes: Mapping[str, tuple[Path, int]]) -> None:
+        """Fail now, naming the directory, if a filesystem the job writes to lacks the room for
+        what it will write there: `writes` maps what is written to (directory, bytes at most).
+        Directories on one filesystem share its free space."""
+        by_filesystem: dict[int, list[tuple[str, Path, int]]] = {}
+        for what, (directory, size) in writes.items():
+            directory.mkdir(parents=True, exist_ok=True)
+            by_filesystem.setdefault(directory.stat().st_dev, []).append((what, directory, size))
+        for items in by_filesystem.values():
+            needed = sum(size for _, _, size in items)
+            stat = os.statvfs(items[0][1])
+            free = stat.f_bavail * stat.f_frsize
+            log.info(
+                "room for %s: %s free, about %s needed",
+                ", ".join(f"{what} in {d}" for what, d, _ in items),
+                mib(free),
+                mib(needed),
+            )
+            if free < needed:
+                parts = ", ".join(f"{what} ~{mib(size)} in {d}" for what, d, size in items)
+                raise JobError(
+                    f"Not enough room to write {parts}: {mib(free)} free there, about "
+                    f"{mib(needed)} needed. Free space or give the job a larger volume "
+                    "(volume_size_in_gb); checkpoint_dir may point to another disk."
+                )
 
     def with_checkpoint_dir(self, checkpoint_dir: str | None) -> JobPaths:
         """These paths with the configured checkpoint_dir (None: SageMaker's)."""

@@ -18,9 +18,10 @@ from it) and restores ours afterwards.
 Phases have names (`reached`), so that the cause says where the stop hit, and so that a stop
 can be rehearsed at an exact phase: with `TFT_STOP_AT=PHASE[@EPOCH[.BATCH]]` the job sends
 `TFT_STOP_SIGNAL` (SIGTERM, the default, or SIGINT) when it reaches that phase, to itself or,
-with `TFT_STOP_TARGET=supervisor` or `group`, to the image's supervisor (as SageMaker does) or
-to its whole process group (as `kill -- -PGID` or a terminal does), and waits until the signal
-has arrived. The project's tests stop jobs this way; users can rehearse their spot-resume
+with `TFT_STOP_TARGET=supervisor`, `leader` or `group`, to the image's supervisor (as SageMaker
+does), to its process group's leader (the command a user started: `kill PID`), or to its whole
+process group (as `kill -- -PGID` or a terminal's Ctrl-C does), and waits until the signal has
+arrived. The project's tests stop jobs this way; users can rehearse their spot-resume
 pipelines with it.
 """
 
@@ -36,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from ..errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 PHASES = (
@@ -48,7 +51,7 @@ PHASES = (
     "artifacts",  # writing the model directory
 )
 _SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
-_TARGETS = ("self", "supervisor", "group")
+_TARGETS = ("self", "supervisor", "leader", "group")
 _ARRIVAL_TIMEOUT_S = 60.0
 SUPERVISOR_MODULE = "tft_sagemaker.sagemaker.supervise"
 
@@ -74,6 +77,8 @@ class Rehearsal:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Rehearsal | None:
+        """The stop TFT_STOP_AT, TFT_STOP_SIGNAL and TFT_STOP_TARGET ask for (a ConfigError
+        naming the one that does not parse)."""
         spec = env.get("TFT_STOP_AT")
         if not spec:
             return None
@@ -81,22 +86,26 @@ class Rehearsal:
         epoch, _, batch = position.partition(".")
         signame = env.get("TFT_STOP_SIGNAL", "SIGTERM").upper()
         target = env.get("TFT_STOP_TARGET", "self")
-        if phase not in PHASES or signame not in _SIGNALS or target not in _TARGETS:
-            raise ValueError(
-                f"TFT_STOP_AT={spec!r} TFT_STOP_SIGNAL={signame!r} TFT_STOP_TARGET={target!r}: "
-                f"phases {', '.join(PHASES)}; signals SIGTERM, SIGINT; targets "
-                f"{', '.join(_TARGETS)}."
+        if phase not in PHASES:
+            raise ConfigError(
+                f"TFT_STOP_AT={spec!r}: no phase {phase!r}; PHASE[@EPOCH[.BATCH]] with a phase "
+                f"of: {', '.join(PHASES)}."
             )
-        try:
-            return cls(
-                phase,
-                int(epoch) if epoch else None,
-                int(batch) if batch else None,
-                _SIGNALS[signame],
-                target,
+        if not all(part.isdigit() for part in (epoch, batch) if part) or (batch and not epoch):
+            raise ConfigError(
+                f"TFT_STOP_AT={spec!r}: PHASE[@EPOCH[.BATCH]], EPOCH and BATCH counted from 0."
             )
-        except ValueError:
-            raise ValueError(f"TFT_STOP_AT={spec!r}: EPOCH and BATCH are integers.") from None
+        if signame not in _SIGNALS:
+            raise ConfigError(f"TFT_STOP_SIGNAL={signame!r}: SIGTERM or SIGINT.")
+        if target not in _TARGETS:
+            raise ConfigError(f"TFT_STOP_TARGET={target!r}: one of {', '.join(_TARGETS)}.")
+        return cls(
+            phase,
+            int(epoch) if epoch else None,
+            int(batch) if batch else None,
+            _SIGNALS[signame],
+            target,
+        )
 
     def matches(self, phase: str, epoch: int | None, batch: int | None) -> bool:
         return phase == self.phase and self.epoch in (None, epoch) and self.batch in (None, batch)
@@ -151,14 +160,18 @@ def deferred() -> Iterator[None]:
 def handling() -> Iterator[None]:
     """Route SIGTERM and SIGINT through this module while the job runs (then as before)."""
     _State.phase, _State.received, _State.arrived_during = "start-up", None, ""
-    _State.rehearsed = False
-    _State.rehearsal = Rehearsal.from_env(os.environ)
+    _State.rehearsed, _State.rehearsal = False, None
     previous = {signum: signal.signal(signum, _on_signal) for signum in _SIGNALS.values()}
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def rehearse(env: Mapping[str, str]) -> None:
+    """Arm the stop that TFT_STOP_AT asks for, if any (inside `handling`)."""
+    _State.rehearsal = Rehearsal.from_env(env)
 
 
 def reached(phase: str, epoch: int | None = None, batch: int | None = None) -> None:
@@ -179,6 +192,8 @@ def reached(phase: str, epoch: int | None = None, batch: int | None = None) -> N
         return
     if rehearsal.target == "group":
         os.killpg(os.getpgid(0), rehearsal.signum)
+    elif rehearsal.target == "leader":
+        os.kill(os.getpgid(0), rehearsal.signum)
     else:
         os.kill(_supervisor_pid(), rehearsal.signum)
     # It comes back to this process through the supervisor (or at once, for the group): wait

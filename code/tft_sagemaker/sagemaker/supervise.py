@@ -23,11 +23,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ..errors import JobError
+from . import preflight
+from .failure import write_failure
+from .paths import JobPaths
 
 _PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 # SageMaker's SIGKILL follows its SIGTERM after 120 s: waiting longer would be pointless.
@@ -87,6 +93,42 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def runs_toolkit(command: list[str]) -> bool:
+    """Whether the command runs the training toolkit's `train` (as the image's CMD does)."""
+    return any(Path(arg).name == "train" for arg in command)
+
+
+def outcome(code: int, stopping: list[int], output_dir: Path, toolkit: bool) -> int:
+    """The exit status SageMaker sees. A stop is a failure whatever the toolkit returned (it
+    exits 0 on SIGINT); so is a toolkit's 0 without output/success, or beside a failure file
+    (it exits 0 when writing its failure file fails, on a full or read-only disk). A cause is
+    written where none was, if anything can be written there."""
+    failure_file = output_dir / "failure"
+    if stopping:
+        code = 128 + stopping[0]
+        cause = (
+            f"Stopped by {signal.Signals(stopping[0]).name} before the training processes "
+            "wrote a cause (they were still starting, or had ended)."
+        )
+    elif toolkit and code == 0 and (failure_file.exists() or not (output_dir / "success").exists()):
+        code = 1
+        free = shutil.disk_usage(output_dir).free if output_dir.is_dir() else 0
+        cause = (
+            f"The training toolkit exited 0 without reporting success in {output_dir} "
+            f"({free} bytes free there): training failed and its cause could not be written; "
+            "see the log. Free space in or fix the permissions of the output directory."
+        )
+    else:
+        return code
+    with contextlib.suppress(OSError):
+        if failure_file.stat().st_size == 0:  # what a write that failed halfway leaves
+            failure_file.unlink()
+    if not failure_file.exists():
+        print(f"supervise: {cause}", file=sys.stderr, flush=True)
+        write_failure(failure_file, JobError(cause))  # logs it if it cannot be written
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     command = list(sys.argv[1:] if argv is None else argv)
     if not command:
@@ -106,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, forward)
+    paths = JobPaths.from_env(os.environ)
+    toolkit = runs_toolkit(command)
+    if toolkit and (code := preflight.refused(paths, os.environ, "supervise")) is not None:
+        return code  # what the toolkit reads first is broken: it would only print a traceback
     child = subprocess.Popen(command)
     code = exit_status(child.wait())
     if stopping:
@@ -115,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             _reap()
             time.sleep(0.1)
     _reap()
-    return code
+    return outcome(code, stopping, paths.output_dir, toolkit)
 
 
 if __name__ == "__main__":
