@@ -52,7 +52,7 @@ test: setup $(SDK2_BIN)/.installed $(SDK3_BIN)/.installed ## lint and run the te
 
 docs-errors: setup ## rewrite docs/errors.md (each bad input and its message) from the tests
 	TFT_ERRORS_DOC=write $(BIN)/python -m pytest -q tests/test_data_validation.py tests/test_predict_errors.py \
-		tests/test_faults.py tests/test_memory.py tests/test_preflight.py tests/test_resume.py
+		tests/test_faults.py tests/test_memory.py tests/test_preflight.py tests/test_resume.py tests/test_shares.py
 
 test-fast: setup ## lint and the tests that start no process and train a few steps at most
 	$(BIN)/ruff check $(LINTED)
