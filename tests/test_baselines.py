@@ -139,16 +139,6 @@ def test_compare_scores_the_classical_models_on_the_same_sample_of_windows() -> 
     assert "seasonal_naive_val_MAE" not in m  # no season
 
 
-def test_classical_fits_shared_by_processes_are_the_fits_of_one() -> None:
-    rng = np.random.default_rng(1)
-    histories = [np.abs(20 + np.cumsum(rng.normal(size=40))) for _ in range(60)]
-    histories[7] = np.array([1.0, 2.0])  # a fallback, counted once
-    alone = baselines.classical_forecast("theta", histories, horizon=4, season=None)
-    shared = baselines.classical_forecast("theta", histories, 4, None, processes=2)
-    np.testing.assert_array_equal(shared[0], alone[0])
-    assert shared[1] == alone[1] == 1
-
-
 def test_classical_models_fall_back_to_the_last_value_on_too_short_histories() -> None:
     for name in baselines.CLASSICAL_MODELS:
         forecast, fallbacks = baselines.classical_forecast(

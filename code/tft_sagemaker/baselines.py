@@ -16,7 +16,6 @@ that sample). A fit that fails or forecasts a non-finite value falls back to the
 
 from __future__ import annotations
 
-import multiprocessing
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from threadpoolctl import threadpool_limits
 # employment panel ETS's validation MAE was 52.8 fitted on the last 120 months and 26.2 on all
 # of them (about 350); the fit time grows with it.
 CLASSICAL_HISTORY = 1_000
-_FITS_PER_PROCESS = 25  # fewer: forking costs more than it saves
 _MAX_ETS_SEASON = 24  # longer seasons: too many initial states to estimate per series
 # Steps per season of a pandas frequency's base unit (a multiple such as 2MS divides it).
 _SEASONS = {"MS": 12, "ME": 12, "M": 12, "QS": 4, "QE": 4, "Q": 4, "W": 52, "D": 7, "B": 5, "h": 24}
@@ -145,10 +143,14 @@ def _magnitude(history: np.ndarray) -> float:
     return mean if mean > 0 and np.isfinite(mean) else 1.0
 
 
-def _classical_fits(
+def classical_forecast(
     name: str, histories: Sequence[np.ndarray], horizon: int, season: int | None
 ) -> tuple[np.ndarray, int]:
-    """`classical_forecast` in this process."""
+    """(windows, horizon) forecasts of a classical model, and how many fits fell back to the
+    last value (too short a history, a failed fit, a non-finite forecast). Each series is
+    fitted in units of its own magnitude, so that its unit changes nothing. In the job's own
+    process: a pool of forked processes hung in the image (torch's OpenMP threads and
+    jemalloc's background thread do not survive a fork)."""
     fit = CLASSICAL_MODELS[name]
     limit = max(CLASSICAL_HISTORY, 10 * (season or 0))
     out = np.empty((len(histories), horizon))
@@ -174,33 +176,6 @@ def _classical_fits(
                 fallbacks += 1
             out[i] = forecast
     return out, fallbacks
-
-
-def classical_forecast(
-    name: str,
-    histories: Sequence[np.ndarray],
-    horizon: int,
-    season: int | None,
-    processes: int = 1,
-) -> tuple[np.ndarray, int]:
-    """(windows, horizon) forecasts of a classical model, and how many fits fell back to the
-    last value (too short a history, a failed fit, a non-finite forecast). Each series is
-    fitted in units of its own magnitude, so that its unit changes nothing.
-
-    The fits are independent: with `processes` > 1 they are shared by that many forked
-    processes (the host's cores are otherwise idle while the job's first process evaluates;
-    500 ETS and Theta fits take about 30 s on one core), in order, with the same results."""
-    processes = min(processes, len(histories) // _FITS_PER_PROCESS)
-    if processes <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        return _classical_fits(name, histories, horizon, season)
-    # Several chunks per process, so that one slow chunk does not hold up the others.
-    chunks = np.array_split(np.arange(len(histories)), 4 * processes)
-    with multiprocessing.get_context("fork").Pool(processes) as pool:
-        parts = pool.starmap(
-            _classical_fits,
-            [(name, [histories[i] for i in chunk], horizon, season) for chunk in chunks],
-        )
-    return np.concatenate([out for out, _ in parts]), sum(n for _, n in parts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,10 +262,9 @@ def baseline_forecasts(
     season: int | None,
     fit: np.ndarray,
     classical: bool,
-    processes: int = 1,
 ) -> BaselineForecasts:
     """The baselines' forecasts of these windows; the classical models (`classical`) on the
-    windows `fit` selects (positions), fitted in `processes` processes."""
+    windows `fit` selects (positions)."""
     n = len(histories)
     fitted = np.zeros(n, dtype=bool)
     fitted[fit] = True
@@ -299,7 +273,7 @@ def baseline_forecasts(
     for name in CLASSICAL_MODELS if classical else ():
         forecasts[name] = np.full((n, horizon), np.nan)
         forecast, fallbacks[name] = classical_forecast(
-            name, [histories[i] for i in fit], horizon, season, processes
+            name, [histories[i] for i in fit], horizon, season
         )
         forecasts[name][fit] = forecast
     return BaselineForecasts(
@@ -320,14 +294,10 @@ def compare(
     season: int | None,
     max_series: int,
     seed: int = 0,
-    processes: int = 1,
 ) -> Comparison:
-    """Score the TFT's point forecast against every baseline that applies to these windows
-    (the classical models fitted in `processes` processes)."""
+    """Score the TFT's point forecast against every baseline that applies to these windows."""
     sample = classical_sample(len(histories), max_series, seed)
-    forecasts = baseline_forecasts(
-        histories, actuals.shape[1], season, sample, max_series > 0, processes
-    )
+    forecasts = baseline_forecasts(histories, actuals.shape[1], season, sample, max_series > 0)
     return score_baselines(tft, naive, actuals, lengths, forecasts)
 
 

@@ -401,7 +401,6 @@ def evaluate_share(
             [k for k, _ in keys], ranks, job.plan.num_nodes, max_series, config.training.seed
         ),
         classical=max_series > 0,
-        processes=process_cpus(),  # the host's other processes wait for this one
     )
     summary = data_summary(job.data, data)
     seconds = time.monotonic() - started
