@@ -3,8 +3,10 @@
     python bench/accuracy.py [--seeds 42 1 7 2 3] [--data PATH] [key=value ...]
 
 Runs the real training job (code/train.py, one process per seed, each in a fresh /opt/ml-shaped
-directory) on the real Stallion data and prints the validation MAE of each seed beside the
-naive Baseline's, then the median. Writes bench/results/stallion_accuracy.json.
+directory) on the real Stallion data and prints the validation MAE of each seed, the TFT
+alone's (`tft_val_MAE`, what the target is for) and the shipped forecast's (`val_MAE`: the
+combination, ensemble=true), beside the naive Baseline's, then the medians. Writes
+bench/results/stallion_accuracy.json.
 Reference figures (shared/notes/numbers-to-beat.md): Baseline 293.0; the tutorial with
 pytorch-forecasting 1.x 262.2 (the best published); the same recipe with adam 268-273.
 """
@@ -54,17 +56,21 @@ def main() -> int:
             m = run_seed(Path(args.data), seed, args.overrides, Path(workdir))
             runs[seed] = m
             print(
-                f"seed {seed}: val_MAE {m['val_MAE']:.1f} (Baseline {m['baseline_val_MAE']:.1f}),"
-                f" best epoch {m['best_epoch']}, {m['epochs_trained']} epochs, {m['wall_s']} s",
+                f"seed {seed}: TFT alone {m['tft_val_MAE']:.1f}, shipped {m['val_MAE']:.1f} "
+                f"(Baseline {m['baseline_val_MAE']:.1f}), best epoch {m['best_epoch']}, "
+                f"{m['epochs_trained']} epochs, {m['wall_s']} s",
                 flush=True,
             )
-    maes = [m["val_MAE"] for m in runs.values()]
+    tft = [m["tft_val_MAE"] for m in runs.values()]
     result = {
-        "median_val_MAE": round(statistics.median(maes), 2),
+        "median_tft_val_MAE": round(statistics.median(tft), 2),
+        "median_val_MAE": round(statistics.median(m["val_MAE"] for m in runs.values()), 2),
         "baseline_val_MAE": round(next(iter(runs.values()))["baseline_val_MAE"], 2),
         "target_val_MAE": TARGET_MAE,
         "seeds": args.seeds,
+        "tft_val_MAE": {str(s): round(m["tft_val_MAE"], 2) for s, m in runs.items()},
         "val_MAE": {str(s): round(m["val_MAE"], 2) for s, m in runs.items()},
+        "ensemble_weights": {str(s): m.get("ensemble_weights") for s, m in runs.items()},
         "val_SMAPE": {str(s): round(m["val_SMAPE"], 4) for s, m in runs.items()},
         "best_epoch": {str(s): m["best_epoch"] for s, m in runs.items()},
         "wall_s": {str(s): m["wall_s"] for s, m in runs.items()},
@@ -72,12 +78,13 @@ def main() -> int:
         "machine": machine(),
     }
     print(
-        f"median val_MAE {result['median_val_MAE']} over seeds {args.seeds} "
-        f"(Baseline {result['baseline_val_MAE']}, target <= {TARGET_MAE})"
+        f"median TFT alone {result['median_tft_val_MAE']}, shipped {result['median_val_MAE']} "
+        f"over seeds {args.seeds} (Baseline {result['baseline_val_MAE']}, target for the TFT "
+        f"<= {TARGET_MAE})"
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if result["median_val_MAE"] <= TARGET_MAE else 1
+    return 0 if result["median_tft_val_MAE"] <= TARGET_MAE else 1
 
 
 if __name__ == "__main__":

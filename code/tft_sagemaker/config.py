@@ -294,8 +294,22 @@ class TrainingConfig:
     )
     require_beating_baseline: bool = _opt(
         False,
-        "Fail the job, and write no model, when the TFT's validation MAE does not beat every "
-        "baseline's on the same windows.",
+        "Fail the job, and write no model, when the shipped forecast's validation MAE does not "
+        "beat every baseline's on the same windows.",
+    )
+    ensemble: bool = _opt(
+        True,
+        "Ship the TFT combined with naive, seasonal naive, ETS and Theta, weighted on a backtest "
+        "window (each series' last max_prediction_length training steps, which the TFT then "
+        "leaves out and early-stops on); false ships the TFT alone, trained on every training "
+        "row and early-stopped on the validation windows.",
+    )
+    ensemble_max_series: int = _opt(
+        2000,
+        "ETS and Theta join the combination (ensemble=true) on panels of at most this many "
+        "series (one fit per series for the backtest, one for the validation windows); above "
+        "it, the combination takes the TFT, naive and seasonal naive.",
+        min=0,
     )
 
 

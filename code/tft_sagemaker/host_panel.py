@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 2  # of the files below: a change makes new keys
 COMPLETE = "complete"
-DATASETS = ("training", "validation")
+DATASETS = ("training", "validation", "backtest")
 _POLL_S = 0.2
 
 
@@ -60,16 +60,18 @@ class Prepared:
     choices: list[Choice]
     training: TimeSeriesDataSet
     validation: TimeSeriesDataSet
+    # ensemble=true: the backtest windows carved from the training rows (job_data.carve_backtest)
+    backtest: TimeSeriesDataSet | None = None
 
 
-def panel_key(paths: JobPaths, config: DataConfig) -> str:
+def panel_key(paths: JobPaths, config: DataConfig, backtest: bool) -> str:
     """Names what the panel is made from, without reading the data."""
     files = []
     for channel in ("train", "validation"):
         for path in channel_data_files(paths, channel, required=False) or []:
             stat = path.stat()
             files.append([channel, str(path), stat.st_size, stat.st_mtime_ns])
-    made_of = [FORMAT, pytorch_forecasting.__version__, repr(config), files]
+    made_of = [FORMAT, pytorch_forecasting.__version__, repr(config), backtest, files]
     return hashlib.sha256(json.dumps(made_of).encode()).hexdigest()[:20]
 
 
@@ -117,8 +119,8 @@ class HostPanel:
         self._staging = root / f"{key}.tmp-{os.getpid()}"
 
     @classmethod
-    def for_job(cls, paths: JobPaths, config: DataConfig) -> HostPanel:
-        return cls(panel_root(paths), panel_key(paths, config))
+    def for_job(cls, paths: JobPaths, config: DataConfig, backtest: bool) -> HostPanel:
+        return cls(panel_root(paths), panel_key(paths, config, backtest))
 
     def complete(self) -> bool:
         return (self.directory / COMPLETE).is_file()
@@ -160,7 +162,9 @@ class HostPanel:
         """Write what the arrays do not hold, then make the panel visible in one rename."""
         with writing("the prepared data", self._staging):
             for name in DATASETS:
-                dataset: TimeSeriesDataSet = getattr(prepared, name)
+                dataset: TimeSeriesDataSet | None = getattr(prepared, name)
+                if dataset is None:
+                    continue
                 if batches.unsupported_reason(dataset) is None:  # WindowBatcher's, once
                     arrays = batches.window_arrays(dataset, self._allocate(f"{name}/windows"))
                     batches.prepared(dataset, arrays)
@@ -188,6 +192,8 @@ class HostPanel:
         datasets = {}
         for name in DATASETS:
             directory = self.directory / name
+            if not directory.is_dir():  # no backtest (ensemble=false)
+                continue
             dataset = torch.load(directory / "schema.pt", weights_only=False)
             arrays = _mapped(directory)
             del arrays["index"]

@@ -35,11 +35,13 @@ from .baselines import (
     baseline_forecasts,
     classical_sample,
     describe,
+    job_season,
     score_baselines,
-    season_length,
     window_histories,
 )
 from .channels import channel_data_files, read_channel
+from .combination import CLASSICAL_MEMBERS, TFT, Combination, apply, choose_on_backtest
+from .combination import describe as describe_combination
 from .config import DataConfig, JobConfig, describe_hyperparameters, load_config
 from .console import setup_logging
 from .dataset import (
@@ -52,7 +54,7 @@ from .errors import JobError, writing
 from .evaluate import Forecast, forecast, score, series_index, window_order
 from .host_panel import HostPanel, Prepared, bytes_per_row
 from .interpret import InterpretationSum, largest_of, largest_totals, series_names
-from .job_data import JobData, describe_frame, load_job_data
+from .job_data import JobData, carve_backtest, describe_frame, load_job_data
 from .loaders import HostWindows, LoaderSettings, make_loader
 from .memory import check_host_memory, process_memory_available
 from .model import JobTemporalFusionTransformer, build_model, check_model_fits, load_model
@@ -115,6 +117,9 @@ class Job:
     data: JobData | None  # this host's share, in its first process only (the others map it)
     training: TimeSeriesDataSet
     validation: TimeSeriesDataSet
+    # ensemble=true: the backtest windows, which the TFT early-stops on and the combination's
+    # weights are chosen on (None: the TFT alone, early-stopped on the validation windows)
+    backtest: TimeSeriesDataSet | None
     windows: dict[str, HostWindows]  # of the training and validation datasets on every host
     parameters: dict[str, Any]  # the training dataset's, with every host's series scales
     model: JobTemporalFusionTransformer
@@ -129,6 +134,12 @@ class Job:
         return self.settings.config
 
 
+def ensembles(config: JobConfig, plan: LaunchPlan) -> bool:
+    """Whether the job combines the TFT with the classical models (ensemble=true): on one host
+    only, where the host's first process holds every series' history to choose the weights."""
+    return config.training.ensemble and plan.num_nodes == 1
+
+
 def prepare_data(
     config: JobConfig, plan: LaunchPlan, paths: JobPaths, hosts: Hosts
 ) -> tuple[JobData | None, Prepared]:
@@ -140,7 +151,7 @@ def prepare_data(
     every host takes its own (the same inputs everywhere): a host that prepares anew waits for
     the others' agreement until collective_timeout_s. A host that fails to prepare fails the
     others with its cause."""
-    panel = HostPanel.for_job(paths, config.data)
+    panel = HostPanel.for_job(paths, config.data, ensembles(config, plan))
     if plan.local_rank != 0:
         return None, panel.wait(config.distributed.collective_timeout_s)
     with hosts.telling_the_others(), panel.preparing():
@@ -158,14 +169,29 @@ def prepare_data(
         categories = known_categories([data.train, data.validation], data_config)
         if agreement is not None:
             categories = agreement.categories(categories)
+        carved = carve_backtest(data.train, data_config) if ensembles(config, plan) else None
+        if ensembles(config, plan) and carved is None:
+            log.warning(
+                "ensemble: no series is long enough for a backtest window of %d steps before "
+                "its validation window: the TFT alone is shipped",
+                data_config.max_prediction_length,
+            )
+        fit = data.train if carved is None else carved.fit
         training = build_columnar_training(
-            data.train, data_config, panel.allocate("training"), categories, agreement
+            fit, data_config, panel.allocate("training"), categories, agreement
         )
         log.info("memory: %s", bytes_per_row(training))
         validation = build_columnar_validation(
             training, data.validation, data_config, panel.allocate("validation")
         )
-        prepared = Prepared(data_config, choices, training, validation)
+        backtest = (
+            None
+            if carved is None
+            else build_columnar_validation(
+                training, carved.windows, data_config, panel.allocate("backtest")
+            )
+        )
+        prepared = Prepared(data_config, choices, training, validation, backtest)
         panel.publish(prepared)
     return data, prepared
 
@@ -190,18 +216,27 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
             if sharded
             else f"the series whose id hash falls to node {plan.node_rank} of {plan.num_nodes}",
         )
+        if config.training.ensemble:
+            log.warning(
+                "ensemble: the combination is chosen on one host only (%d hosts here): "
+                "the TFT alone is shipped",
+                plan.num_nodes,
+            )
     data, prepared = prepare_data(config, plan, paths, hosts)
-    training, validation = prepared.training, prepared.validation
+    training, validation, backtest = prepared.training, prepared.validation, prepared.backtest
     counts = hosts.gather("windows", (len(training), len(validation)))
     windows = {
         "training": HostWindows(tuple(c[0] for c in counts), plan.node_rank),
         "validation": HostWindows(tuple(c[1] for c in counts), plan.node_rank),
     }
+    if backtest is not None:  # one host (ensembles)
+        windows["backtest"] = HostWindows((len(backtest),), plan.node_rank)
     log.info(
-        "windows: %d training, %d validation%s",
+        "windows: %d training, %d validation%s%s",
         windows["training"].total,
         windows["validation"].total,
         f" ({len(training)} and {len(validation)} on this host)" if plan.num_nodes > 1 else "",
+        "" if backtest is None else f", {len(backtest)} backtest (the TFT early-stops there)",
     )
     parameters = training.get_parameters()
     parameters["target_normalizer"] = merged_normalizer(
@@ -238,6 +273,8 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
     stamp = fingerprint(config)
     trainer = build_trainer(settings, plan, paths, stamp)
     datasets = {"training": training, "validation": validation}
+    if backtest is not None:
+        datasets["backtest"] = backtest
     if forecast_input is not None:
         datasets[FORECAST_CHANNEL] = forecast_input.dataset
     speedups = engage(config.speedups, model, trainer, datasets)
@@ -260,6 +297,7 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
         data,
         training,
         validation,
+        backtest,
         windows,
         parameters,
         model,
@@ -273,6 +311,7 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
 
 def fit(job: Job, resume: Path | None = None) -> None:
     model = torch.compile(job.model, dynamic=True) if job.config.training.compile else job.model
+    early = "validation" if job.backtest is None else "backtest"  # the windows it early-stops on
     with cluster_failures(job.plan, job.config.distributed.collective_timeout_s):
         job.trainer.fit(
             model,
@@ -284,11 +323,11 @@ def fit(job: Job, resume: Path | None = None) -> None:
                 hosts=job.windows["training"],
             ),
             val_dataloaders=make_loader(
-                job.validation,
+                job.validation if job.backtest is None else job.backtest,
                 job.loaders,
                 train=False,
-                vectorised=job.speedups.vectorised["validation"],
-                hosts=job.windows["validation"],
+                vectorised=job.speedups.vectorised[early],
+                hosts=job.windows[early],
             ),
             ckpt_path=resume,
             weights_only=False,  # our own checkpoints pickle the loss and dataset parameters
@@ -297,12 +336,14 @@ def fit(job: Job, resume: Path | None = None) -> None:
 
 @dataclass
 class Evaluation:
-    """The best checkpoint scored on every validation window, beside the baselines."""
+    """The best checkpoint scored on every validation window, beside the baselines, and the
+    forecast shipped: the combination (ensemble=true) or the TFT alone."""
 
     checkpoint: dict[str, Any]  # the best checkpoint's contents (the saved model is made of it)
     model: JobTemporalFusionTransformer  # loaded from it, as `predict` loads a saved model
-    forecast: Forecast  # the validation windows' forecasts, in the data's names
-    comparison: Comparison  # against the baselines on the same windows
+    forecast: Forecast  # the shipped forecast of the validation windows, in the data's names
+    combination: Combination | None  # what made it (None: the TFT alone)
+    comparison: Comparison  # the shipped forecast against the baselines on the same windows
     metrics: dict[str, Any]  # metrics.json
     interpretation: InterpretationSum | None  # summed in the same pass (report=true)
     data_summary: dict[str, Any]  # of every host's data
@@ -352,11 +393,13 @@ def _rows_of(frame: pd.DataFrame, names: list[str] | None, config: DataConfig) -
 
 
 def evaluate_share(
-    job: Job, model: JobTemporalFusionTransformer
+    job: Job, model: JobTemporalFusionTransformer, combination: Combination | None = None
 ) -> tuple[RankShare, InterpretationSum | None]:
     """Every process: its share of the final evaluation (`RankShare`), and its interpretation
     sums (report=true). The interpreted series and the classical baselines' sample are agreed
-    across hosts, so that the shares add up to one process's evaluation of every window."""
+    across hosts, so that the shares add up to one process's evaluation of every window.
+    `combination` (global rank 0, one host): where ETS and Theta are among its members, they
+    forecast every window (the combination is shipped for every window)."""
     config, data = job.config, job.config.data
     focus = None
     if job.data is not None:  # the largest series of every host
@@ -391,20 +434,68 @@ def evaluate_share(
     histories = window_histories(
         job.data.validation, index, data.group_ids, data.time_idx, data.target
     )
-    season = season_length(data.freq) if data.season_length is None else data.season_length
     max_series = config.training.baseline_max_series
+    every = combination is not None and any(n in combination.candidates for n in CLASSICAL_MEMBERS)
     baselines = baseline_forecasts(
         histories,
         max(horizon for _, horizon in keys),
-        season or None,
-        classical_windows(
+        job_season(data),
+        np.arange(len(histories))
+        if every
+        else classical_windows(
             [k for k, _ in keys], ranks, job.plan.num_nodes, max_series, config.training.seed
         ),
-        classical=max_series > 0,
+        classical=every or max_series > 0,
     )
     summary = data_summary(job.data, data)
     seconds = time.monotonic() - started
     return RankShare(share, state, focus, baselines, seconds, summary), interpretation
+
+
+def choose_combination(
+    job: Job, model: JobTemporalFusionTransformer
+) -> tuple[Combination, float] | None:
+    """ensemble=true (one host): every process forecasts its share of the backtest windows;
+    global rank 0 gathers them and chooses the combination's weights on them (its process holds
+    every series' training rows), and returns it with the seconds it took; None elsewhere."""
+    assert job.backtest is not None
+    started = time.monotonic()
+    data = job.config.data
+    share = forecast(
+        model,
+        job.backtest,
+        job.speedups.vectorised["backtest"],
+        device=job.trainer.strategy.root_device,
+        unit=data.resolved_target_unit,
+        share=(job.loaders.rank, job.loaders.world_size),
+    )
+    share.index = share.index.rename(columns=user_names(data))
+    gathered = to_zero(share)
+    if gathered is None:
+        return None
+    assert job.data is not None  # global rank 0 is a host's first process
+    whole = Forecast.concat(gathered)
+    combination = choose_on_backtest(
+        whole.take(whole.order()),  # in one process's order, however many processes
+        job.data.train,
+        data,
+        job_season(data),
+        job.config.model.quantiles,
+        job.config.training.ensemble_max_series,
+    )
+    log.info("%s", describe_combination(combination))
+    return combination, time.monotonic() - started
+
+
+def _tft_metrics(tft: dict[str, Any], comparison: Comparison) -> dict[str, Any]:
+    """The TFT alone's figures under `tft_` names, beside the shipped forecast's."""
+    own = {f"tft_{k}": v for k, v in tft.items() if k.startswith("val_")}
+    return own | {
+        "tft_val_MASE": comparison.metrics["val_MASE"],
+        "tft_best_baseline": comparison.best_baseline,
+        "tft_baseline_margin": comparison.margin,
+        "tft_beats_baselines": comparison.beats_baselines,
+    }
 
 
 def evaluate(job: Job, timings: dict[str, float]) -> Evaluation | None:
@@ -412,8 +503,11 @@ def evaluate(job: Job, timings: dict[str, float]) -> Evaluation | None:
     and each host's first process forecasts the host's windows with the baselines
     (`evaluate_share`); global rank 0 gathers the shares, scores them as one process would
     score every window, prints the final metric line and returns the evaluation (the other
-    ranks None)."""
+    ranks None). With ensemble=true the combination's weights are chosen on the backtest windows
+    first (`choose_combination`), and the combination is scored beside the TFT alone, its
+    classical members' forecasts those of the baselines."""
     config = job.config
+    quantiles = config.model.quantiles
     zero = job.trainer.is_global_zero
     best = Path(job.trainer.checkpoint_callback.best_model_path)
     if zero:
@@ -424,7 +518,9 @@ def evaluate(job: Job, timings: dict[str, float]) -> Evaluation | None:
     # The best checkpoint is on the first host's disk: the other processes get its bytes.
     content = from_zero(best.read_bytes() if zero else None) if job.plan.world_size > 1 else best
     checkpoint, model = load_model(content, config.speedups)
-    share, interpretation = evaluate_share(job, model)
+    chosen = None if job.backtest is None else choose_combination(job, model)
+    combination = None if chosen is None else chosen[0]
+    share, interpretation = evaluate_share(job, model, combination)
     gathered = to_zero(share)
     if not zero:  # the rows of the series rank 0 plots
         plotted = from_zero(None)
@@ -434,17 +530,48 @@ def evaluate(job: Job, timings: dict[str, float]) -> Evaluation | None:
     whole = Forecast.concat([p.forecast for p in gathered])
     hosts = [p for p in gathered if p.baselines is not None]  # in node order
     order = whole.order() if len(hosts) > 1 else np.arange(len(whole.index))
-    predicted = whole.take(order)
-    metrics = score(predicted, config.model.quantiles)
-    comparison = score_baselines(
-        tft=predicted.quantiles[..., list(config.model.quantiles).index(0.5)].numpy(),
-        naive=predicted.baseline.numpy(),
-        actuals=predicted.actuals.numpy(),
-        lengths=predicted.lengths.numpy(),
-        forecasts=BaselineForecasts.concat([p.baselines for p in hosts], order),
-    )
-    metrics |= comparison.metrics | {"baselines_s": round(max(p.baselines_s for p in hosts), 2)}
-    (log.info if comparison.beats_baselines else log.warning)("%s", describe(comparison))
+    tft = whole.take(order)
+    forecasts = BaselineForecasts.concat([p.baselines for p in hosts], order)
+    predicted = tft  # the shipped forecast
+    if combination is not None:
+        predicted = apply(
+            combination, tft, job.data.validation, config.data, given=forecasts.classical
+        ).forecast
+
+    def against(result: Forecast) -> Comparison:
+        return score_baselines(
+            tft=result.quantiles[..., list(quantiles).index(0.5)].numpy(),
+            naive=tft.baseline.numpy(),
+            actuals=tft.actuals.numpy(),
+            lengths=tft.lengths.numpy(),
+            forecasts=forecasts,
+        )
+
+    comparison = against(predicted)
+    tft_comparison = comparison if combination is None else against(tft)
+    metrics = score(predicted, quantiles) | comparison.metrics
+    metrics |= _tft_metrics(score(tft, quantiles), tft_comparison)
+    metrics["baselines_s"] = round(max(p.baselines_s for p in hosts), 2)
+    if combination is None:
+        (log.info if comparison.beats_baselines else log.warning)("%s", describe(comparison))
+        metrics["shipped"] = "tft"
+    else:
+        log.info("%s", describe(tft_comparison))
+        (log.info if comparison.beats_baselines else log.warning)(
+            "%s", describe(comparison, "the shipped forecast (the combination)")
+        )
+        assert job.backtest is not None and chosen is not None
+        metrics |= {
+            "shipped": "ensemble",
+            "ensemble_weights": combination.weights,
+            **{f"weight_{n}": combination.weights.get(n, 0.0) for n in combination.candidates},
+            "backtest_MAE": combination.backtest,
+            "tft_backtest_MAE": combination.backtest[TFT],
+            "backtest_windows": len(job.backtest),
+            "backtest_origins": combination.origins,
+            "tft_evidence": combination.evidence,
+            "backtest_s": round(chosen[1], 2),
+        }
     plotted = None
     if interpretation is not None:
         for other in gathered[1:]:
@@ -462,13 +589,16 @@ def evaluate(job: Job, timings: dict[str, float]) -> Evaluation | None:
     final = {
         f"final_{k}" if k.startswith("val_") else k: v
         for k, v in metrics.items()
-        if "val_" in k or k in ("baseline_margin", "beats_baselines")
+        if "val_" in k
+        or k.startswith("weight_")
+        or k in ("baseline_margin", "beats_baselines", "tft_baseline_margin", "tft_beats_baselines")
     }
     print(format_metric_line(final), flush=True)
     return Evaluation(
         checkpoint,
         model,
         predicted,
+        combination,
         comparison,
         metrics,
         interpretation,
@@ -502,6 +632,7 @@ def publish(job: Job, evaluation: Evaluation) -> None:
         data.time_axis,
         evaluation.metrics,
         report_data,
+        evaluation.combination,
     )
     log.info("model written to %s", job.paths.model_dir)
     if job.forecast_input is not None:
@@ -513,6 +644,7 @@ def publish(job: Job, evaluation: Evaluation) -> None:
             data.time_axis,
             job.speedups.vectorised[FORECAST_CHANNEL],
             device=job.trainer.strategy.root_device,
+            combination=evaluation.combination,
         )
         write_forecasts(forecasts, job.paths.output_data_dir / FORECAST_FILE, config.data)
     figures = (
@@ -531,8 +663,9 @@ def hold_back(job: Job, evaluation: Evaluation) -> JobError:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(evaluation.metrics, indent=2))
     metrics = evaluation.metrics
+    shipped = "TFT's" if evaluation.combination is None else "shipped forecast's (the combination)"
     return JobError(
-        f"require_beating_baseline: the TFT's validation MAE ({metrics['val_MAE']:.6g}) is "
+        f"require_beating_baseline: the {shipped} validation MAE ({metrics['val_MAE']:.6g}) is "
         f"{metrics['baseline_margin']:.1%} above the {metrics['best_baseline']} baseline's "
         "on the same windows; no model was written (figures in output/data/metrics.json)."
     )

@@ -31,6 +31,29 @@ def split_holdout(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
     return frame[frame[config.time_idx] <= last - config.max_prediction_length]
 
 
+@dataclass(frozen=True)
+class Backtest:
+    """The training rows split for the combination (ensemble=true): the TFT trains on `fit`;
+    `windows` are the series whose last `max_prediction_length` training steps are the backtest
+    window (series too short to give one keep every row in `fit` and have no window)."""
+
+    fit: pd.DataFrame
+    windows: pd.DataFrame
+
+
+def carve_backtest(train: pd.DataFrame, config: DataConfig) -> Backtest | None:
+    """Each series' last `max_prediction_length` training steps as its backtest window, where
+    the steps before still hold a training window; None when no series is that long."""
+    steps = train.groupby(config.group_ids, observed=True)[config.time_idx]
+    first, last = steps.transform("min"), steps.transform("max")
+    span = config.resolved_min_encoder_length + config.min_prediction_length
+    long_enough = last - first + 1 >= span + config.max_prediction_length
+    if not long_enough.any():
+        return None
+    held_out = long_enough & (train[config.time_idx] > last - config.max_prediction_length)
+    return Backtest(fit=train[~held_out], windows=train[long_enough])
+
+
 def merge_validation(
     train: pd.DataFrame, validation: pd.DataFrame, config: DataConfig
 ) -> pd.DataFrame:

@@ -7,7 +7,9 @@ folder of parquet/CSV files with each series' history followed by the `max_predi
 steps to forecast: known covariates filled in, the target (and past-only columns) left empty.
 A series without such steps is skipped with a warning. Given complete data instead, it
 forecasts the last steps of each series and adds the actuals, which is how the job's
-validation metrics are reproduced.
+validation metrics are reproduced. A model trained with ensemble=true forecasts its
+combination (combination.py): the TFT's quantiles and those of the classical models it weights,
+refitted on each series' history in `--data`.
 
 Output in the format its name ends in (`OUTPUT_FORMATS`: parquet, CSV, optionally compressed,
 JSON records or JSON lines): one row per (series, forecast step) with the group ids as given,
@@ -39,13 +41,13 @@ from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
 
 from .artifacts import TrainedModel, load_trained_model
 from .channels import channel_files, read_files, source_of
+from .combination import Combination, apply
 from .config import DataConfig, unique
 from .console import setup_logging
 from .dataset import (
     CALENDAR,
     build_prediction_dataset,
     calendar_columns,
-    internal_names,
     refuse_unscaled_series,
     trained_labels,
     user_names,
@@ -325,10 +327,12 @@ def forecast_table(
     vectorised: bool,
     batch_size: int = 1024,
     device: torch.device | str = "cpu",
+    combination: Combination | None = None,
 ) -> pd.DataFrame:
     """The forecasts of `model` for prepared data, in the user's names and ids: what
     `predict` and the job's `forecast` channel write (`vectorised`: batches by gathers, as
-    `speedups.batches_reason` decides)."""
+    `speedups.batches_reason` decides); with the model's `combination`, the combination's,
+    its classical members refitted on each series' history in `data`."""
     result = forecast(
         model,
         data.dataset,
@@ -337,8 +341,10 @@ def forecast_table(
         device=device,
         unit=config.resolved_target_unit,
     )
-    internal_time_idx = internal_names(config)[config.time_idx]
-    out = to_frame(result, quantiles, internal_time_idx).rename(columns=user_names(config))
+    result.index = result.index.rename(columns=user_names(config))
+    if combination is not None:
+        result = apply(combination, result, data.actuals, config).forecast
+    out = to_frame(result, quantiles, config.time_idx)
     keys = [*config.group_ids, config.time_idx]
     actuals = data.actuals.astype({g: str for g in config.group_ids})
     out = out.astype({g: str for g in config.group_ids})
@@ -367,6 +373,7 @@ def predict_frame(
         batches_reason(config.speedups, data.dataset) is None,
         batch_size,
         device,
+        trained.combination,
     )
 
 

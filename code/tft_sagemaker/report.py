@@ -379,35 +379,74 @@ _BASELINES = (
 )
 
 
-def _baselines(metrics: Mapping[str, Any]) -> str:
-    """The TFT beside every baseline the job scored on the same windows (baselines.py)."""
-    if "beats_baselines" not in metrics:
-        return ""
-    rows = [["TFT", metrics["val_MAE"], metrics.get("val_MASE", "")]]
-    rows += [
-        [label, metrics[f"{prefix}val_MAE"], metrics.get(f"{prefix}val_MASE", "")]
-        for _, prefix, label in _BASELINES
-        if f"{prefix}val_MAE" in metrics
-    ]
-    labels = {key: label for key, _, label in _BASELINES}
-    name = labels.get(metrics["best_baseline"], metrics["best_baseline"])
-    margin = abs(metrics["baseline_margin"])
+def _verdict(
+    metrics: Mapping[str, Any], prefix: str, labels: Mapping[str, str], forecast: str
+) -> str:
+    """Whether one forecast (`prefix`: "" for the shipped one, "tft_" for the TFT alone) beats
+    every baseline, in a sentence."""
+    name = labels.get(metrics[f"{prefix}best_baseline"], metrics[f"{prefix}best_baseline"])
+    margin = abs(metrics[f"{prefix}baseline_margin"])
     verdict = (
         f'<span class="better">beats every baseline</span>: {margin:.1%} lower MAE than the '
         f"strongest, {_e(name)}, on the same windows"
-        if metrics["beats_baselines"]
+        if metrics[f"{prefix}beats_baselines"]
         else f'<span class="worse">does not beat {_e(name)}</span>: {margin:.1%} higher MAE '
-        "on the same windows. A simpler model forecasts this data better: train longer, or "
-        "check the schema and the recipe"
+        "on the same windows"
     )
+    return f"{forecast} {verdict}"
+
+
+def _baselines(metrics: Mapping[str, Any]) -> str:
+    """The shipped forecast, the TFT alone and every baseline the job scored on the same
+    windows (baselines.py), with the combination's weights (combination.py)."""
+    if "beats_baselines" not in metrics:
+        return ""
+    labels = {key: label for key, _, label in _BASELINES}
+    weights = metrics.get("ensemble_weights")
+    if weights is None:  # the TFT alone was shipped
+        rows = [["TFT", metrics["val_MAE"], metrics.get("val_MASE", "")]]
+        header = ["forecast", "MAE", "MASE"]
+        sentences = [
+            _verdict(metrics, "", labels, "The TFT")
+            + (
+                ""
+                if metrics["beats_baselines"]
+                else ". A simpler model forecasts this data better: train longer, or check "
+                "the schema and the recipe, or ship the combination (ensemble=true)"
+            )
+        ]
+    else:
+        rows = [
+            ["shipped: the combination", metrics["val_MAE"], metrics.get("val_MASE", ""), 1.0],
+            ["TFT alone", metrics["tft_val_MAE"], metrics["tft_val_MASE"], weights.get("tft", 0)],
+        ]
+        header = ["forecast", "MAE", "MASE", "weight"]
+        sentences = [
+            _verdict(metrics, "", labels, "The shipped forecast (the combination)"),
+            _verdict(metrics, "tft_", labels, "The TFT alone"),
+        ]
+    key_of = {prefix: key for key, prefix, _ in _BASELINES}
+    rows += [
+        [label, metrics[f"{prefix}val_MAE"], metrics.get(f"{prefix}val_MASE", "")]
+        + ([] if weights is None else [weights.get(key_of[prefix], 0)])
+        for _, prefix, label in _BASELINES
+        if f"{prefix}val_MAE" in metrics
+    ]
     sampled = metrics.get("classical_windows")
     note = (
-        f" ETS and Theta were fitted on a sample of {sampled:,} windows, and the TFT is compared "
-        "with them on that sample."
+        f" ETS and Theta were fitted on a sample of {sampled:,} windows, and the forecasts are "
+        "compared with them on that sample."
         if sampled and sampled < metrics.get("validation_windows", sampled)
         else ""
     )
-    return f"<p>The TFT {verdict}.{_e(note)}</p>" + _table(["forecast", "MAE", "MASE"], rows)
+    chosen = (
+        ""
+        if weights is None
+        else f" The weights were chosen on the backtest window (the last steps of the training "
+        f"data, {metrics.get('backtest_windows', 0):,} windows), never on these."
+    )
+    text = ". ".join(sentences) + "."
+    return f"<p>{text}{_e(note + chosen)}</p>" + _table(header, rows)
 
 
 def _shares(shares: Mapping[str, float], top: int = 3) -> str:

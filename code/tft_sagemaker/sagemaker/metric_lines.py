@@ -27,15 +27,23 @@ EPOCH_METRICS = (
     "lr",
     "elapsed_s",
 )
-# Printed once, after training, from the evaluation of the best model and of the baselines
+# Printed once, after training, from the evaluation of the shipped forecast (the combination
+# with ensemble=true, else the TFT: final_val_*), of the TFT alone (tft_*) and of the baselines
 # (baselines.py) on the validation windows; baseline_margin < 0 and beats_baselines=1 when the
-# model beats them all.
+# shipped forecast beats them all (tft_*: the TFT alone); weight_*: the combination's weights.
+# (With ensemble=true the per-epoch val_* are the TFT's on the backtest windows it early-stops on.)
 FINAL_METRICS = (
     "final_val_MAE",
     "final_val_SMAPE",
     "final_val_RMSE",
     "final_val_quantile_loss",
     "final_val_MASE",
+    "tft_val_MAE",
+    "tft_val_quantile_loss",
+    "tft_val_MASE",
+    "tft_baseline_margin",
+    "tft_beats_baselines",
+    "weight_tft",
     "baseline_val_MAE",
     "baseline_val_MASE",
     "seasonal_naive_val_MAE",
