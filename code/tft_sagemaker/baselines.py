@@ -143,6 +143,11 @@ CLASSICAL_MODELS: dict[str, Callable[[np.ndarray, int, int | None], np.ndarray]]
 }
 
 
+# Decimals kept of a history in units of its magnitude (about 1): far below any data's precision,
+# far above the last bits that differ between units.
+UNIT_DECIMALS = 9
+
+
 def _magnitude(history: np.ndarray) -> float:
     """The history's mean |value| (1 for zeros): statsmodels' optimisers stop at absolute
     tolerances, so each series is fitted in this unit, where it has the same values whatever
@@ -176,7 +181,10 @@ def classical_forecast(
             elif len(recent) >= 4:
                 try:
                     magnitude = _magnitude(recent)
-                    forecast = fit(recent / magnitude, horizon, season) * magnitude
+                    # Rounded: the same series in another unit differs here in the last bits,
+                    # and ETS's optimiser turned that into 2e-4 apart forecasts on one CPU.
+                    scaled = np.round(recent / magnitude, UNIT_DECIMALS)
+                    forecast = fit(scaled, horizon, season) * magnitude
                 except (ValueError, np.linalg.LinAlgError):
                     forecast = None
             if forecast is None or not np.isfinite(forecast).all():

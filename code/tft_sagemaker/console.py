@@ -14,6 +14,10 @@ _SILENCED = (
     ".*The number of training batches.*is smaller than the logging interval.*",
     ".*Checkpoint directory .* exists and is not empty.*",
     ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
+    # sklearn's, from pytorch-forecasting's per-window path (training with the library's
+    # loader, evaluation, predict): its target-scale scalers, fitted on a named column, are
+    # given bare numbers; once per window, 200,000 lines in one job's log.
+    "X does not have valid feature names, but StandardScaler was fitted with feature names",
 )
 
 

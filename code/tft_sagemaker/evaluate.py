@@ -10,7 +10,6 @@ shares together in the order one process forecasts the whole dataset in (job.eva
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -22,8 +21,6 @@ from pytorch_forecasting.metrics import MAE, RMSE, SMAPE, QuantileLoss
 from torch.nn.utils import rnn
 
 from .loaders import LoaderSettings, make_loader
-
-_UNNAMED_FEATURES = "X does not have valid feature names, but StandardScaler was fitted with"
 
 
 @dataclass
@@ -164,20 +161,16 @@ def forecast(
     model = model.to(device).eval()
     baseline = Baseline()
     index, quantiles, naive, actuals, lengths, codes = [], [], [], [], [], []
-    with warnings.catch_warnings():
-        # The library's per-window path gives its target-scale scalers (fitted on a named
-        # column) bare numbers: sklearn's notice says nothing about the data.
-        warnings.filterwarnings("ignore", message=_UNNAMED_FEATURES, category=UserWarning)
-        for x, target in _batches(dataset, vectorised, batch_size, device, share):
-            out = model(x)
-            if observe is not None:
-                observe(x, out)
-            quantiles.append(model.to_quantiles(out).float().cpu())
-            naive.append(baseline(x)["prediction"].float().cpu())
-            actuals.append(target.float().cpu())
-            lengths.append(x["decoder_lengths"].cpu())
-            codes.append(x["groups"].cpu())
-            index.append(_series_index(dataset, x))
+    for x, target in _batches(dataset, vectorised, batch_size, device, share):
+        out = model(x)
+        if observe is not None:
+            observe(x, out)
+        quantiles.append(model.to_quantiles(out).float().cpu())
+        naive.append(baseline(x)["prediction"].float().cpu())
+        actuals.append(target.float().cpu())
+        lengths.append(x["decoder_lengths"].cpu())
+        codes.append(x["groups"].cpu())
+        index.append(_series_index(dataset, x))
     horizon = max(q.shape[1] for q in quantiles)
     return Forecast(
         index=pd.concat(index, ignore_index=True),
