@@ -17,6 +17,7 @@ from test_beating_baselines import SCHEMA, weekly_panel
 
 from tft_sagemaker import predict
 from tft_sagemaker.artifacts import load_trained_model
+from tft_sagemaker.baselines import Comparison
 from tft_sagemaker.combination import (
     EVIDENCE_T,
     TFT,
@@ -25,6 +26,7 @@ from tft_sagemaker.combination import (
     choose,
     classical_weights,
     combine,
+    describe_shipped,
     earlier_windows,
     origins,
     select_weights,
@@ -62,6 +64,19 @@ def test_a_combination_of_one_model_is_that_model() -> None:
     out = combine(ets, tft, {"ets": point}, np.full(5, 0.5))
     assert np.array_equal(out[..., 1], point)  # the median is the point forecast
     assert np.allclose(out[..., 0], point - 0.5) and np.allclose(out[..., 2], point + 1.0)
+
+
+def test_a_combination_that_is_one_baseline_is_called_that_baseline() -> None:
+    """Shipped ETS alone ties ETS: the line says what was shipped, not "train longer"."""
+    tie = Comparison({}, False, "ets", 0.0)
+    ets = Combination({"ets": 1.0}, None, QUANTILES, {}, {})
+    assert describe_shipped(tie, ets).startswith("the shipped forecast is the ets baseline alone")
+    mixed = Combination({"ets": 0.6, TFT: 0.4}, None, QUANTILES, {}, {})
+    worse = Comparison({}, False, "ets", 0.05)
+    assert describe_shipped(worse, mixed).startswith(
+        "the shipped forecast (the combination) does not beat the ets baseline: its validation "
+        "MAE is 5.0% higher"
+    )
 
 
 def test_classical_quantiles_come_from_the_backtest_errors() -> None:

@@ -43,11 +43,13 @@ import torch
 
 from .baselines import (
     CLASSICAL_MODELS,
+    Comparison,
     classical_forecast,
     mase_scales,
     seasonal_naive,
     window_histories,
 )
+from .baselines import describe as describe_comparison
 from .config import DataConfig
 from .evaluate import Forecast
 
@@ -417,3 +419,14 @@ def describe(combination: Combination) -> str:
         f"origin(s); the TFT's gain on its backtest window: {combination.evidence:.2f} standard "
         f"errors, {verdict}; backtest MAE: {scores})"
     )
+
+
+def describe_shipped(comparison: Comparison, combination: Combination) -> str:
+    """The shipped combination against its strongest baseline; where it is that baseline alone,
+    that (a tie, not a loss to a simpler model)."""
+    if set(combination.weights) == {comparison.best_baseline}:
+        return (
+            f"the shipped forecast is the {comparison.best_baseline} baseline alone: on the "
+            "backtest the combination put all its weight on it (the TFT was not clearly better)"
+        )
+    return describe_comparison(comparison, "the shipped forecast (the combination)")

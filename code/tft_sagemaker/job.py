@@ -40,7 +40,14 @@ from .baselines import (
     window_histories,
 )
 from .channels import channel_data_files, read_channel
-from .combination import CLASSICAL_MEMBERS, TFT, Combination, apply, choose_on_backtest
+from .combination import (
+    CLASSICAL_MEMBERS,
+    TFT,
+    Combination,
+    apply,
+    choose_on_backtest,
+    describe_shipped,
+)
 from .combination import describe as describe_combination
 from .config import DataConfig, JobConfig, describe_hyperparameters, load_config
 from .console import setup_logging
@@ -558,7 +565,7 @@ def evaluate(job: Job, timings: dict[str, float]) -> Evaluation | None:
     else:
         log.info("%s", describe(tft_comparison))
         (log.info if comparison.beats_baselines else log.warning)(
-            "%s", describe(comparison, "the shipped forecast (the combination)")
+            "%s", describe_shipped(comparison, combination)
         )
         assert job.backtest is not None and chosen is not None
         metrics |= {
