@@ -215,6 +215,17 @@ SYNTHETIC_VARIANTS = {
         ),
     ),
     "allow_missing_timesteps_without_gaps": dict(allow_missing_timesteps=True),
+    # Fitted on each window's encoder (two steps at least: one has no standard deviation).
+    "encoder_normalizer": dict(target_normalizer=EncoderNormalizer(), min_encoder_length=2),
+    "encoder_normalizer_softplus_max_length": dict(
+        target_normalizer=EncoderNormalizer(transformation="softplus", max_length=5),
+        min_encoder_length=2,
+    ),
+    "encoder_normalizer_robust_no_target_scales": dict(
+        target_normalizer=EncoderNormalizer(method="robust", transformation="log1p"),
+        min_encoder_length=2,
+        add_target_scales=False,
+    ),
 }
 
 
@@ -290,8 +301,12 @@ def data_with_gaps() -> pd.DataFrame:
     [
         (lambda: synthetic_dataset(randomize_length=True), "randomize_length is set"),
         (
-            lambda: synthetic_dataset(target_normalizer=EncoderNormalizer(), min_encoder_length=2),
-            "EncoderNormalizer on value",
+            lambda: synthetic_dataset(
+                target=["value", "count"],
+                target_normalizer=MultiNormalizer([EncoderNormalizer(), TorchNormalizer()]),
+                min_encoder_length=2,
+            ),
+            "EncoderNormalizer on value, one of several targets",
         ),
         (
             lambda: synthetic_dataset(scalers={"price": EncoderNormalizer()}),
@@ -302,7 +317,7 @@ def data_with_gaps() -> pd.DataFrame:
             "windows with missing timesteps",
         ),
     ],
-    ids=["randomize_length", "encoder_normalizer_target", "encoder_normalizer_real", "gaps"],
+    ids=["randomize_length", "encoder_normalizer_targets", "encoder_normalizer_real", "gaps"],
 )
 def test_unsupported(make, reason):
     dataset = make()

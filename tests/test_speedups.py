@@ -144,6 +144,24 @@ def test_fast_batches(built: Built) -> None:
     assert not isinstance(built.loader.dataset, TimeSeriesDataSet)
 
 
+def test_fast_batches_with_an_encoder_normalizer(
+    tmp_path: Path, small_panel: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drifting series get a target normalized per window (the recipe's `encoder`): the job's
+    loaders still assemble their batches by gathers, fitting it window by window."""
+    stdout = io.StringIO()
+    with process_state_kept(), contextlib.redirect_stdout(stdout):
+        layout = SageMakerDir(tmp_path / "opt_ml", monkeypatch)
+        layout.write_data(small_panel)
+        sagemaker_environment(layout.base, monkeypatch)
+        paths = JobPaths.from_env()
+        hyperparameters = {**HYPERPARAMETERS, "target_normalizer": "encoder"}
+        config = build_config(hyperparameters, None, PRESET_VALUES)
+        job = build_job(config, plan_for(config, paths), paths)
+    assert all(job.speedups.vectorised.values()), speedup_line(stdout.getvalue())
+    assert "fast_batches" in levers_in(speedup_line(stdout.getvalue()), "engaged")
+
+
 def test_fused_variable_selection(built: Built) -> None:
     networks = [m for m in built.job.model.modules() if isinstance(m, VariableSelectionNetwork)]
     assert len(networks) == 3

@@ -9,7 +9,8 @@ batch with a few gathers, producing exactly (keys, dtypes, shapes and bits) what
     dataset._collate_fn([dataset[i] for i in windows])
 
 produces. Features whose per-window work cannot be precomputed (randomized lengths, encoder
-normalizers, overwritten values, windows that fill in missing timesteps) are refused:
+normalizers of covariates, overwritten values, windows that fill in missing timesteps) are
+refused:
 `unsupported_reason` names them, after `batches_guard` (the versions this was tested with, and
 a small library-built dataset whose batches must equal the library's bit for bit).
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Callable, Sequence
+from copy import deepcopy
 from typing import Any
 
 import numpy as np
@@ -56,11 +58,15 @@ def _unsupported_features(dataset: TimeSeriesDataSet) -> str | None:
         return "randomize_length is set"
     if dataset._overwrite_values is not None:
         return "overwrite values are set"
-    # EncoderNormalizers are fitted on each window's encoder inside __getitem__.
-    for name, normalizer in zip(dataset.target_names, dataset.target_normalizers, strict=True):
-        if isinstance(normalizer, EncoderNormalizer):
-            return f"EncoderNormalizer on {name}"
+    # EncoderNormalizers are fitted on each window's encoder inside __getitem__: a single
+    # target's is fitted window by window here too (`_EncoderScaled`).
+    if dataset.multi_target:
+        for name, normalizer in zip(dataset.target_names, dataset.target_normalizers, strict=True):
+            if isinstance(normalizer, EncoderNormalizer):
+                return f"EncoderNormalizer on {name}, one of several targets"
     for name in dataset.reals:
+        if name in dataset.target_names:
+            continue
         if isinstance(dataset.get_transformer(name), EncoderNormalizer):
             return f"EncoderNormalizer on {name}"
     # A window with fewer rows than timesteps is filled in by __getitem__ (repeated rows,
@@ -118,6 +124,51 @@ def series_scales(dataset: TimeSeriesDataSet, series_groups: torch.Tensor) -> Te
             scale = [scale]
         scales.append(scale if dataset.multi_target else scale[0])
     return _stack_scales(scales)
+
+
+class _EncoderScaled:
+    """A single target's EncoderNormalizer as __getitem__ applies it, window by window with the
+    library's own calls on the CPU (a window's mean and standard deviation are reductions whose
+    bits depend on how they are vectorised): fitted on the window's encoder target, its
+    (center, scale) the window's target scale, the target input normalized with it, and the
+    `<target>_center` / `<target>_scale` reals scaled by the dataset's scalers (for all the
+    batch's windows at once: elementwise, the same bits as one by one)."""
+
+    def __init__(self, dataset: TimeSeriesDataSet) -> None:
+        self.normalizer = deepcopy(dataset.target_normalizer)  # refitted on every window
+        name = dataset.target_names[0]
+        self.target = dataset.data["target"][0]
+        self.target_column = dataset.reals.index(name) if name in dataset.reals else None
+        self.scale_columns = (
+            [(dataset.reals.index(f"{name}_{p}"), f"{name}_{p}") for p in ("center", "scale")]
+            if dataset.add_target_scales
+            else []
+        )
+        self.transform_values = dataset.transform_values
+
+    def __call__(
+        self, start: list[int], encoder_length: list[int], decoder_length: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, torch.Tensor]]]:
+        """Per window: the target scale, the normalized target (encoder and decoder parts,
+        zero-padded) and, per scale column, its scaled values."""
+        n, normalizer = len(start), self.normalizer
+        scales = np.empty((n, 2), dtype=np.float32)
+        dtype = self.target.dtype
+        encoder = torch.zeros(n, max(encoder_length), dtype=dtype)
+        decoder = torch.zeros(n, max(decoder_length), dtype=dtype)
+        for i, (first, e, d) in enumerate(zip(start, encoder_length, decoder_length, strict=True)):
+            y = self.target[first : first + e + d]
+            normalizer.fit(y[:e])
+            scales[i] = normalizer.get_parameters().numpy()
+            if self.target_column is not None:
+                scaled = normalizer.transform(y)
+                encoder[i, :e] = scaled[:e]
+                decoder[i, :d] = scaled[e:]
+        features = [
+            (column, torch.as_tensor(self.transform_values(name, torch.from_numpy(scales[:, p]))))
+            for p, (column, name) in enumerate(self.scale_columns)
+        ]
+        return torch.from_numpy(scales), encoder, decoder, features
 
 
 class _Part:
@@ -209,7 +260,8 @@ class WindowBatcher:
         self._decoder_length_cpu = torch.from_numpy(arrays["decoder_length"])
         self._encoder_length = self._encoder_length_cpu.to(self.device)
         self._decoder_length = self._decoder_length_cpu.to(self.device)
-        self._start = torch.from_numpy(arrays["start"]).to(self.device)
+        self._start_cpu = torch.from_numpy(arrays["start"])
+        self._start = self._start_cpu.to(self.device)
         self._series = torch.from_numpy(arrays["series"]).to(self.device)
         max_encoder_length_seen = int(self._encoder_length_cpu.max())
 
@@ -247,15 +299,20 @@ class WindowBatcher:
             self._encoder_length_feature = torch.tensor([*feature, 0.0], dtype=torch.float64)
             self._encoder_length_feature = self._encoder_length_feature.to(dtype).to(self.device)
 
-        # Target scales depend only on the window's series: asked of the normalizer once per
-        # series exactly as __getitem__ asks, stacked as _collate_fn stacks them, then
-        # gathered per window.
-        stacked = series_scales(dataset, torch.from_numpy(arrays["series_groups"]))
-        self._target_scale = (
-            [s.to(self.device) for s in stacked]
-            if isinstance(stacked, list)
-            else stacked.to(self.device)
-        )
+        # Target scales: an EncoderNormalizer's are the window's (`_EncoderScaled`); any other's
+        # depend only on the window's series: asked of the normalizer once per series exactly
+        # as __getitem__ asks, stacked as _collate_fn stacks them, then gathered per window.
+        self._encoder_scaled = None
+        self._target_scale: Tensors | None = None
+        if isinstance(dataset.target_normalizer, EncoderNormalizer):
+            self._encoder_scaled = _EncoderScaled(dataset)
+        else:
+            stacked = series_scales(dataset, torch.from_numpy(arrays["series_groups"]))
+            self._target_scale = (
+                [s.to(self.device) for s in stacked]
+                if isinstance(stacked, list)
+                else stacked.to(self.device)
+            )
 
     def __len__(self) -> int:
         return len(self._start)
@@ -265,6 +322,13 @@ class WindowBatcher:
         windows = torch.as_tensor(windows, dtype=torch.long).cpu()
         max_encoder = int(self._encoder_length_cpu[windows].max())
         max_decoder = int(self._decoder_length_cpu[windows].max())
+        scaled = None
+        if self._encoder_scaled is not None:
+            scaled = self._encoder_scaled(
+                self._start_cpu[windows].tolist(),
+                self._encoder_length_cpu[windows].tolist(),
+                self._decoder_length_cpu[windows].tolist(),
+            )
         windows = windows.to(self.device)
         start = self._start[windows].long()
         encoder_length = self._encoder_length[windows].long()
@@ -294,13 +358,27 @@ class WindowBatcher:
                 torch.where(decoder.valid, lengths, pad)
             ]
 
+        if scaled is not None:
+            target_scale, encoder_scaled, decoder_scaled, features = scaled
+            column = self._encoder_scaled.target_column
+            if column is not None:
+                encoder_cont[..., column] = encoder_scaled.to(self.device)
+                decoder_cont[..., column] = decoder_scaled.to(self.device)
+            for column, values in features:
+                values = values.to(self.device).unsqueeze(1)
+                encoder_cont[..., column] = torch.where(encoder.valid, values, 0)
+                decoder_cont[..., column] = torch.where(decoder.valid, values, 0)
+
         encoder_target: Tensors = [encoder.gather(t) for t in self._targets]
         target: Tensors = [decoder.gather(t) for t in self._targets]
         if self._multi_target:
             target_scale = [s[self._series[windows]] for s in self._target_scale]
         else:
             encoder_target, target = encoder_target[0], target[0]
-            target_scale = self._target_scale[self._series[windows]]
+            if scaled is None:
+                target_scale = self._target_scale[self._series[windows]]
+            else:
+                target_scale = target_scale.to(self.device)
         weight = None if self._weight is None else decoder.gather(self._weight)
 
         # _collate_fn does not pad the time index: it counts on past each decoder's end.
@@ -358,8 +436,9 @@ def first_difference(expected: Any, actual: Any, path: str = "batch") -> str | N
 
 def _probe() -> str | None:
     """A small dataset with what the batcher precomputes (varying encoder lengths, a group
-    normalizer, relative time, encoder length, target scales, categoricals, weights): every
-    window batched both ways, bit for bit."""
+    normalizer, relative time, encoder length, target scales, categoricals, weights), and the
+    same with an encoder normalizer (fitted per window): every window batched both ways, bit
+    for bit."""
     rng = np.random.default_rng(0)
     n_series, length = 3, 14
     frame = pd.DataFrame(
@@ -372,29 +451,36 @@ def _probe() -> str | None:
             "w": rng.uniform(0.5, 1.5, n_series * length),
         }
     ).astype({"series": "category", "promo": "category"})
-    dataset = TimeSeriesDataSet(
-        frame,
-        time_idx="t",
-        target="y",
-        group_ids=["series"],
-        weight="w",
-        min_encoder_length=3,
-        max_encoder_length=6,
-        min_prediction_length=1,
-        max_prediction_length=3,
-        static_categoricals=["series"],
-        time_varying_known_categoricals=["promo"],
-        time_varying_known_reals=["t", "price"],
-        time_varying_unknown_reals=["y"],
-        target_normalizer=GroupNormalizer(groups=["series"], transformation="softplus"),
-        add_relative_time_idx=True,
-        add_target_scales=True,
-        add_encoder_length=True,
-    )
-    windows = np.arange(len(dataset))
-    expected = TimeSeriesDataSet._collate_fn([dataset[int(i)] for i in windows])
-    difference = first_difference(expected, WindowBatcher(dataset)(windows))
-    return None if difference is None else f"batches differ from the library's ({difference})"
+    for normalizer in (
+        GroupNormalizer(groups=["series"], transformation="softplus"),
+        EncoderNormalizer(transformation="softplus"),
+    ):
+        dataset = TimeSeriesDataSet(
+            frame,
+            time_idx="t",
+            target="y",
+            group_ids=["series"],
+            weight="w",
+            min_encoder_length=3,
+            max_encoder_length=6,
+            min_prediction_length=1,
+            max_prediction_length=3,
+            static_categoricals=["series"],
+            time_varying_known_categoricals=["promo"],
+            time_varying_known_reals=["t", "price"],
+            time_varying_unknown_reals=["y"],
+            target_normalizer=normalizer,
+            add_relative_time_idx=True,
+            add_target_scales=True,
+            add_encoder_length=True,
+        )
+        windows = np.arange(len(dataset))
+        expected = TimeSeriesDataSet._collate_fn([dataset[int(i)] for i in windows])
+        difference = first_difference(expected, WindowBatcher(dataset)(windows))
+        if difference is not None:
+            name = type(normalizer).__name__
+            return f"batches differ from the library's ({name}: {difference})"
+    return None
 
 
 @functools.cache
