@@ -36,6 +36,7 @@ from tft_sagemaker.combination import (
 from tft_sagemaker.config import DataConfig, build_config
 from tft_sagemaker.evaluate import Forecast
 from tft_sagemaker.job import ensembles
+from tft_sagemaker.job_data import carve_backtest
 from tft_sagemaker.presets import PRESET_VALUES
 from tft_sagemaker.sagemaker.launch_plan import plan_launch
 
@@ -77,6 +78,28 @@ def test_a_combination_that_is_one_baseline_is_called_that_baseline() -> None:
         "the shipped forecast (the combination) does not beat the ets baseline: its validation "
         "MAE is 5.0% higher"
     )
+
+
+def test_the_backtest_windows_of_many_series_are_a_fixed_sample() -> None:
+    """Every series long enough leaves its backtest steps out of training; the windows are
+    those of a fixed sample of them (the same every time)."""
+    config = DataConfig(target="y", group_ids=["s"], max_encoder_length=4, max_prediction_length=2)
+    frame = pd.DataFrame(
+        {"s": np.repeat(np.arange(30), 12), "time_idx": np.tile(np.arange(12), 30), "y": 1.0}
+    )
+    frame = frame[(frame["s"] != 0) | (frame["time_idx"] < 4)]  # series 0: too short
+    whole = carve_backtest(frame, config)
+    sampled = carve_backtest(frame, config, max_series=10)
+    assert whole is not None and sampled is not None
+    assert whole.series == sampled.series == 29
+    pd.testing.assert_frame_equal(sampled.fit, whole.fit)
+    assert len(sampled.fit) == len(frame) - 29 * 2
+    chosen = sampled.windows["s"].unique()
+    assert len(chosen) == 10 and 0 not in chosen
+    pd.testing.assert_frame_equal(sampled.windows, whole.windows[whole.windows["s"].isin(chosen)])
+    again = carve_backtest(frame, config, max_series=10)
+    assert again is not None
+    pd.testing.assert_frame_equal(again.windows, sampled.windows)
 
 
 def test_classical_quantiles_come_from_the_backtest_errors() -> None:

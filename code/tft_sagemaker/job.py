@@ -61,7 +61,13 @@ from .errors import JobError, writing
 from .evaluate import Forecast, forecast, score, series_index, window_order
 from .host_panel import HostPanel, Prepared, bytes_per_row
 from .interpret import InterpretationSum, largest_of, largest_totals, series_names
-from .job_data import JobData, carve_backtest, describe_frame, load_job_data
+from .job_data import (
+    BACKTEST_MAX_SERIES,
+    JobData,
+    carve_backtest,
+    describe_frame,
+    load_job_data,
+)
 from .loaders import HostWindows, LoaderSettings, make_loader
 from .memory import check_host_memory, process_memory_available
 from .model import JobTemporalFusionTransformer, build_model, check_model_fits, load_model
@@ -182,6 +188,14 @@ def prepare_data(
                 "ensemble: no series is long enough for a backtest window of %d steps before "
                 "its validation window: the TFT alone is shipped",
                 data_config.max_prediction_length,
+            )
+        elif carved is not None and carved.series > BACKTEST_MAX_SERIES:
+            log.info(
+                "ensemble: the backtest windows of %d of the %d series that have one (a fixed "
+                "sample: enough for the weights and early stopping); every series trains "
+                "without its backtest steps",
+                BACKTEST_MAX_SERIES,
+                carved.series,
             )
         fit = data.train if carved is None else carved.fit
         training = build_columnar_training(
