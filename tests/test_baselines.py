@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from tft_sagemaker import baselines
+from tft_sagemaker.config import season_length
 
 
 @pytest.mark.parametrize(
@@ -30,7 +31,7 @@ from tft_sagemaker import baselines
     ],
 )
 def test_season_length(freq: str | None, season: int | None) -> None:
-    assert baselines.season_length(freq) == season
+    assert season_length(freq) == season
 
 
 def test_window_histories_stop_before_each_window_and_fill_gaps_forward() -> None:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from pytorch_forecasting import TimeSeriesDataSet
 
-from tft_sagemaker import columnar
+from tft_sagemaker import columnar, dataset
 from tft_sagemaker.config import DataConfig, build_config
 from tft_sagemaker.dataset import (
     build_columnar_training,
@@ -98,6 +98,7 @@ def check_both(frame: pd.DataFrame, config: DataConfig) -> None:
         {"target_normalizer": "encoder"},
         {"target_normalizer": "standard", "min_encoder_length": "4"},
         {"target_normalizer": "none", "add_encoder_length": "false"},
+        {"seasonal_input": "true"},
     ],
 )
 def test_synthetic_preset(extra):
@@ -208,3 +209,20 @@ def test_non_finite_values_fail_as_in_the_library():
     assert "found to be NA or infinite" in str(library.value)
     share = re.compile(r" \(\d+\.\d+%\)")  # ours: of the chunk of series it is in
     assert share.sub("", str(ours.value)) == share.sub("", str(library.value))
+
+
+def test_the_target_one_season_back_reads_only_the_past():
+    """Rows out of order, a gap, a series' first season and rows to forecast (empty target):
+    each row gets its series' value a season back, the latest before it across a gap, the
+    first value before any."""
+    config = DataConfig(target="y", group_ids=["s"], season_length=3)
+    frame = pd.DataFrame(
+        {
+            "s": ["a"] * 8 + ["b"] * 4,
+            "time_idx": [0, 1, 2, 3, 4, 6, 7, 8, 5, 6, 7, 8],  # a: no step 5
+            "y": [10.0, 11, 12, 13, 14, 16, 17, np.nan, 1, 2, np.nan, np.nan],
+        }
+    ).sample(frac=1.0, random_state=0)
+    lagged = pd.Series(dataset.last_season(frame, config), index=frame.index)
+    expected = [10.0, 10, 10, 10, 11, 13, 14, 14, 1, 1, 1, 1]
+    assert lagged.sort_index().tolist() == expected

@@ -461,7 +461,11 @@ def _is_int_field(name: str) -> bool:
 
 
 # Values a boundary test needs besides the field itself (cross-field rules).
-_CONTEXT = {"hidden_size": {"attention_head_size": "1"}, "max_prediction_length": {}}
+_CONTEXT = {
+    "hidden_size": {"attention_head_size": "1"},
+    "max_prediction_length": {},
+    "seasonal_input": {"season_length": "12"},  # true needs a season
+}
 
 
 def test_checked_fields_are_the_expected_ones() -> None:
@@ -529,6 +533,7 @@ def test_checked_fields_are_the_expected_ones() -> None:
         "learning_rate_scaling",
         "optimizer",
         "precision",
+        "seasonal_input",
         "target_normalizer",
         "target_transformation",
     ]
@@ -572,8 +577,9 @@ def test_choices(name: str) -> None:
     for choice in choices:
         if choice is not None:
             assert choice in message
-            assert value_of(name, json.dumps(choice)) == choice  # JSON-encoded
-            assert value_of(name, choice) == choice  # plain
+            context = _CONTEXT.get(name, {})
+            assert value_of(name, json.dumps(choice), **context) == choice  # JSON-encoded
+            assert value_of(name, choice, **context) == choice  # plain
     assert "None" not in message  # None is accepted but not advertised as a word
 
 
@@ -831,6 +837,24 @@ def test_float_fields_stay_floats(raw: Any) -> None:
 def test_calendar_features_are_checked(values: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_config({**BASE, **values})
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({}, r"seasonal_input=true: .* when a season \(none: season_length"),
+        (
+            {"date_column": "d", "freq": "D", "max_prediction_length": "14"},
+            r"a season \(7 steps: .*\) is at least max_prediction_length=14",
+        ),
+    ],
+)
+def test_a_seasonal_input_needs_a_season_as_long_as_the_horizon(
+    values: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config({**BASE, "seasonal_input": "true", **values})
+    assert build_config({**BASE, **values, "seasonal_input": "true", "season_length": "14"})
 
 
 @pytest.mark.parametrize(

@@ -147,6 +147,7 @@ def test_resolve_fills_what_is_unset_and_keeps_what_is_set() -> None:
     assert set(chosen) == set(recipe.AUTOMATIC) - {
         "target_normalizer",
         "calendar_features",
+        "seasonal_input",  # data choices: resolve_data's
         "batch_size",
         "dropout",
         "ema_decay",
@@ -173,10 +174,17 @@ def test_resolve_data_chooses_the_normalizer_only_when_auto() -> None:
         "target_unit",  # spreads 17 and 35: 1
         "target_normalizer",
         "calendar_features",  # no dates: none
+        "seasonal_input",  # no season: false
     ]
     assert resolved.calendar_features == [] and resolved.target_unit == 1.0
     fixed = build_config(
-        {**BASE, "target_normalizer": "group", "calendar_features": "", "target_unit": "1e-9"}
+        {
+            **BASE,
+            "target_normalizer": "group",
+            "calendar_features": "",
+            "target_unit": "1e-9",
+            "seasonal_input": "false",
+        }
     ).data
     assert recipe.resolve_data(fixed, trend) == (fixed, [])
 
@@ -203,6 +211,47 @@ def test_calendar_features_follow_the_frequency(freq: str | None, expected: list
 
 
 @pytest.mark.parametrize(
+    ("season", "horizon", "ratio", "expected"),
+    [
+        (None, 4, None, "false"),
+        (7, 14, None, "false"),  # not known over the whole horizon
+        (4, 4, 0.76, "true"),
+        (12, 6, 1.0, "true"),
+        (12, 6, 1.03, "false"),  # no better than the last value
+    ],
+)
+def test_the_seasonal_input_needs_a_season_that_covers_and_forecasts_the_horizon(
+    season: int | None, horizon: int, ratio: float | None, expected: str
+) -> None:
+    choice = recipe.choose_seasonal_input(season, horizon, ratio)
+    assert choice.value == expected and choice.reason
+
+
+def test_seasonal_ratios_compare_a_season_back_with_the_last_values() -> None:
+    """A pure season (every value repeats 4 steps later) against persistence; a trend (each
+    value one more) a season back is 4 behind, 1 to 4 steps back 2.5 on average."""
+    season = np.tile([1.0, 5.0, 3.0, 8.0], 6)
+    frame = panel({"season": season, "trend": np.arange(24.0), "flat": np.ones(24)})
+    shuffled = frame.sample(frac=1.0, random_state=0)
+    ratios = recipe.seasonal_ratios(shuffled, ["series"], "time_idx", "y", 4, 4)
+    assert ratios.tolist() == pytest.approx([0.0, 4.0 / 2.5])  # the flat series left out
+
+
+def test_resolve_data_chooses_the_seasonal_input_from_the_data() -> None:
+    quarterly = {**BASE, "date_column": "q", "freq": "QS", "target_normalizer": "group"}
+    quarterly |= {"target_unit": "1", "max_prediction_length": "4", "calendar_features": "none"}
+    seasonal = panel({"a": np.tile([1.0, 5.0, 3.0, 8.0], 8), "b": np.tile([2.0, 9.0, 4.0, 6.0], 8)})
+    data, choices = recipe.resolve_data(build_config(quarterly).data, seasonal)
+    assert data.seasonal_input == "true" and [c.name for c in choices] == ["seasonal_input"]
+    trend = panel({"a": np.arange(32.0), "b": np.arange(32.0) * 2})
+    data, choices = recipe.resolve_data(build_config(quarterly).data, trend)
+    assert data.seasonal_input == "false" and "1.600 > 1" in choices[0].reason
+    given = build_config({**quarterly, "seasonal_input": "false"}).data
+    data, choices = recipe.resolve_data(given, seasonal)
+    assert data.seasonal_input == "false" and choices == []
+
+
+@pytest.mark.parametrize(
     ("given", "resolved", "chosen"),
     [("auto", ["day_of_week", "month"], True), ("month", ["month"], False), ("none", [], False)],
 )
@@ -210,7 +259,7 @@ def test_resolve_data_chooses_the_calendar_only_when_auto(
     given: str, resolved: list[str], chosen: bool
 ) -> None:
     daily = {**BASE, "date_column": "day", "freq": "D", "target_normalizer": "group"}
-    daily["target_unit"] = "1"
+    daily |= {"target_unit": "1", "seasonal_input": "false"}
     config = build_config({**daily, "calendar_features": given}).data
     data, choices = recipe.resolve_data(config, panel({"a": np.ones(30)}))
     assert data.calendar_features == resolved

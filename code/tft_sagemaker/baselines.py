@@ -22,41 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from pandas.tseries.frequencies import to_offset
 from threadpoolctl import threadpool_limits
-
-from .config import DataConfig
 
 # Steps a classical model is fitted on (at least 10 seasons). Long: on the monthly US
 # employment panel ETS's validation MAE was 52.8 fitted on the last 120 months and 26.2 on all
 # of them (about 350); the fit time grows with it.
 CLASSICAL_HISTORY = 1_000
 _MAX_ETS_SEASON = 24  # longer seasons: too many initial states to estimate per series
-# Steps per season of a pandas frequency's base unit (a multiple such as 2MS divides it).
-_SEASONS = {"MS": 12, "ME": 12, "M": 12, "QS": 4, "QE": 4, "Q": 4, "W": 52, "D": 7, "B": 5, "h": 24}
-
-
-def season_length(freq: str | None) -> int | None:
-    """Steps per season implied by a pandas frequency (12 for months, 4 for quarters, 52 for
-    weeks, 7 for days, 5 for business days, 24 for hours); None for years, finer units, or
-    no frequency (an integer time index)."""
-    if not freq:
-        return None
-    try:
-        offset = to_offset(freq)
-    except ValueError:
-        return None
-    base = offset.name.split("-")[0]  # W-MON → W, QS-JAN → QS
-    steps = _SEASONS.get(base)
-    if steps is None or steps % offset.n:
-        return None
-    return steps // offset.n if steps // offset.n > 1 else None
-
-
-def job_season(data: DataConfig) -> int | None:
-    """Steps per season of the seasonal methods: season_length, else from the frequency."""
-    season = season_length(data.freq) if data.season_length is None else data.season_length
-    return season or None
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pandas.tseries.frequencies import to_offset
 
 from .errors import ConfigError
 
@@ -38,6 +39,27 @@ _FALSE_WORDS = {"false", "0", "no", "n", "off"}
 def unique(items: Iterable[str | None]) -> list[str]:
     """The names in `items`, each once, in order; None and "" (an unset name) left out."""
     return [name for name in dict.fromkeys(items) if name]
+
+
+# Steps per season of a pandas frequency's base unit (a multiple such as 2MS divides it).
+_SEASONS = {"MS": 12, "ME": 12, "M": 12, "QS": 4, "QE": 4, "Q": 4, "W": 52, "D": 7, "B": 5, "h": 24}
+
+
+def season_length(freq: str | None) -> int | None:
+    """Steps per season implied by a pandas frequency (12 for months, 4 for quarters, 52 for
+    weeks, 7 for days, 5 for business days, 24 for hours); None for years, finer units, or
+    no frequency (an integer time index)."""
+    if not freq:
+        return None
+    try:
+        offset = to_offset(freq)
+    except ValueError:
+        return None
+    base = offset.name.split("-")[0]  # W-MON → W, QS-JAN → QS
+    steps = _SEASONS.get(base)
+    if steps is None or steps % offset.n:
+        return None
+    return steps // offset.n if steps // offset.n > 1 else None
 
 
 def _opt(default: Any, help: str, **checks: Any) -> Any:
@@ -145,9 +167,17 @@ class DataConfig:
     )
     season_length: int | None = _opt(
         None,
-        "Steps per season for the seasonal baselines (0: none). Default: from freq (12 for "
-        "months, 4 quarters, 52 weeks, 7 days, 5 business days, 24 hours), none without it.",
+        "Steps per season for the seasonal baselines and `seasonal_input` (0: none). Default: "
+        "from freq (12 for months, 4 quarters, 52 weeks, 7 days, 5 business days, 24 hours), "
+        "none without it.",
         min=0,
+    )
+    seasonal_input: str = _opt(
+        "auto",
+        "The target one season back (`<target>_last_season`) as an input known over the "
+        "horizon: 'true', 'false', or 'auto' (true where there is a season of at least "
+        "max_prediction_length steps: only then is it known for every forecast step).",
+        choices=("auto", "true", "false"),
     )
 
     @property
@@ -686,6 +716,15 @@ def _check_consistency(config: JobConfig) -> None:
                 f"calendar_features={','.join(calendar)} needs date_column and freq: the "
                 "calendar is read from the dates."
             )
+    if data.seasonal_input == "true":
+        season = job_season(data)
+        if season is None or season < data.max_prediction_length:
+            raise ConfigError(
+                "seasonal_input=true: the target one season back is known over the horizon only "
+                f"when a season ({'none' if season is None else f'{season} steps'}: "
+                "season_length, else from freq) is at least max_prediction_length="
+                f"{data.max_prediction_length}: set season_length, or seasonal_input=false."
+            )
     if data.resolved_min_encoder_length > data.max_encoder_length:
         raise ConfigError(
             f"min_encoder_length={data.min_encoder_length} exceeds "
@@ -810,3 +849,9 @@ def load_config(
     path = find_config_file(channels, hyperparameters.get("config_file"))
     file_values = read_config_file(path) if path else {}
     return build_config(hyperparameters, file_values, presets, str(path)), path
+
+
+def job_season(data: DataConfig) -> int | None:
+    """Steps per season of the seasonal methods: season_length, else from the frequency."""
+    season = season_length(data.freq) if data.season_length is None else data.season_length
+    return season or None

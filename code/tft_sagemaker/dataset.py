@@ -39,7 +39,7 @@ from .columnar import (
     tensors,
     unsupported_reason,
 )
-from .config import DataConfig
+from .config import DataConfig, job_season, unique
 from .errors import DataError
 from .shares import Agreement
 from .units import in_model_unit
@@ -87,9 +87,55 @@ def calendar_columns(config: DataConfig) -> dict[str, str]:
     return columns
 
 
+def seasonal_column(config: DataConfig) -> str | None:
+    """The column of the target one season back (`seasonal_input`): `<target>_last_season`,
+    with underscores added while the data has a variable of that name; None without it (or
+    before the recipe has resolved "auto")."""
+    if config.seasonal_input != "true":
+        return None
+    taken = set(_user_variables(config)) | set(calendar_columns(config).values())
+    column = f"{config.target}_last_season"
+    while column in taken:
+        column += "_"
+    return column
+
+
+def last_season(frame: pd.DataFrame, config: DataConfig) -> np.ndarray:
+    """Per row, its series' target `job_season` steps earlier, or the latest known before
+    that (a gap), or the series' first known value (its first season): only values at least a
+    season old, so over a horizon of at most a season only history (rows whose target is
+    missing, the future a forecast is asked for, are never read)."""
+    season = job_season(config)
+    assert season is not None, "seasonal_input=true without a season (config checks it)"
+    series = frame.groupby(config.group_ids, observed=True, sort=False).ngroup().to_numpy()
+    time = frame[config.time_idx].to_numpy().astype(np.int64)
+    values = frame[config.target].to_numpy(dtype=np.float64)
+    order = np.lexsort((time, series))
+    series, time, values = series[order], time[order], values[order]
+    known = ~np.isnan(values)
+    span = int(time.max() - time.min()) + season + 1  # one key range per series, in order
+    key = series * span + (time - time.min() + season)
+    known_key, known_values, known_series = key[known], values[known], series[known]
+    position = np.searchsorted(known_key, key - season, side="right") - 1
+    found = position >= 0
+    found[found] = known_series[position[found]] == series[found]
+    first = np.full(series.max() + 1, np.nan)
+    with_values, first_row = np.unique(known_series, return_index=True)
+    first[with_values] = known_values[first_row]  # each series' first known value
+    lagged = np.where(found, known_values[np.maximum(position, 0)], first[series])
+    out = np.empty(len(frame))
+    out[order] = lagged
+    return out
+
+
 def _variables(config: DataConfig) -> list[str]:
-    """Every name the dataset sees: the data's and the calendar columns."""
-    return _user_variables(config) + list(calendar_columns(config).values())
+    """Every name the dataset sees: the data's, the calendar columns and the seasonal one."""
+    seasonal = seasonal_column(config)
+    return (
+        _user_variables(config)
+        + list(calendar_columns(config).values())
+        + ([seasonal] if seasonal else [])
+    )
 
 
 def _clashes(name: str, target: str) -> bool:
@@ -155,7 +201,9 @@ def internal_config(config: DataConfig) -> DataConfig:
         time_varying_known_categoricals=rename(
             config.time_varying_known_categoricals + list(calendar_columns(config).values())
         ),
-        time_varying_known_reals=rename(config.time_varying_known_reals),
+        time_varying_known_reals=rename(
+            config.time_varying_known_reals + unique([seasonal_column(config)])
+        ),
         time_varying_unknown_categoricals=rename(config.time_varying_unknown_categoricals),
         time_varying_unknown_reals=rename(config.time_varying_unknown_reals),
         variable_groups={names[g]: rename(m) for g, m in config.variable_groups.items()},
@@ -163,10 +211,13 @@ def internal_config(config: DataConfig) -> DataConfig:
 
 
 def to_internal(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
-    """The columns the dataset uses, under their internal names, with the calendar columns
-    added (the others are left out: the library refuses some names even in columns it does
-    not use), and the target in the model's unit (`units.py`)."""
+    """The columns the dataset uses, under their internal names, with the calendar columns and
+    the seasonal one added (the others are left out: the library refuses some names even in
+    columns it does not use), and the target in the model's unit (`units.py`)."""
     frame = in_model_unit(frame, config.target, config.resolved_target_unit)
+    seasonal = seasonal_column(config)
+    if seasonal:
+        frame = frame.assign(**{seasonal: last_season(frame, config)})
     calendar = calendar_columns(config)
     if calendar:  # text labels: categories the encoders know by name
         dates = frame[config.date_column]

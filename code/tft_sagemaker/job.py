@@ -35,7 +35,6 @@ from .baselines import (
     baseline_forecasts,
     classical_sample,
     describe,
-    job_season,
     score_baselines,
     window_histories,
 )
@@ -49,7 +48,7 @@ from .combination import (
     describe_shipped,
 )
 from .combination import describe as describe_combination
-from .config import DataConfig, JobConfig, describe_hyperparameters, load_config
+from .config import DataConfig, JobConfig, describe_hyperparameters, job_season, load_config
 from .console import setup_logging
 from .dataset import (
     build_columnar_training,

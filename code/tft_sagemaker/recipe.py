@@ -8,6 +8,7 @@ the value and the reason, which the job logs:
 - the target's unit: a power of ten that gives the model values of the same size whatever
   unit the target is measured in (`units.py`);
 - calendar variables (month, day of week, ...) from the frequency of the dates;
+- the target one season back as a known input where the horizon is at most a season;
 - target scaling: per window (`encoder`) when series drift away from their overall level, so
   that the model forecasts relative to the recent past; else per series (`group`);
 - batch size, epoch length and a training budget in steps from the number of training windows
@@ -39,9 +40,10 @@ import numpy as np
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
 
-from .config import DataConfig, JobConfig
+from .config import DataConfig, JobConfig, job_season
 from .time_axis import normalize_freq
 from .units import SPREAD, target_spread, unit_for
+from .validation import is_sorted
 
 DRIFT_THRESHOLD = 0.5  # recent level this many series standard deviations from the overall mean
 MIN_BATCH, MAX_BATCH = 32, 256
@@ -93,13 +95,45 @@ def level_drift(
 ) -> float:
     """Median over series of `series_drift`: about 0 for stationary series, about 1.7 for a
     straight trend, large after level shifts."""
-    return median_drift([series_drift(frame, group_ids, time_idx, target, recent)])
+    return median_of([series_drift(frame, group_ids, time_idx, target, recent)])
 
 
-def median_drift(parts: Sequence[np.ndarray]) -> float:
-    """The median of the series' drifts, each host's series in one part."""
-    drift = np.concatenate(parts) if parts else np.empty(0)
-    return float(np.median(drift)) if len(drift) else 0.0
+def median_of(parts: Sequence[np.ndarray], empty: float = 0.0) -> float:
+    """The median of per-series statistics, each host's series in one part (`empty` without
+    any)."""
+    values = np.concatenate(parts) if parts else np.empty(0)
+    return float(np.median(values)) if len(values) else empty
+
+
+def seasonal_ratios(
+    frame: pd.DataFrame,
+    group_ids: Sequence[str],
+    time_idx: str,
+    target: str,
+    season: int,
+    horizon: int,
+) -> np.ndarray:
+    """Per series, the mean absolute difference of its values a season apart over that of its
+    values 1 to `horizon` steps apart (averaged over those steps): below 1 where the value one
+    season back forecasts the horizon better than the last value does (series too short or
+    without variation left out)."""
+    keys = [*group_ids, time_idx]
+    ordered = frame if is_sorted(frame, keys) else frame.sort_values(keys, kind="stable")
+    series = ordered.groupby(list(group_ids), observed=True, sort=False).ngroup().to_numpy()
+    values = ordered[target].to_numpy(dtype=np.float64)
+    count = int(series.max()) + 1 if len(series) else 0
+
+    def apart(steps: int) -> np.ndarray:
+        same = series[steps:] == series[:-steps]
+        errors = np.abs(values[steps:] - values[:-steps])[same]
+        where = series[steps:][same]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.bincount(where, errors, count) / np.bincount(where, minlength=count)
+
+    persistence = np.mean([apart(k) for k in range(1, horizon + 1)], axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratios = apart(season) / persistence
+    return ratios[np.isfinite(ratios)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,6 +203,40 @@ def choose_calendar_features(freq: str | None) -> Choice:
         variables,
         f"freq={freq}: the {' and '.join(v.replace('_', ' ') for v in variables)} of each step "
         "as known categoricals",
+    )
+
+
+def choose_seasonal_input(season: int | None, horizon: int, ratio: float | None) -> Choice:
+    """The target one season back as a known input: a seasonal naive forecast the model can
+    lean on and correct. Known for every forecast step only when the horizon is at most a
+    season; kept where, in the training data, it forecasts the horizon at least as well as the
+    last value (`seasonal_ratios`' median `ratio` at most 1). Measured on 1 seed (3 on Stallion):
+    the TFT alone from 23.1 to 18.4 MAE on 8 quarterly series (ratio 0.76), from 0.81 to 0.58 on
+    a weekly one (1.00); on Stallion's raw columns (1.03) no better for the TFT and 1.3% worse
+    for the combination, on US employment (1.34) no change."""
+    if season is None:
+        return Choice("seasonal_input", "false", "no season (season_length, freq)")
+    if season < horizon:
+        return Choice(
+            "seasonal_input",
+            "false",
+            f"a season of {season} steps is shorter than the horizon ({horizon}): not known "
+            "over all of it",
+        )
+    assert ratio is not None
+    if ratio > 1.0:
+        return Choice(
+            "seasonal_input",
+            "false",
+            f"the value one season back forecasts the training data's horizon worse than the "
+            f"last value (median ratio of their errors {ratio:.3f} > 1)",
+        )
+    return Choice(
+        "seasonal_input",
+        "true",
+        f"a season of {season} steps covers the horizon ({horizon}) and the value one season "
+        f"back forecasts it at least as well as the last value (median ratio of their errors "
+        f"{ratio:.3f} <= 1)",
     )
 
 
@@ -327,7 +395,7 @@ def resolve_data(
         drifts = series_drift(
             frame, config.group_ids, config.time_idx, config.target, config.max_encoder_length
         )
-        drift = median_drift(gather("series_drift", drifts) if gather else [drifts])
+        drift = median_of(gather("series_drift", drifts) if gather else [drifts])
         choice = choose_target_normalizer(drift, config.resolved_min_encoder_length)
         config = dataclasses.replace(config, target_normalizer=choice.value)
         made.append(choice)
@@ -337,6 +405,17 @@ def resolve_data(
         made.append(choice)
     elif config.calendar_features == ["none"]:
         config = dataclasses.replace(config, calendar_features=[])
+    if config.seasonal_input == "auto":
+        season, horizon = job_season(config), config.max_prediction_length
+        ratio = None
+        if season is not None and season >= horizon:
+            ratios = seasonal_ratios(
+                frame, config.group_ids, config.time_idx, config.target, season, horizon
+            )
+            ratio = median_of(gather("seasonal_ratios", ratios) if gather else [ratios], np.inf)
+        choice = choose_seasonal_input(season, horizon, ratio)
+        config = dataclasses.replace(config, seasonal_input=choice.value)
+        made.append(choice)
     return config, made
 
 
@@ -432,6 +511,7 @@ def resolve_training(
 AUTOMATIC = (
     "target_normalizer",
     "calendar_features",
+    "seasonal_input",
     "batch_size",
     "limit_train_batches",
     "max_epochs",
