@@ -26,7 +26,7 @@ from conftest import CODE_DIR, ROOT, VENV_BIN, files_under, to_cli
 
 from tft_sagemaker.config import build_config
 from tft_sagemaker.dataset import build_training_dataset
-from tft_sagemaker.job_data import load_job_data
+from tft_sagemaker.job_data import carve_backtest, load_job_data
 from tft_sagemaker.presets import PRESET_VALUES
 from tft_sagemaker.sagemaker.paths import JobPaths
 from tft_sagemaker.sagemaker.stops import SUPERVISOR_MODULE
@@ -76,7 +76,11 @@ def batches_per_epoch(base: Path) -> int:
     """What the job will count: the same configuration, data and dataset code."""
     config = build_config(QUICK, {}, PRESET_VALUES)
     data = load_job_data(JobPaths.from_env({"SAGEMAKER_BASE_DIR": str(base)}), config.data)
-    return math.ceil(len(build_training_dataset(data.train, config.data)) / BATCH_SIZE)
+    train = data.train
+    carved = carve_backtest(train, config.data) if config.training.ensemble else None
+    if carved is not None:  # the TFT trains without the combination's backtest window
+        train = carved.fit
+    return math.ceil(len(build_training_dataset(train, config.data)) / BATCH_SIZE)
 
 
 def job_env(base: Path, stop: dict[str, str]) -> dict[str, str]:
