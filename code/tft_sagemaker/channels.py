@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import CONFIG_FILE_NAMES
@@ -133,6 +134,9 @@ def read_files(files: list[Path], label: str, root: Path | None = None) -> pd.Da
                 frame[key] = pd.Series(value, index=frame.index, dtype=object)
                 partition_keys.add(key)
         frames.append((path, frame))
+    # The parquet reader's pool (mimalloc) keeps the pages of the tables it freed, for the
+    # rest of the job unless handed back (0.3 GB at 5 million rows of the built-in panel).
+    pa.default_memory_pool().release_unused()
     if not frames:
         raise DataError(f"{label.capitalize()} has no rows ({len(files)} file(s)).")
     if empty:

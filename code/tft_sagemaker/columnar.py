@@ -67,6 +67,44 @@ def in_memory(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return np.empty(shape, dtype=dtype)
 
 
+class ColumnarDataSet(TimeSeriesDataSet):
+    """The library's dataset over tensors of which the integer ones (categorical codes, group
+    ids, time) are stored in the narrowest type that holds them (`storage_types`), not the
+    library's int64: a panel's rows are most of the job's memory. `__getitem__` is the
+    library's, its codes and ids widened back, so that its windows and batches are the
+    library's bit for bit (WindowBatcher widens them per batch likewise)."""
+
+    def __getitem__(self, idx: int) -> tuple[dict[str, torch.Tensor], Any]:
+        x, y = super().__getitem__(idx)
+        # _collate_fn stacks these as they come; the time index it converts itself
+        return x | {"x_cat": x["x_cat"].long(), "groups": x["groups"].long()}, y
+
+
+def narrowest(low: int, high: int, types: tuple[type, ...]) -> np.dtype:
+    """The first of `types` that holds every integer from `low` to `high`."""
+    return next(np.dtype(t) for t in types if np.iinfo(t).min <= low and high <= np.iinfo(t).max)
+
+
+_CODES = (np.int8, np.int16, np.int32, np.int64)
+# The time index at least int32: the library's __getitem__ repeats rows by time differences
+# (windows with missing steps), which torch does not do in narrower types.
+_TIMES = (np.int32, np.int64)
+
+
+def storage_types(dataset: TimeSeriesDataSet, data: pd.DataFrame) -> dict[str, np.dtype]:
+    """The types `build_columnar` stores the integer tensors of `dataset` over `data` in:
+    codes of NaNLabelEncoders (0 up to their largest class), the time index (its range)."""
+    time = data[dataset.time_idx]
+    types = {"time": narrowest(int(time.min()), int(time.max()), _TIMES)}
+    group_encoders = [dataset.get_transformer(n, group_id=True) for n in dataset.group_ids]
+    categorical_encoders = [dataset.get_transformer(n) for n in dataset.flat_categoricals]
+    for name, encoders in (("groups", group_encoders), ("categoricals", categorical_encoders)):
+        if encoders and all(isinstance(e, NaNLabelEncoder) for e in encoders):
+            largest = max(max(e.classes_.values(), default=0) for e in encoders)
+            types[name] = narrowest(0, largest, _CODES)
+    return types
+
+
 def unsupported_reason(parameters: dict[str, Any]) -> str | None:
     """None when `fit_parameters` and `build_columnar` make the library's dataset for these
     keyword arguments (nothing fitted)."""
@@ -254,6 +292,7 @@ def _windows(
     """The windows of whole series (rows of `time`, series between `bounds`, `sequence`: each
     series' id), as the library makes them: one starting at every row, and the shortened ones
     it appends (both with its filters applied; positions relative to these rows)."""
+    time = time.astype(np.int64)  # stored narrow (storage_types): the sums below are not
     starts, ends = bounds[:-1], bounds[1:]
     series = np.repeat(np.arange(len(starts)), np.diff(bounds))
     time_last = time[ends - 1][series]
@@ -410,7 +449,7 @@ def build_columnar(
     bounds = series_bounds(data, parameters["group_ids"])
     if predict and not isinstance(parameters["target_normalizer"], EncoderNormalizer):
         data, bounds = _last_windows(data, parameters, bounds)
-    schema = TimeSeriesDataSet.from_parameters(
+    schema = ColumnarDataSet.from_parameters(
         parameters, data.iloc[: bounds[1]], predict=predict, stop_randomization=predict
     )
     # The library refits the group ids' encoders on the dataset's own rows (new series of a
@@ -420,16 +459,22 @@ def build_columnar(
         schema._categorical_encoders[group_name] = encoder.fit(
             distinct(data[name].to_numpy().reshape(-1)), overwrite=False
         )
+    types = storage_types(schema, data)
     arrays: dict[str, np.ndarray] = {}
     for first, end in _chunks(bounds, CHUNK_ROWS):
         part = schema._data_to_tensors(_preprocess(schema, data.iloc[first:end]))
         if not all(np.isfinite(t.numpy()).all() for t in flat_tensors(part).values()):
             schema._check_tensors(part)  # the library's error, naming the variable
         for name, tensor in flat_tensors(part).items():
+            values = tensor.numpy()
             if name not in arrays:
                 shape = (len(data), *tensor.shape[1:])
-                arrays[name] = allocate(name, shape, tensor.numpy().dtype)
-            arrays[name][first:end] = tensor.numpy()
+                dtype = types.get(name, values.dtype) if values.dtype == np.int64 else values.dtype
+                arrays[name] = allocate(name, shape, dtype)
+            if values.size and values.dtype != arrays[name].dtype:  # the bounds held?
+                info = np.iinfo(arrays[name].dtype)
+                assert info.min <= values.min() and values.max() <= info.max, name
+            arrays[name][first:end] = values
     schema.data = tensors(arrays)
     schema.index = window_index(arrays["time"], arrays["groups"], bounds, schema)
     return schema

@@ -46,7 +46,7 @@ from .speedups import batches
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # of the files below: a change makes new keys
+FORMAT = 3  # of the files below: a change makes new keys
 COMPLETE = "complete"
 DATASETS = ("training", "validation", "backtest")
 _POLL_S = 0.2

@@ -113,7 +113,7 @@ class InterpretationSum:
         # The encoded group ids of each focus series, to find its windows in a batch.
         codes = dataset.data["groups"][
             torch.as_tensor(dataset.index["index_start"].to_numpy(copy=True))
-        ]
+        ].long()  # as batches hold them (a dataset may store them narrower)
         names = series_names(decode_series(dataset, codes.numpy()), dataset.group_ids).tolist()
         first = {name: i for i, name in reversed(list(enumerate(names)))}
         self.focus = [name for name in focus if name in first]

@@ -65,6 +65,7 @@ from .job_data import (
     JobData,
     carve_backtest,
     describe_frame,
+    lean,
     load_job_data,
 )
 from .loaders import HostWindows, LoaderSettings, make_loader
@@ -176,7 +177,7 @@ def prepare_data(
             )
         if panel.complete():
             log.info("data: the panel this host prepared before, in %s", panel.directory)
-            return data, panel.load()
+            return lean(data, data_config), panel.load()
         agreement = Agreement(hosts.gather) if hosts.nodes > 1 else None
         categories = known_categories([data.train, data.validation], data_config)
         if agreement is not None:
@@ -196,24 +197,31 @@ def prepare_data(
                 BACKTEST_MAX_SERIES,
                 carved.series,
             )
-        fit = data.train if carved is None else carved.fit
+        # Each frame is made when its dataset is built and let go after (the host's peak is
+        # then the largest of them, not their sum), and JobData keeps only the columns read
+        # later (`lean`): the datasets hold the rest.
+        fit = data.train if carved is None else data.train[carved.fit]
         training = build_columnar_training(
             fit, data_config, panel.allocate("training"), categories, agreement
         )
+        del fit
         log.info("memory: %s", bytes_per_row(training))
-        validation = build_columnar_validation(
-            training, data.validation, data_config, panel.allocate("validation")
-        )
         backtest = (
             None
             if carved is None
             else build_columnar_validation(
-                training, carved.windows, data_config, panel.allocate("backtest")
+                training, data.train[carved.windows], data_config, panel.allocate("backtest")
             )
         )
-        prepared = Prepared(data_config, choices, training, validation, backtest)
-        panel.publish(prepared)
-    return data, prepared
+        validation = build_columnar_validation(
+            training, data.validation, data_config, panel.allocate("validation")
+        )
+        data = lean(data, data_config)
+        panel.publish(Prepared(data_config, choices, training, validation, backtest))
+    # Mapped afresh, as the host's other processes map it: the pages written stay in the page
+    # cache, and this process holds only those it reads again (not the whole panel, nor the
+    # windows' index in its own memory).
+    return data, panel.load()
 
 
 def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
@@ -406,10 +414,14 @@ def classical_windows(
 
 
 def _rows_of(frame: pd.DataFrame, names: list[str] | None, config: DataConfig) -> pd.DataFrame:
-    """The rows of the series `names` (as series_names writes them) in `frame`."""
+    """The rows of the series `names` (as series_names writes them) in `frame`. Each series is
+    named once, not each row: a name per row of a panel of millions is gigabytes of strings."""
     if names is None:
         return frame.iloc[:0]
-    return frame[series_names(frame, config.group_ids).isin(names).to_numpy()]
+    keys = pd.MultiIndex.from_frame(frame[config.group_ids])
+    series = keys.unique()
+    named = series_names(series.to_frame(index=False), config.group_ids).isin(names)
+    return frame[keys.isin(series[named.to_numpy()])]
 
 
 def evaluate_share(

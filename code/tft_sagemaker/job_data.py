@@ -6,6 +6,7 @@ validation channel, each series' last `max_prediction_length` steps are held out
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,13 +41,14 @@ BACKTEST_MAX_SERIES = 10_000
 
 @dataclass(frozen=True)
 class Backtest:
-    """The training rows split for the combination (ensemble=true): the TFT trains on `fit`;
-    `windows` are the series whose last `max_prediction_length` training steps are the backtest
-    window (series too short to give one keep every row in `fit` and have no window), at most
-    BACKTEST_MAX_SERIES of the `series` that have one."""
+    """The training rows split for the combination (ensemble=true), as masks over them (each
+    frame is made when its dataset is built, and let go after): the TFT trains on the `fit`
+    rows; the `windows` rows are the series whose last `max_prediction_length` training steps
+    are the backtest window (series too short to give one keep every row in `fit` and have no
+    window), at most BACKTEST_MAX_SERIES of the `series` that have one."""
 
-    fit: pd.DataFrame
-    windows: pd.DataFrame
+    fit: np.ndarray
+    windows: np.ndarray
     series: int
 
 
@@ -60,7 +62,7 @@ def carve_backtest(
     steps = train.groupby(config.group_ids, observed=True)[config.time_idx]
     first, last = steps.transform("min"), steps.transform("max")
     span = config.resolved_min_encoder_length + config.min_prediction_length
-    long_enough = last - first + 1 >= span + config.max_prediction_length
+    long_enough = (last - first + 1 >= span + config.max_prediction_length).to_numpy()
     if not long_enough.any():
         return None
     held_out = long_enough & (train[config.time_idx] > last - config.max_prediction_length)
@@ -69,8 +71,8 @@ def carve_backtest(
     eligible = np.unique(series[long_enough])
     if len(eligible) > max_series:
         chosen = np.random.default_rng(0).choice(eligible, max_series, replace=False)
-        windows = long_enough & series.isin(chosen)
-    return Backtest(fit=train[~held_out], windows=train[windows], series=len(eligible))
+        windows = long_enough & series.isin(chosen).to_numpy()
+    return Backtest(fit=~held_out.to_numpy(), windows=windows, series=len(eligible))
 
 
 def merge_validation(
@@ -175,6 +177,20 @@ def load_job_data(paths: JobPaths, config: DataConfig, hosts: Hosts | None = Non
     reason = f"validation: history and horizon shorter than {length} steps"
     dropped.append(_dropped_series(merged, checked, config, reason))
     return JobData(train, checked, time_axis, pd.concat(dropped, ignore_index=True))
+
+
+def kept_columns(config: DataConfig) -> list[str]:
+    """The columns of JobData's frames that the job reads once its datasets are built: the
+    series, the time and the target (the baselines, the combination, the report's plots and
+    summary); the datasets hold the rest."""
+    dates = [config.date_column] if config.date_column else []
+    return unique([*config.group_ids, config.time_idx, config.target, *dates])
+
+
+def lean(data: JobData, config: DataConfig) -> JobData:
+    """`data` with only `kept_columns` (a panel's covariates are most of its frames' bytes)."""
+    columns = kept_columns(config)
+    return dataclasses.replace(data, train=data.train[columns], validation=data.validation[columns])
 
 
 def describe_frame(frame: pd.DataFrame, config: DataConfig) -> Mapping[str, int]:

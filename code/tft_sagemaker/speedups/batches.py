@@ -34,6 +34,7 @@ from pytorch_forecasting.data.encoders import (
     TorchNormalizer,
 )
 
+from ..columnar import ColumnarDataSet
 from .guards import guard
 
 # A single target gives tensors; a list of targets gives one tensor per target.
@@ -50,7 +51,7 @@ def _unsupported_features(dataset: TimeSeriesDataSet) -> str | None:
     """What of this dataset WindowBatcher cannot precompute, or None."""
     cls = type(dataset)
     if (
-        cls.__getitem__ is not TimeSeriesDataSet.__getitem__
+        cls.__getitem__ not in (TimeSeriesDataSet.__getitem__, ColumnarDataSet.__getitem__)
         or cls._collate_fn is not TimeSeriesDataSet._collate_fn
     ):
         return f"{cls.__name__} overrides __getitem__ or _collate_fn"
@@ -226,7 +227,7 @@ def window_arrays(
         part = slice(first, first + _CHUNK)
         start = index["index_start"].to_numpy()[part].astype(np.int64)
         sequence_length = index["sequence_length"].to_numpy()[part].astype(np.int64)
-        time_last = time[start + sequence_length - 1]
+        time_last = time[start + sequence_length - 1].astype(np.int64)  # may be stored narrow
         decoder_length = dataset.calculate_decoder_length(time_last, sequence_length)
         arrays["start"][part] = start
         arrays["encoder_length"][part] = sequence_length - decoder_length
@@ -265,7 +266,9 @@ class WindowBatcher:
         self._series = torch.from_numpy(arrays["series"]).to(self.device)
         max_encoder_length_seen = int(self._encoder_length_cpu.max())
 
-        # Per row, as the dataset holds them (on the CPU: the same memory, not a copy).
+        # Per row, as the dataset holds them (on the CPU: the same memory, not a copy); the
+        # integers perhaps narrower than the library's int64 (columnar.storage_types), widened
+        # per batch.
         self._time = data["time"].to(self.device)
         self._row_groups = data["groups"].to(self.device)
         self._reals = data["reals"].to(self.device)
@@ -307,7 +310,7 @@ class WindowBatcher:
         if isinstance(dataset.target_normalizer, EncoderNormalizer):
             self._encoder_scaled = _EncoderScaled(dataset)
         else:
-            stacked = series_scales(dataset, torch.from_numpy(arrays["series_groups"]))
+            stacked = series_scales(dataset, torch.from_numpy(arrays["series_groups"]).long())
             self._target_scale = (
                 [s.to(self.device) for s in stacked]
                 if isinstance(stacked, list)
@@ -382,18 +385,18 @@ class WindowBatcher:
         weight = None if self._weight is None else decoder.gather(self._weight)
 
         # _collate_fn does not pad the time index: it counts on past each decoder's end.
-        decoder_time_idx = (self._time[start] + encoder_length).unsqueeze(1) + decoder.steps
+        decoder_time_idx = (self._time[start].long() + encoder_length).unsqueeze(1) + decoder.steps
         x = dict(
-            encoder_cat=encoder.gather(self._categoricals),
+            encoder_cat=encoder.gather(self._categoricals).long(),
             encoder_cont=encoder_cont,
             encoder_target=encoder_target,
             encoder_lengths=encoder_length,
-            decoder_cat=decoder.gather(self._categoricals),
+            decoder_cat=decoder.gather(self._categoricals).long(),
             decoder_cont=decoder_cont,
             decoder_target=target,
             decoder_lengths=decoder_length,
             decoder_time_idx=decoder_time_idx,
-            groups=self._row_groups[start],
+            groups=self._row_groups[start].long(),
             target_scale=target_scale,
         )
         return x, (target, weight)
