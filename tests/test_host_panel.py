@@ -14,7 +14,7 @@ import pytest
 from tft_sagemaker.config import build_config
 from tft_sagemaker.dataset import build_columnar_training, build_columnar_validation
 from tft_sagemaker.errors import DataError, JobError
-from tft_sagemaker.host_panel import HostPanel, Prepared, bytes_per_row
+from tft_sagemaker.host_panel import HostPanel, Prepared, bytes_per_row, release_pages
 from tft_sagemaker.job_data import split_holdout
 from tft_sagemaker.preparation import prepare_training_frame
 from tft_sagemaker.presets import PRESET_VALUES
@@ -33,6 +33,7 @@ def prepare(panel: HostPanel) -> Prepared:
         training = build_columnar_training(
             split_holdout(frame, config), config, panel.allocate("training")
         )
+        panel.release()  # the pages written leave the process, not the data
         validation = build_columnar_validation(
             training, frame, config, panel.allocate("validation")
         )
@@ -58,6 +59,9 @@ def test_the_other_processes_map_what_the_first_prepared(tmp_path: Path) -> None
         computed = window_arrays(theirs)
         assert mapped.keys() == computed.keys()
         assert all(np.array_equal(mapped[k], computed[k]) for k in computed)
+        release_pages(ours)  # mapped back where read again
+        assert first_difference(theirs.data, ours.data) is None
+        assert first_difference(expected, WindowBatcher(ours)(windows[:50])) is None
     # mapped copy-on-write: what a process writes stays its own
     mapped = other.training.data["reals"]
     mapped[0, 0] += 1

@@ -127,7 +127,7 @@ def unsupported_reason(parameters: dict[str, Any]) -> str | None:
 def series_bounds(frame: pd.DataFrame, group_ids: list[str]) -> np.ndarray:
     """Row offsets where each series of a frame sorted by series starts, and its length."""
     change = np.zeros(len(frame), dtype=bool)
-    change[0] = True
+    change[:1] = True  # (an empty frame has no series)
     for name in group_ids:
         codes = pd.factorize(frame[name], use_na_sentinel=False)[0]
         change[1:] |= codes[1:] != codes[:-1]

@@ -21,10 +21,12 @@ import copy
 import hashlib
 import json
 import logging
+import mmap
 import os
 import pickle
 import shutil
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -103,6 +105,26 @@ def bytes_per_row(dataset: TimeSeriesDataSet) -> str:
     return f"{total / rows:.1f} bytes per row ({shares}; {rows} rows)"
 
 
+# The arrays each dataset loaded from a panel maps (`release_pages`).
+_MAPPED: weakref.WeakKeyDictionary[TimeSeriesDataSet, list[np.memmap]] = weakref.WeakKeyDictionary()
+
+
+def _drop_pages(arrays: list[np.memmap]) -> None:
+    """The pages of these mapped arrays out of this process's memory (RSS): read again, they
+    are mapped back from the page cache, or read from their files. Written arrays (a shared
+    mapping) are flushed first; a copy-on-write mapping would lose what this process wrote
+    into it (nothing writes into a dataset's tensors: the batches are copies)."""
+    for array in arrays:
+        array.flush()  # a shared mapping's pages to its file (nothing to do for the others)
+        array._mmap.madvise(mmap.MADV_DONTNEED)
+
+
+def release_pages(dataset: TimeSeriesDataSet) -> None:
+    """`dataset`'s pages out of this process's memory, where it is mapped from a panel (else
+    nothing): once it is read no more for a while (the training windows after training)."""
+    _drop_pages(_MAPPED.get(dataset, []))
+
+
 def _mapped(directory: Path) -> dict[str, np.ndarray]:
     """The arrays of a panel directory, mapped copy-on-write: what a process writes stays its
     own."""
@@ -117,6 +139,7 @@ class HostPanel:
         self.owner = root / f"{key}.owner"
         self.failed = root / f"{key}.failed"
         self._staging = root / f"{key}.tmp-{os.getpid()}"
+        self._written: list[np.memmap] = []
 
     @classmethod
     def for_job(cls, paths: JobPaths, config: DataConfig, backtest: bool) -> HostPanel:
@@ -152,11 +175,21 @@ class HostPanel:
         def allocate(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
             directory.mkdir(parents=True, exist_ok=True)
             with writing("the prepared data", directory / f"{name}.npy"):
-                return np.lib.format.open_memmap(
+                array = np.lib.format.open_memmap(
                     directory / f"{name}.npy", mode="w+", dtype=dtype, shape=shape
                 )
+            self._written.append(array)
+            return array
 
         return allocate
+
+    def release(self) -> None:
+        """The pages of the arrays written so far out of this process's memory: written to
+        their files, they stay in the page cache (clean, which the kernel may reclaim) and
+        are mapped again where read, rather than counting in this process for the whole
+        preparation (a panel's tensors are most of it)."""
+        with writing("the prepared data", self._staging):
+            _drop_pages(self._written)
 
     def publish(self, prepared: Prepared) -> None:
         """Write what the arrays do not hold, then make the panel visible in one rename."""
@@ -196,13 +229,14 @@ class HostPanel:
                 continue
             dataset = torch.load(directory / "schema.pt", weights_only=False)
             arrays = _mapped(directory)
-            del arrays["index"]
+            index = arrays.pop("index")
             dataset.data = tensors(arrays)
             columns = json.loads((directory / "index.json").read_text())
-            index = np.load(directory / "index.npy", mmap_mode="c")
             dataset.index = pd.DataFrame(index, columns=columns, copy=False)
-            if (directory / "windows").is_dir():
-                batches.prepared(dataset, _mapped(directory / "windows"))
+            windows = _mapped(directory / "windows") if (directory / "windows").is_dir() else {}
+            if windows:
+                batches.prepared(dataset, windows)
+            _MAPPED[dataset] = [*arrays.values(), index, *windows.values()]
             datasets[name] = dataset
         return Prepared(meta["config"], meta["choices"], **datasets)
 

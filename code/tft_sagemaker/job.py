@@ -58,7 +58,7 @@ from .dataset import (
 )
 from .errors import JobError, writing
 from .evaluate import Forecast, forecast, score, series_index, window_order
-from .host_panel import HostPanel, Prepared, bytes_per_row
+from .host_panel import HostPanel, Prepared, bytes_per_row, release_pages
 from .interpret import InterpretationSum, largest_of, largest_totals, series_names
 from .job_data import (
     BACKTEST_MAX_SERIES,
@@ -197,14 +197,16 @@ def prepare_data(
                 BACKTEST_MAX_SERIES,
                 carved.series,
             )
-        # Each frame is made when its dataset is built and let go after (the host's peak is
-        # then the largest of them, not their sum), and JobData keeps only the columns read
-        # later (`lean`): the datasets hold the rest.
+        # Each frame is made when its dataset is built and let go after, as are the pages of
+        # the panel written (`release`): the host's peak is then the largest of them, not
+        # their sum. JobData keeps only the columns read later (`lean`): the panel holds the
+        # rest.
         fit = data.train if carved is None else data.train[carved.fit]
         training = build_columnar_training(
             fit, data_config, panel.allocate("training"), categories, agreement
         )
         del fit
+        panel.release()
         log.info("memory: %s", bytes_per_row(training))
         backtest = (
             None
@@ -217,6 +219,7 @@ def prepare_data(
             training, data.validation, data_config, panel.allocate("validation")
         )
         data = lean(data, data_config)
+        panel.release()
         panel.publish(Prepared(data_config, choices, training, validation, backtest))
     # Mapped afresh, as the host's other processes map it: the pages written stay in the page
     # cache, and this process holds only those it reads again (not the whole panel, nor the
@@ -360,6 +363,9 @@ def fit(job: Job, resume: Path | None = None) -> None:
             ckpt_path=resume,
             weights_only=False,  # our own checkpoints pickle the loss and dataset parameters
         )
+    # The evaluation reads the validation and backtest windows only: the training windows'
+    # pages that training read leave this process (every process maps them).
+    release_pages(job.training)
 
 
 @dataclass
