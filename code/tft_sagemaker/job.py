@@ -215,10 +215,11 @@ def prepare_data(
                 training, data.train[carved.windows], data_config, panel.allocate("backtest")
             )
         )
+        data = lean(data, data_config, ["train"])
         validation = build_columnar_validation(
             training, data.validation, data_config, panel.allocate("validation")
         )
-        data = lean(data, data_config)
+        data = lean(data, data_config, ["validation"])
         panel.release()
         panel.publish(Prepared(data_config, choices, training, validation, backtest))
     # Mapped afresh, as the host's other processes map it: the pages written stay in the page

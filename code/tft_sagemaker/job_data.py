@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -187,10 +187,13 @@ def kept_columns(config: DataConfig) -> list[str]:
     return unique([*config.group_ids, config.time_idx, config.target, *dates])
 
 
-def lean(data: JobData, config: DataConfig) -> JobData:
-    """`data` with only `kept_columns` (a panel's covariates are most of its frames' bytes)."""
+def lean(
+    data: JobData, config: DataConfig, frames: Sequence[str] = ("train", "validation")
+) -> JobData:
+    """`data` with only `kept_columns` in these frames (a panel's covariates are most of its
+    frames' bytes)."""
     columns = kept_columns(config)
-    return dataclasses.replace(data, train=data.train[columns], validation=data.validation[columns])
+    return dataclasses.replace(data, **{name: getattr(data, name)[columns] for name in frames})
 
 
 def describe_frame(frame: pd.DataFrame, config: DataConfig) -> Mapping[str, int]:

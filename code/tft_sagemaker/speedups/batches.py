@@ -71,7 +71,11 @@ def _unsupported_features(dataset: TimeSeriesDataSet) -> str | None:
         if isinstance(dataset.get_transformer(name), EncoderNormalizer):
             return f"EncoderNormalizer on {name}"
     # A window with fewer rows than timesteps is filled in by __getitem__ (repeated rows,
-    # constant fill values, a re-interpolated time index).
+    # constant fill values, a re-interpolated time index). A host panel's windows were looked
+    # at once, when it was prepared (`prepared`: only those of datasets found supported), and
+    # are not read here again (a pass over every window's row in every process).
+    if dataset in _PREPARED:
+        return None
     index = dataset.index
     if ((index["index_end"] - index["index_start"] + 1) != index["sequence_length"]).any():
         return "windows with missing timesteps"
@@ -237,7 +241,8 @@ def window_arrays(
 
 
 def prepared(dataset: TimeSeriesDataSet, arrays: dict[str, np.ndarray]) -> None:
-    """WindowBatchers of `dataset` take these `window_arrays` (mapped from its host panel)."""
+    """WindowBatchers of `dataset` take these `window_arrays` (mapped from its host panel,
+    prepared where `unsupported_reason` found none)."""
     _PREPARED[dataset] = arrays
 
 
@@ -286,7 +291,10 @@ class WindowBatcher:
             # Entry r + span is relative time r, for every r a window has (-encoder length up
             # to decoder length - 1): __getitem__'s arange(-e, d) / max_encoder_length, value
             # by value. (The column is float: the dataset adds it as 0.0.)
-            self._span = int(dataset.index["sequence_length"].max())
+            # (the longest window: without missing timesteps, its encoder and decoder)
+            self._span = int(
+                (self._encoder_length_cpu.int() + self._decoder_length_cpu.int()).max()
+            )
             relative = torch.arange(-self._span, self._span, dtype=dtype) / max_encoder_length
             self._relative_time = torch.cat([relative, torch.zeros(1, dtype=dtype)])
             self._relative_time = self._relative_time.to(self.device)
