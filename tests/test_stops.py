@@ -79,7 +79,7 @@ def batches_per_epoch(base: Path) -> int:
     train = data.train
     carved = carve_backtest(train, config.data) if config.training.ensemble else None
     if carved is not None:  # the TFT trains without the combination's backtest window
-        train = carved.fit
+        train = train[carved.fit]
     return math.ceil(len(build_training_dataset(train, config.data)) / BATCH_SIZE)
 
 

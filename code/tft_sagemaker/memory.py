@@ -37,13 +37,14 @@ from .sagemaker.paths import SHARDED, JobPaths
 
 log = logging.getLogger(__name__)
 
-# Calibrated on the host panel (issue 18, branch panel): the built-in generator's 11 columns
-# peaked at 3.2 GB summed RSS at 5 million rows and 9.7 GB at 20 million in one process (47 and
-# 41 bytes per value once read, validated, encoded and laid out as pytorch-forecasting's tensors,
-# index and batcher arrays, the pandas frames rank 0 keeps included); a process holds about
-# 0.55 GB of torch, Lightning and pytorch-forecasting once imported (0.6-0.8 GB more RSS summed
-# with a second process, which maps the panel).
-BYTES_PER_VALUE = 50
+# Calibrated on the lean host panel (issue 18, bench/results/scale_lean.json): the built-in
+# generator's 11 columns peaked at 2.11 GB summed RSS at 5 million rows in one process, 3.05 GB
+# with two and 7.13 GB at 20 million with two (27-34 bytes per value once read, validated,
+# encoded with the narrowest integer types and laid out as the panel's tensors, index and
+# batcher arrays, the lean frames rank 0 keeps included; a second process counts the pages it
+# maps again); a process holds about 0.55 GB of torch, Lightning and pytorch-forecasting once
+# imported.
+BYTES_PER_VALUE = 34
 PROCESS_BYTES = 600 * 1024**2
 _CHUNK = 1 << 22
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
