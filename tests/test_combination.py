@@ -35,9 +35,10 @@ from tft_sagemaker.combination import (
 )
 from tft_sagemaker.config import DataConfig, build_config
 from tft_sagemaker.evaluate import Forecast
-from tft_sagemaker.job import ensembles
-from tft_sagemaker.job_data import carve_backtest
+from tft_sagemaker.job import ensembles, kept_for_evaluation
+from tft_sagemaker.job_data import JobData, carve_backtest
 from tft_sagemaker.presets import PRESET_VALUES
+from tft_sagemaker.report import data_summary
 from tft_sagemaker.sagemaker.launch_plan import plan_launch
 
 QUANTILES = [0.1, 0.5, 0.9]
@@ -100,6 +101,36 @@ def test_the_backtest_windows_of_many_series_are_a_fixed_sample() -> None:
     again = carve_backtest(frame, config, max_series=10)
     assert again is not None
     np.testing.assert_array_equal(again.windows, sampled.windows)
+
+
+def test_a_host_keeps_of_the_training_rows_only_the_backtest_series() -> None:
+    """Once the panel holds the datasets, rank 0 keeps the training rows of the backtest's
+    sampled series alone (their histories choose the weights), lean, and none without a
+    backtest; the data summary is still that of every row read."""
+    config = DataConfig(target="y", group_ids=["s"], max_encoder_length=4, max_prediction_length=2)
+    train = pd.DataFrame(
+        {
+            "s": np.repeat(np.arange(30), 12),
+            "time_idx": np.tile(np.arange(12), 30),
+            "y": np.arange(360.0),
+            "x": 1.0,  # a covariate: the datasets hold it
+        }
+    )
+    data = JobData(train, train.copy(), None)
+    carved = carve_backtest(train, config, max_series=10)
+    assert carved is not None
+    kept = kept_for_evaluation(data, config, carved)
+    chosen = train[carved.windows]["s"].unique()
+    assert len(chosen) == 10
+    pd.testing.assert_frame_equal(
+        kept.train, train[train["s"].isin(chosen)][["s", "time_idx", "y"]]
+    )
+    assert kept.summary == data_summary(data, config)
+    assert kept.summary["train"]["series"] == 30
+    pd.testing.assert_frame_equal(kept.validation, data.validation)  # its dataset is built after
+    alone = kept_for_evaluation(data, config, None)
+    assert alone.train.empty and list(alone.train.columns) == ["s", "time_idx", "y"]
+    assert alone.summary == kept.summary
 
 
 def test_classical_quantiles_come_from_the_backtest_errors() -> None:

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -133,6 +134,8 @@ class JobData:
     validation: pd.DataFrame  # series whose last max_prediction_length steps are validated
     time_axis: TimeAxis | None
     dropped: pd.DataFrame | None = None  # series left out (drop_short_series): ids, reason
+    # report.data_summary of the data read, kept once the training rows are let go (job.py)
+    summary: dict[str, Any] | None = None
 
 
 def _dropped_series(
