@@ -15,7 +15,10 @@ terminal's Ctrl-C), the shell and the toolkit may die before training has saved 
 supervisor is a child subreaper, so training processes orphaned that way stay its children: after
 a stop it waits for every process below it before it exits, since the container ends, and kills
 them, when it does. Its exit status is 128 + the signal after a stop, whatever the toolkit's
-(which exits 0 on SIGINT).
+(which exits 0 on SIGINT). A stop that comes while no training process runs yet reaches them
+once they do. One that comes after they have ended and the job has finished well changes
+nothing: SageMaker's local mode stops every container as soon as the first one exits, and a host
+whose toolkit has just reported success may still be exiting then.
 
 Before it starts the toolkit, it checks what the toolkit reads first (preflight.py).
 
@@ -31,6 +34,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +46,7 @@ from .paths import JobPaths
 _PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 # SageMaker's SIGKILL follows its SIGTERM after 120 s: waiting longer would be pointless.
 STOP_WAIT_S = 115.0
+STARTING_POLL_S = 0.1
 
 
 def children_of() -> dict[int, list[int]]:
@@ -79,6 +84,25 @@ def training_processes(program: str) -> list[int]:
     return [pid for pid in descendants(os.getpid()) if runs_program(pid, program)]
 
 
+def signal_training(program: str, signum: int) -> bool:
+    """Send the signal to every training process; whether there was any."""
+    reached = training_processes(program)
+    for pid in reached:
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            os.kill(pid, signum)
+    return bool(reached)
+
+
+def signal_once_started(child: subprocess.Popen[bytes], program: str, signum: int) -> None:
+    """A stop that came while the toolkit was starting the training processes: they get it as
+    soon as they run (the toolkit forwards nothing). Ends with the toolkit, which may already be
+    past them: a job that has finished keeps its outcome (`outcome`)."""
+    while child.returncode is None:  # set by the main thread's wait
+        if signal_training(program, signum):
+            return
+        time.sleep(STARTING_POLL_S)
+
+
 def _become_subreaper() -> None:
     """Orphaned descendants become our children rather than init's (Linux; else a no-op)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -104,17 +128,28 @@ def runs_toolkit(command: list[str]) -> bool:
 
 def outcome(code: int, stopping: list[int], output_dir: Path, toolkit: bool) -> int:
     """The exit status SageMaker sees. A stop is a failure whatever the toolkit returned (it
-    exits 0 on SIGINT); so is a toolkit's 0 without output/success, or beside a failure file
-    (it exits 0 when writing its failure file fails, on a full or read-only disk). A cause is
-    written where none was, if anything can be written there."""
+    exits 0 on SIGINT), unless it came once the job had finished well (the toolkit's 0 beside
+    output/success and no failure file: a training process that the stop reached writes one).
+    A toolkit's 0 without output/success, or beside a failure file, is a failure too (it exits
+    0 when writing its failure file fails, on a full or read-only disk). A cause is written
+    where none was, if anything can be written there."""
     failure_file = output_dir / "failure"
+    succeeded = toolkit and code == 0 and (output_dir / "success").exists()
+    if stopping and succeeded and not failure_file.exists():
+        print(
+            f"supervise: {signal.Signals(stopping[0]).name} came after the job had finished "
+            "and reported success: it stands.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 0
     if stopping:
         code = 128 + stopping[0]
         cause = (
             f"Stopped by {signal.Signals(stopping[0]).name} before the training processes "
             "wrote a cause (they were still starting, or had ended)."
         )
-    elif toolkit and code == 0 and (failure_file.exists() or not (output_dir / "success").exists()):
+    elif toolkit and code == 0 and (failure_file.exists() or not succeeded):
         code = 1
         free = shutil.disk_usage(output_dir).free if output_dir.is_dir() else 0
         cause = (
@@ -144,11 +179,23 @@ def main(argv: list[str] | None = None) -> int:
     _become_subreaper()
     stopping: list[int] = []
 
+    child: subprocess.Popen[bytes] | None = None
+    pursuing: list[threading.Thread] = []
+
+    def pursue() -> None:
+        """The first stop, to the training processes once they run (none did when it came)."""
+        if child is not None and stopping and not pursuing:
+            pursuing.append(
+                threading.Thread(
+                    target=signal_once_started, args=(child, program, stopping[0]), daemon=True
+                )
+            )
+            pursuing[0].start()
+
     def forward(signum: int, _frame: object) -> None:
         stopping.append(signum)
-        for pid in training_processes(program):
-            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
-                os.kill(pid, signum)
+        if not signal_training(program, signum):
+            pursue()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, forward)
@@ -156,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     toolkit = runs_toolkit(command)
     if toolkit and (code := preflight.refused(paths, os.environ, "supervise")) is not None:
         return code  # what the toolkit reads first is broken: it would only print a traceback
+    if stopping:  # stopped before anything started
+        return outcome(0, stopping, paths.output_dir, toolkit=False)
     child = subprocess.Popen(command)
+    pursue()  # a stop that came while it was being started
     code = exit_status(child.wait())
     if stopping:
         # The shell or the toolkit may have died of the signal before training finished saving;
