@@ -96,14 +96,36 @@ def job_env(base: Path, stop: dict[str, str]) -> dict[str, str]:
     }
 
 
+def as_a_terminal_starts_it() -> None:
+    """In the child before exec: the stop signals handled by default and none blocked, as a
+    terminal or the container starts a command, whatever an earlier test left in this process
+    (a disposition of SIG_IGN outlives exec, and a shell cannot trap a signal ignored on entry:
+    SIGINT to train_local.sh would then be lost)."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 def run_in_session(
     command: list[str], env: dict[str, str], cwd: Path, log_path: Path
 ) -> subprocess.Popen[bytes]:
     """`command` as the leader of its own process session (as a terminal or the container
     starts it), once it has exited (`returncode`; the session's id is its `pid`)."""
     with log_path.open("a") as log:
+        # What this process would pass on, for the log of a cell that fails.
+        status = Path("/proc/self/status")
+        if status.exists():
+            lines = status.read_text().splitlines(keepends=True)
+            log.write("".join(line for line in lines if line.startswith("Sig")))
+            log.flush()
         process = subprocess.Popen(
-            command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=env,
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=as_a_terminal_starts_it,
         )
         try:
             process.wait(timeout=300)
