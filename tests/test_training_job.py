@@ -181,6 +181,24 @@ def test_tensorboard_events(trained: Trained) -> None:
 
 
 @pytest.mark.slow
+def test_tensorboard_hparams_name_the_encoders(trained: Trained) -> None:
+    """hparams.yaml names the normaliser and encoders by their settings:
+    PyYAML's dump of their per-series statistics was megabytes and seconds per model on large
+    panels. The checkpoint shipped keeps them whole: `predict` needs their statistics."""
+    import yaml
+    from pytorch_forecasting.data.encoders import GroupNormalizer
+
+    text = (trained.job.output_dir / "tensorboard" / "hparams.yaml").read_text()
+    assert "pytorch_forecasting.data.encoders" not in text  # no object dumps of them
+    hparams = yaml.unsafe_load(text)
+    assert hparams["output_transformer"].startswith("GroupNormalizer("), hparams
+    assert "NaNLabelEncoder(" in str(hparams["dataset_parameters"]["categorical_encoders"])
+    checkpoint = torch.load(trained.job.model_dir / "model.ckpt", weights_only=False)
+    normalizer = checkpoint["hyper_parameters"]["output_transformer"]
+    assert isinstance(normalizer, GroupNormalizer) and len(normalizer.norm_) > 0
+
+
+@pytest.mark.slow
 def test_failure_while_writing_the_model_leaves_no_partial_model(
     sm_job: SageMakerDir, tiny_panel: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
 ) -> None:

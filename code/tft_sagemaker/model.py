@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
+from pytorch_forecasting.data.encoders import NaNLabelEncoder, TorchNormalizer
 from pytorch_forecasting.metrics import MAE, MAPE, RMSE, SMAPE, QuantileLoss
 from torch import nn
 
@@ -20,6 +22,21 @@ from .speedups.gradients import FlatGradientHooks
 from .speedups.static_shapes import StaticShapeHooks
 
 log = logging.getLogger(__name__)
+
+
+def _as_repr(dumper: yaml.Dumper, value: Any) -> yaml.Node:
+    return dumper.represent_str(repr(value))
+
+
+# pytorch-forecasting checks that each hyperparameter can be written as YAML by writing it
+# (`BaseModel.__init__`, every model built or loaded), and Lightning writes them to
+# TensorBoard's hparams.yaml. The target normaliser and the dataset parameters hold a fitted
+# statistic and a label per series: at 50,000 series PyYAML took 1.6 s per model to write
+# them (3 s more for hparams.yaml, before the first step), growing with the series. In YAML
+# they are their repr (class and settings, as `GroupNormalizer(groups=['shop'], ...)`);
+# checkpoints pickle them whole, as before.
+for _encoder in (TorchNormalizer, NaNLabelEncoder):
+    yaml.add_multi_representer(_encoder, _as_repr)
 
 
 class SyncedTemporalFusionTransformer(TemporalFusionTransformer):
