@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -149,3 +151,54 @@ def test_classical_models_fall_back_to_the_last_value_on_too_short_histories() -
         np.testing.assert_array_equal(forecast[0], [6.0, 6.0, 6.0])
         # A straight line: both continue upwards from its last value.
         assert (np.diff(forecast[1]) > 0).all() and forecast[1][0] > 40.0, name
+
+
+def _histories(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [np.cumsum(rng.normal(size=int(rng.integers(12, 40)))) + 50 for _ in range(n)]
+
+
+def test_classical_fits_in_worker_processes_equal_one_process(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Split over this process and two workers, each series is fitted as in one process."""
+    histories = _histories(13)
+    alone = {
+        n: baselines.classical_forecast(n, histories, 4, 4) for n in baselines.CLASSICAL_MODELS
+    }
+    monkeypatch.setattr(baselines, "_worker_count", lambda fits: 2)
+    with caplog.at_level("INFO", logger="tft_sagemaker.baselines"):
+        spread = baselines.classical_forecasts(list(alone), histories, 4, 4)
+    assert "13 windows x ets/theta in 3 processes (this one, 2 workers" in caplog.text
+    assert "failed" not in caplog.text
+    for name, (forecast, fallbacks) in alone.items():
+        np.testing.assert_array_equal(spread[name][0], forecast)
+        assert spread[name][1] == fallbacks
+
+
+def test_a_failed_worker_leaves_its_part_to_this_process(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    histories = _histories(6)
+    alone, fallbacks = baselines.classical_forecast("theta", histories, 3, None)
+    monkeypatch.setattr(baselines, "_worker_count", lambda fits: 1)
+    failing = [sys.executable, "-c", "import sys; print('out of memory', file=sys.stderr); exit(3)"]
+    monkeypatch.setattr(baselines, "_WORKER", failing)
+    with caplog.at_level("WARNING", logger="tft_sagemaker.baselines"):
+        spread = baselines.classical_forecasts(["theta"], histories, 3, None)
+    assert "a worker process failed (exit 3: out of memory); this process fits its part" in (
+        caplog.text
+    )
+    np.testing.assert_array_equal(spread["theta"][0], alone)
+    assert spread["theta"][1] == fallbacks
+
+
+@pytest.mark.parametrize(
+    ("fits", "cores", "workers"),
+    [(1000, 2, 1), (1000, 64, 4), (5000, 64, 8), (300, 64, 0), (1000, 1, 0)],
+)
+def test_workers_follow_the_fits_and_the_idle_cores(
+    monkeypatch: pytest.MonkeyPatch, fits: int, cores: int, workers: int
+) -> None:
+    monkeypatch.setattr(baselines.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert baselines._worker_count(fits) == workers

@@ -76,3 +76,23 @@ def test_require_beating_baseline_fails_and_writes_no_model(sm_job: SageMakerDir
     assert result.model_files == []  # nothing a pipeline could ship
     metrics = json.loads((sm_job.output_dir / "data" / "metrics.json").read_text())
     assert metrics["beats_baselines"] is False and metrics["val_MAE"] > 0
+
+
+@pytest.mark.slow
+def test_the_job_fits_the_classical_models_in_worker_processes(
+    sm_job: SageMakerDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's classical fits (the backtest's and the baselines', ensemble=true) go through
+    the worker processes, whatever this machine's cores: each fit is that of one process."""
+    from tft_sagemaker import baselines
+
+    monkeypatch.setattr(baselines, "_worker_count", lambda fits: 1)
+    sm_job.write_data(weekly_panel())
+    result, stdout = run_capturing(sm_job, {**SCHEMA, **TINY})
+    assert result.code == 0, result.failure
+    spread = [line for line in stdout.splitlines() if "classical fits:" in line]
+    assert len(spread) == 2, stdout  # the backtest windows, then the validation windows
+    assert all("x ets/theta in 2 processes (this one, 1 workers" in line for line in spread)
+    metrics = json.loads((sm_job.model_dir / "metrics.json").read_text())
+    assert metrics["ets_val_MAE"] < 0.05  # the weekly pattern: ETS fits its season
+    assert metrics["ets_fallbacks"] == metrics["theta_fallbacks"] == 0

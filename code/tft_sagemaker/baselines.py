@@ -12,17 +12,26 @@ The classical models are fitted per series, so their cost is bounded twice: each
 most the last `CLASSICAL_HISTORY` steps (or 10 seasons), and at most `max_series` windows are
 fitted (a fixed random sample of them on larger panels; the TFT is then compared with them on
 that sample). A fit that fails or forecasts a non-finite value falls back to the naive forecast.
+The fits are spread over worker processes on the host's idle cores (`classical_forecasts`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import pickle
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
+
+log = logging.getLogger(__name__)
 
 # Steps a classical model is fitted on (at least 10 seasons). Long: on the monthly US
 # employment panel ETS's validation MAE was 52.8 fitted on the last 120 months and 26.2 on all
@@ -140,6 +149,11 @@ def classical_forecast(
     limit = max(CLASSICAL_HISTORY, 10 * (season or 0))
     out = np.empty((len(histories), horizon))
     fallbacks = 0
+    # statsmodels loads scipy's own BLAS, which keeps its threads if loaded inside the limit
+    # below (two processes fitting at once on 2 cores then took 2.6 times as long).
+    import statsmodels.tsa.forecasting.theta
+    import statsmodels.tsa.holtwinters  # noqa: F401
+
     # One BLAS thread: the optimiser's tiny problems run several times slower with more.
     with threadpool_limits(1), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter, per series
@@ -164,6 +178,123 @@ def classical_forecast(
                 fallbacks += 1
             out[i] = forecast
     return out, fallbacks
+
+
+Fits = dict[str, tuple[np.ndarray, int]]  # model name → `classical_forecast`'s result
+
+# A worker process takes about 1.5 s of a core to start (Python, numpy, pandas, statsmodels) and
+# a fit about 10 ms: one worker per `_FITS_PER_WORKER` fits at most, and a few in all (each
+# holds about 150 MB).
+_FITS_PER_WORKER = 200
+_MAX_WORKERS = 8
+_WORKER = [sys.executable, "-m", __name__]  # `_worker` reads its part on stdin
+
+
+def _worker_count(fits: int) -> int:
+    """Workers for `fits` fits: the host's cores but this process's, which the TFT's other
+    processes leave idle while this one fits (they wait for its baselines)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min((cores or 1) - 1, _MAX_WORKERS, fits // _FITS_PER_WORKER - 1))
+
+
+def _fit_part(
+    names: Sequence[str], histories: Sequence[np.ndarray], horizon: int, season: int | None
+) -> Fits:
+    return {name: classical_forecast(name, histories, horizon, season) for name in names}
+
+
+def _start_worker(payload: bytes) -> subprocess.Popen[bytes] | None:
+    """A worker fed its part, or None (and the reason logged) where it could not start. In a
+    session of its own: a stop signalled to the job's process group is the job's to handle."""
+    code = str(Path(__file__).resolve().parents[1])  # the directory holding this package
+    path = os.pathsep.join(p for p in (code, os.environ.get("PYTHONPATH")) if p)
+    try:
+        worker = subprocess.Popen(
+            _WORKER,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": path},
+            start_new_session=True,
+        )
+    except OSError as err:
+        log.warning("classical fits: no worker process (%s); this process fits its part", err)
+        return None
+    stdin, worker.stdin = worker.stdin, None  # written here, whole: `communicate` reads only
+    assert stdin is not None
+    try:
+        with stdin:
+            stdin.write(payload)
+    except OSError:
+        pass  # it exited at once: `_result` says why
+    return worker
+
+
+def _result(worker: subprocess.Popen[bytes] | None) -> Fits | None:
+    """A worker's fits, or None (and the reason logged) where it failed."""
+    if worker is None:
+        return None
+    out, err = worker.communicate()
+    if worker.returncode == 0:
+        try:
+            return pickle.loads(out)
+        except (pickle.UnpicklingError, EOFError, ValueError) as failed:
+            reason = f"unreadable result: {failed}"
+    else:
+        lines = err.decode(errors="replace").strip().splitlines()
+        reason = f"exit {worker.returncode}: {lines[-1] if lines else 'no message'}"
+    log.warning("classical fits: a worker process failed (%s); this process fits its part", reason)
+    return None
+
+
+def classical_forecasts(
+    names: Sequence[str], histories: Sequence[np.ndarray], horizon: int, season: int | None
+) -> Fits:
+    """`classical_forecast` of each model in `names`, the windows split into contiguous parts
+    fitted at once: the first in this process, the others in worker processes on the host's
+    idle cores (`_worker_count`). Each series is fitted alone, so the forecasts are those of
+    one process; a worker that fails leaves its part to this process, with the reason logged."""
+    names = list(names)
+    parts = np.array_split(
+        np.arange(len(histories)), 1 + _worker_count(len(histories) * len(names))
+    )
+    chunks = [[histories[i] for i in part] for part in parts]
+    if names and len(parts) > 1:
+        log.info(
+            "classical fits: %d windows x %s in %d processes (this one, %d workers on idle cores)",
+            len(histories),
+            "/".join(names),
+            len(parts),
+            len(parts) - 1,
+        )
+    workers = []
+    try:
+        for chunk in chunks[1:]:
+            workers.append(_start_worker(pickle.dumps((names, chunk, horizon, season))))
+        results = [_fit_part(names, chunks[0], horizon, season)]
+        for worker, chunk in zip(workers, chunks[1:], strict=True):
+            results.append(_result(worker) or _fit_part(names, chunk, horizon, season))
+    finally:
+        for worker in workers:
+            if worker is not None and worker.poll() is None:
+                worker.kill()  # this process is stopping: its workers' fits are not wanted
+                worker.wait()
+    return {
+        name: (
+            np.concatenate([r[name][0] for r in results]).reshape(len(histories), horizon),
+            sum(r[name][1] for r in results),
+        )
+        for name in names
+    }
+
+
+def _worker() -> None:
+    """A worker process (`python -m tft_sagemaker.baselines`): the fits of the part on stdin,
+    pickled to stdout (anything printed goes to stderr)."""
+    out, sys.stdout = sys.stdout.buffer, sys.stderr
+    names, histories, horizon, season = pickle.load(sys.stdin.buffer)
+    out.write(pickle.dumps(_fit_part(names, histories, horizon, season)))
+    out.flush()
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,11 +389,11 @@ def baseline_forecasts(
     fitted[fit] = True
     forecasts: dict[str, np.ndarray] = {}
     fallbacks: dict[str, int] = {}
-    for name in CLASSICAL_MODELS if classical else ():
+    fits = classical_forecasts(
+        list(CLASSICAL_MODELS) if classical else [], [histories[i] for i in fit], horizon, season
+    )
+    for name, (forecast, fallbacks[name]) in fits.items():
         forecasts[name] = np.full((n, horizon), np.nan)
-        forecast, fallbacks[name] = classical_forecast(
-            name, [histories[i] for i in fit], horizon, season
-        )
         forecasts[name][fit] = forecast
     return BaselineForecasts(
         mase_scales(histories, season),
@@ -343,3 +474,7 @@ def describe(comparison: Comparison, forecast: str = "the TFT") -> str:
         f"{percent:.1f}% higher on the same windows. A simpler model forecasts this data better; "
         "train longer, or check the schema and the recipe."
     )
+
+
+if __name__ == "__main__":
+    _worker()

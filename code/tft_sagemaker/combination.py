@@ -44,7 +44,7 @@ import torch
 from .baselines import (
     CLASSICAL_MODELS,
     Comparison,
-    classical_forecast,
+    classical_forecasts,
     mase_scales,
     seasonal_naive,
     window_histories,
@@ -134,17 +134,18 @@ def point_forecasts(
     takes the last value where the history is shorter than a season."""
     last = np.array([h[-1] for h in histories], dtype=float)
     naive = np.repeat(last[:, None], horizon, axis=1)
+    classical = [n for n in names if n in CLASSICAL_MEMBERS]
+    fits = classical_forecasts(classical, histories, horizon, season)
     points: dict[str, np.ndarray] = {}
-    fallbacks: dict[str, int] = {}
     for name in names:
         if name == "naive":
             points[name] = naive
         elif name == "seasonal_naive":
             seasonal = seasonal_naive(histories, horizon, season or 1)
             points[name] = np.where(np.isfinite(seasonal), seasonal, naive)
-        elif name in CLASSICAL_MEMBERS:
-            points[name], fallbacks[name] = classical_forecast(name, histories, horizon, season)
-    return points, fallbacks
+        elif name in fits:
+            points[name] = fits[name][0]
+    return points, {name: fallbacks for name, (_, fallbacks) in fits.items()}
 
 
 def _mae(point: np.ndarray, actuals: np.ndarray, mask: np.ndarray) -> float:
