@@ -86,7 +86,7 @@ def test_the_job_fits_the_classical_models_in_worker_processes(
     the worker processes, whatever this machine's cores: each fit is that of one process."""
     from tft_sagemaker import baselines
 
-    monkeypatch.setattr(baselines, "_worker_count", lambda fits: 1)
+    monkeypatch.setattr(baselines, "_worker_count", lambda fits, processes: 1)
     sm_job.write_data(weekly_panel())
     result, stdout = run_capturing(sm_job, {**SCHEMA, **TINY})
     assert result.code == 0, result.failure

@@ -190,11 +190,12 @@ _MAX_WORKERS = 8
 _WORKER = [sys.executable, "-m", __name__]  # `_worker` reads its part on stdin
 
 
-def _worker_count(fits: int) -> int:
-    """Workers for `fits` fits: the host's cores but this process's, which the TFT's other
-    processes leave idle while this one fits (they wait for its baselines)."""
+def _worker_count(fits: int, processes: int) -> int:
+    """Workers for `fits` fits on a host where the job runs `processes` processes: the cores
+    they do not take (with two processes on 2 cores, a worker made the fits no faster: the
+    process waiting for them keeps its core)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(0, min((cores or 1) - 1, _MAX_WORKERS, fits // _FITS_PER_WORKER - 1))
+    return max(0, min((cores or 1) - processes, _MAX_WORKERS, fits // _FITS_PER_WORKER - 1))
 
 
 def _fit_part(
@@ -248,16 +249,20 @@ def _result(worker: subprocess.Popen[bytes] | None) -> Fits | None:
 
 
 def classical_forecasts(
-    names: Sequence[str], histories: Sequence[np.ndarray], horizon: int, season: int | None
+    names: Sequence[str],
+    histories: Sequence[np.ndarray],
+    horizon: int,
+    season: int | None,
+    processes: int = 1,
 ) -> Fits:
     """`classical_forecast` of each model in `names`, the windows split into contiguous parts
-    fitted at once: the first in this process, the others in worker processes on the host's
-    idle cores (`_worker_count`). Each series is fitted alone, so the forecasts are those of
-    one process; a worker that fails leaves its part to this process, with the reason logged."""
+    fitted at once: the first in this process, the others in worker processes on the cores
+    that the job's `processes` on this host leave idle (`_worker_count`). Each series is fitted
+    alone, so the forecasts are those of one process; a worker that fails leaves its part to
+    this process, with the reason logged."""
     names = list(names)
-    parts = np.array_split(
-        np.arange(len(histories)), 1 + _worker_count(len(histories) * len(names))
-    )
+    count = _worker_count(len(histories) * len(names), processes)
+    parts = np.array_split(np.arange(len(histories)), 1 + count)
     chunks = [[histories[i] for i in part] for part in parts]
     if names and len(parts) > 1:
         log.info(
@@ -381,16 +386,21 @@ def baseline_forecasts(
     season: int | None,
     fit: np.ndarray,
     classical: bool,
+    processes: int = 1,
 ) -> BaselineForecasts:
     """The baselines' forecasts of these windows; the classical models (`classical`) on the
-    windows `fit` selects (positions)."""
+    windows `fit` selects (positions), with `processes` of the job on this host."""
     n = len(histories)
     fitted = np.zeros(n, dtype=bool)
     fitted[fit] = True
     forecasts: dict[str, np.ndarray] = {}
     fallbacks: dict[str, int] = {}
     fits = classical_forecasts(
-        list(CLASSICAL_MODELS) if classical else [], [histories[i] for i in fit], horizon, season
+        list(CLASSICAL_MODELS) if classical else [],
+        [histories[i] for i in fit],
+        horizon,
+        season,
+        processes,
     )
     for name, (forecast, fallbacks[name]) in fits.items():
         forecasts[name] = np.full((n, horizon), np.nan)

@@ -127,15 +127,20 @@ def members(season: int | None, classical: bool) -> list[str]:
 
 
 def point_forecasts(
-    names: Sequence[str], histories: Sequence[np.ndarray], horizon: int, season: int | None
+    names: Sequence[str],
+    histories: Sequence[np.ndarray],
+    horizon: int,
+    season: int | None,
+    processes: int = 1,
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """(windows, horizon) point forecasts of each non-TFT member from each window's history,
-    and how many fits of each classical model fell back to the last value. Seasonal naive
-    takes the last value where the history is shorter than a season."""
+    and how many fits of each classical model fell back to the last value (`processes`: the
+    job's on this host). Seasonal naive takes the last value where the history is shorter
+    than a season."""
     last = np.array([h[-1] for h in histories], dtype=float)
     naive = np.repeat(last[:, None], horizon, axis=1)
     classical = [n for n in names if n in CLASSICAL_MEMBERS]
-    fits = classical_forecasts(classical, histories, horizon, season)
+    fits = classical_forecasts(classical, histories, horizon, season, processes)
     points: dict[str, np.ndarray] = {}
     for name in names:
         if name == "naive":
@@ -307,17 +312,19 @@ def choose(
     season: int | None,
     quantiles: Sequence[float],
     classical: bool,
+    processes: int = 1,
 ) -> Combination:
     """The combination of the backtest windows' forecasts (`tft_quantiles`: the TFT's, trained
     without them) that forecasts their `actuals` best: the classical members' weights chosen
-    on these windows and those of earlier origins, then the TFT's share on these."""
+    on these windows and those of earlier origins, then the TFT's share on these
+    (`processes`: the job's on this host)."""
     names = [n for n in members(season, classical) if n != TFT]
     horizon = actuals.shape[1]
     before, earlier, reached = earlier_windows(histories, horizon, origins(len(histories)), season)
     every = [*histories, *before]
     every_actuals = np.concatenate([actuals, earlier])
     every_lengths = np.concatenate([lengths, np.full(len(before), horizon)])
-    points, _ = point_forecasts(names, every, horizon, season)
+    points, _ = point_forecasts(names, every, horizon, season, processes)
     chosen = classical_weights(points, every_actuals, every_lengths)
     scales = window_scales(every, season)
     errors = {
@@ -356,6 +363,7 @@ def choose_on_backtest(
     season: int | None,
     quantiles: Sequence[float],
     max_series: int,
+    processes: int = 1,
 ) -> Combination:
     """`choose` for the TFT's forecast of the backtest windows (`frame`: the training rows, so
     that every window's history is in it; the index in the data's names)."""
@@ -368,6 +376,7 @@ def choose_on_backtest(
         season,
         quantiles,
         classical=len(histories) <= max_series,
+        processes=processes,
     )
 
 

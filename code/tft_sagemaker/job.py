@@ -498,6 +498,7 @@ def evaluate_share(
             [k for k, _ in keys], ranks, job.plan.num_nodes, max_series, config.training.seed
         ),
         classical=every or max_series > 0,
+        processes=devices,  # the host's other processes wait for it
     )
     summary = job.data.summary
     seconds = time.monotonic() - started
@@ -534,6 +535,7 @@ def choose_combination(
         job_season(data),
         job.config.model.quantiles,
         job.config.training.ensemble_max_series,
+        job.plan.devices,  # the host's other processes wait for it
     )
     log.info("%s", describe_combination(combination))
     return combination, time.monotonic() - started
