@@ -332,11 +332,15 @@ def projection(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     projected: dict[str, Any] = {}
     for key in ("peak_pss_sum_gb", "first_step_s"):
         a, b = _line(sizes, [one[n][key] for n in sizes])
-        c, d = _line(sizes, [two[n][key] - one[n][key] for n in sizes])
-        value = a + b * PROJECTED_ROWS + (PROJECTED_PROCESSES - 1) * (c + d * PROJECTED_ROWS)
-        projected[key] = round(value, 1)
+        increments = [two[n][key] - one[n][key] for n in sizes]
+        c, d = _line(sizes, increments)
+        # A further process costs at least what the second did at some size: the line alone
+        # falls below 0 where the shared panel outgrows each process's own memory.
+        increment = max(c + d * PROJECTED_ROWS, *increments, 0.0)
+        projected[key] = round(a + b * PROJECTED_ROWS + (PROJECTED_PROCESSES - 1) * increment, 1)
         projected[f"{key}_formula"] = (
-            f"{a:.4g} + {b:.4g} x rows + (processes - 1) x ({c:.4g} + {d:.4g} x rows)"
+            f"{a:.4g} + {b:.4g} x rows + (processes - 1) x max({c:.4g} + {d:.4g} x rows, "
+            f"{max(increments):.4g})"
         )
     return {
         "rows": PROJECTED_ROWS,
@@ -344,9 +348,10 @@ def projection(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
         **projected,
         "method": "a projection, not a measurement: a least-squares line in rows through the "
         f"1-process runs ({', '.join(f'{n:,}' for n in sizes)} rows), plus (processes - 1) "
-        "times the second process's increment (also a line in rows). It assumes the job stays "
-        "linear in rows and that each further process costs what the second did; the first "
-        "step assumes the host prepares on CPUs like this machine's",
+        "times the second process's increment: the larger of its line in rows and the largest "
+        "increment measured. It assumes the job stays linear in rows and that each further "
+        "process costs what the second did; the first step assumes the host prepares on CPUs "
+        "like this machine's",
     }
 
 
