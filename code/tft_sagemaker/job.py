@@ -201,8 +201,13 @@ def prepare_data(
         # Each frame is made when its dataset is built and let go after, as are the pages of
         # the panel written (`release`): the host's peak is then the largest of them, not
         # their sum. JobData keeps only the rows and columns read later (`kept_for_evaluation`,
-        # `lean`): the panel holds the rest.
+        # `lean`): the panel holds the rest. The training frame goes before its dataset is
+        # built: its `fit` rows and the backtest series' rows are all that is read of it (at
+        # 20 million rows the host's peak was the training frame, its `fit` copy and the
+        # arrays being written).
         fit = data.train if carved is None else data.train[carved.fit]
+        windows = None if carved is None else data.train[carved.windows]
+        data = kept_for_evaluation(data, data_config, carved)
         training = build_columnar_training(
             fit, data_config, panel.allocate("training"), categories, agreement
         )
@@ -211,12 +216,12 @@ def prepare_data(
         log.info("memory: %s", bytes_per_row(training))
         backtest = (
             None
-            if carved is None
+            if windows is None
             else build_columnar_validation(
-                training, data.train[carved.windows], data_config, panel.allocate("backtest")
+                training, windows, data_config, panel.allocate("backtest")
             )
         )
-        data = kept_for_evaluation(data, data_config, carved)
+        del windows
         validation = build_columnar_validation(
             training, data.validation, data_config, panel.allocate("validation")
         )
