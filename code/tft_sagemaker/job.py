@@ -767,6 +767,10 @@ def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, Any]:
     if plan.distributed and dist.is_initialized():
         with cluster_failures(plan, job.config.distributed.collective_timeout_s):
             dist.barrier()  # every host finishes together (SageMaker local mode needs it)
+        # Left to the interpreter's exit, gloo's worker threads aborted a host's process after
+        # its work was done (exit 134, "terminate called without an active exception" in the
+        # two-node compose run; pytorch/pytorch#190489).
+        dist.destroy_process_group()
     if refused is not None:
         raise refused
     return metrics
