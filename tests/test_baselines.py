@@ -166,7 +166,7 @@ def test_classical_fits_in_worker_processes_equal_one_process(
     alone = {
         n: baselines.classical_forecast(n, histories, 4, 4) for n in baselines.CLASSICAL_MODELS
     }
-    monkeypatch.setattr(baselines, "_worker_count", lambda fits, processes: 2)
+    monkeypatch.setattr(baselines, "_worker_count", lambda fits, processes, ahead=False: 2)
     with caplog.at_level("INFO", logger="tft_sagemaker.baselines"):
         spread = baselines.classical_forecasts(list(alone), histories, 4, 4)
     assert "13 windows x ets/theta in 3 processes (this one, 2 workers" in caplog.text
@@ -181,7 +181,7 @@ def test_a_failed_worker_leaves_its_part_to_this_process(
 ) -> None:
     histories = _histories(6)
     alone, fallbacks = baselines.classical_forecast("theta", histories, 3, None)
-    monkeypatch.setattr(baselines, "_worker_count", lambda fits, processes: 1)
+    monkeypatch.setattr(baselines, "_worker_count", lambda fits, processes, ahead=False: 1)
     failing = [sys.executable, "-c", "import sys; print('out of memory', file=sys.stderr); exit(3)"]
     monkeypatch.setattr(baselines, "_WORKER", failing)
     with caplog.at_level("WARNING", logger="tft_sagemaker.baselines"):

@@ -21,6 +21,7 @@ from reference import tutorial_data, tutorial_datasets  # bench/reference.py
 
 from tft_sagemaker.config import build_config
 from tft_sagemaker.dataset import build_training_dataset, build_validation_dataset
+from tft_sagemaker.evaluate import window_keys
 from tft_sagemaker.job_data import split_holdout
 from tft_sagemaker.preparation import prepare_training_frame
 from tft_sagemaker.presets import PRESET_VALUES
@@ -365,3 +366,20 @@ def test_series_without_a_scale(group_ids):
             training, panel, predict=True, stop_randomization=True
         )
     check_equivalence(predict)
+
+
+@pytest.mark.parametrize("variant", [*SYNTHETIC_VARIANTS, "gaps"])
+def test_window_keys_are_those_of_the_library_batches(variant):
+    """What the job computes ahead of its forecasts (`fits_ahead.py`) from the dataset alone:
+    each window's first forecast step and series codes, and the longest horizon, as the
+    library's own batches of every window have them (training and predict datasets)."""
+    if variant == "gaps":
+        training = synthetic_dataset(data_with_gaps(), allow_missing_timesteps=True)
+    else:
+        training = synthetic_dataset(**SYNTHETIC_VARIANTS[variant])
+    for dataset in (training, predict_dataset(training)):
+        (times, codes), horizon = window_keys(dataset)
+        x, _ = reference_batch(dataset, np.arange(len(dataset)))
+        np.testing.assert_array_equal(times, x["decoder_time_idx"][:, 0].numpy())
+        np.testing.assert_array_equal(codes, x["groups"].numpy())
+        assert horizon == int(x["decoder_lengths"].max())

@@ -7,6 +7,7 @@ but perfect: a TFT given a budget of two batches cannot come near it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -78,21 +79,36 @@ def test_require_beating_baseline_fails_and_writes_no_model(sm_job: SageMakerDir
     assert metrics["beats_baselines"] is False and metrics["val_MAE"] > 0
 
 
+CLASSICAL_FIGURES = ("ets_val_MAE", "theta_val_MAE", "ets_val_MASE", "backtest_MAE")
+
+
 @pytest.mark.slow
-def test_the_job_fits_the_classical_models_in_worker_processes(
-    sm_job: SageMakerDir, monkeypatch: pytest.MonkeyPatch
+def test_the_job_fits_the_classical_models_ahead_in_worker_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The job's classical fits (the backtest's and the baselines', ensemble=true) go through
-    the worker processes, whatever this machine's cores: each fit is that of one process."""
+    """The job's classical fits (the backtest's and the baselines', ensemble=true) start in
+    worker processes before training, whatever this machine's cores, and the evaluation takes
+    them: each fit is that of one process, so its figures are those of a job that fits them all
+    in its own process after training."""
     from tft_sagemaker import baselines
 
-    monkeypatch.setattr(baselines, "_worker_count", lambda fits, processes: 1)
-    sm_job.write_data(weekly_panel())
-    result, stdout = run_capturing(sm_job, {**SCHEMA, **TINY})
-    assert result.code == 0, result.failure
-    spread = [line for line in stdout.splitlines() if "classical fits:" in line]
-    assert len(spread) == 2, stdout  # the backtest windows, then the validation windows
-    assert all("x ets/theta in 2 processes (this one, 1 workers" in line for line in spread)
-    metrics = json.loads((sm_job.model_dir / "metrics.json").read_text())
-    assert metrics["ets_val_MAE"] < 0.05  # the weekly pattern: ETS fits its season
-    assert metrics["ets_fallbacks"] == metrics["theta_fallbacks"] == 0
+    figures = {}
+    for workers in (1, 0):
+        monkeypatch.setattr(baselines, "_worker_count", lambda *args, n=workers, **kw: n)
+        job = SageMakerDir(tmp_path / f"workers-{workers}", monkeypatch)
+        job.write_data(weekly_panel())
+        result, stdout = run_capturing(job, {**SCHEMA, **TINY})
+        assert result.code == 0, result.failure
+        spread = [line for line in stdout.splitlines() if "classical fits:" in line]
+        if workers:
+            assert len(spread) == 2, stdout  # the validation windows, then the backtest's
+            assert all("(1 workers on idle cores, started before training" in s for s in spread)
+            assert "fitting them now" not in stdout
+        else:
+            assert spread == [], stdout
+        metrics = json.loads((job.model_dir / "metrics.json").read_text())
+        figures[workers] = {k: metrics[k] for k in CLASSICAL_FIGURES} | {
+            k: v for k, v in metrics.items() if k.startswith("weight_")
+        }
+    assert figures[1] == figures[0]
+    assert figures[1]["ets_val_MAE"] < 0.05  # the weekly pattern: ETS fits its season

@@ -188,14 +188,20 @@ Fits = dict[str, tuple[np.ndarray, int]]  # model name → `classical_forecast`'
 _FITS_PER_WORKER = 200
 _MAX_WORKERS = 8
 _WORKER = [sys.executable, "-m", __name__]  # `_worker` reads its part on stdin
+# Workers started ahead (while the job trains) yield their cores to the training processes.
+AHEAD_NICENESS = 10
 
 
-def _worker_count(fits: int, processes: int) -> int:
+def _worker_count(fits: int, processes: int, ahead: bool = False) -> int:
     """Workers for `fits` fits on a host where the job runs `processes` processes: the cores
     they do not take (with two processes on 2 cores, a worker made the fits no faster: the
-    process waiting for them keeps its core)."""
+    process waiting for them keeps its core). `ahead` (started while the job trains): at least
+    one where a core is idle, since no process waits for its start."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(0, min((cores or 1) - processes, _MAX_WORKERS, fits // _FITS_PER_WORKER - 1))
+    wanted = fits // _FITS_PER_WORKER - 1
+    if ahead and fits:
+        wanted = max(1, wanted)
+    return max(0, min((cores or 1) - processes, _MAX_WORKERS, wanted))
 
 
 def _fit_part(
@@ -248,6 +254,81 @@ def _result(worker: subprocess.Popen[bytes] | None) -> Fits | None:
     return None
 
 
+class ClassicalFits:
+    """`classical_forecast` of each model in `names`, the windows split into contiguous parts
+    fitted at once: in worker processes on the cores that the job's `processes` on this host
+    leave idle (`_worker_count`) and, unless `ahead`, the first part in this process when the
+    `result` is asked for. Each series is fitted alone, so the forecasts are those of one
+    process; a worker that fails leaves its part to this process, with the reason logged.
+
+    `ahead`: started before the fits are needed (the job starts its evaluation's while it
+    trains), every part in a worker at a low priority (`AHEAD_NICENESS`), so that the training
+    keeps its cores; `started` says whether any worker could take them (else `result` fits them
+    all here)."""
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        histories: Sequence[np.ndarray],
+        horizon: int,
+        season: int | None,
+        processes: int = 1,
+        ahead: bool = False,
+    ) -> None:
+        self.names, self.horizon, self.season = list(names), horizon, season
+        self.windows = len(histories)
+        count = _worker_count(len(histories) * len(self.names), processes, ahead)
+        parts = np.array_split(np.arange(len(histories)), max(1, count + (0 if ahead else 1)))
+        chunks = [[histories[i] for i in part] for part in parts]
+        self._local = [] if ahead and count else chunks[:1]
+        remote = chunks[len(self._local) :]
+        if self.names and remote:
+            log.info(
+                "classical fits: %d windows x %s in %d processes (%s%d workers on idle cores%s)",
+                len(histories),
+                "/".join(self.names),
+                len(chunks),
+                "this one, " if self._local else "",
+                len(remote),
+                ", started before training, at a low priority" if ahead else "",
+            )
+        nice = AHEAD_NICENESS if ahead else 0
+        self._workers = [
+            (_start_worker(pickle.dumps((self.names, chunk, horizon, season, nice))), chunk)
+            for chunk in remote
+        ]
+
+    @property
+    def started(self) -> bool:
+        return bool(self._workers)
+
+    def result(self) -> Fits:
+        """The fits, in the windows' order (waiting for the workers)."""
+        try:
+            results = [_fit_part(self.names, c, self.horizon, self.season) for c in self._local]
+            for worker, chunk in self._workers:
+                results.append(
+                    _result(worker) or _fit_part(self.names, chunk, self.horizon, self.season)
+                )
+        finally:
+            self.cancel()
+        return {
+            name: (
+                np.concatenate([r[name][0] for r in results]).reshape(self.windows, self.horizon),
+                sum(r[name][1] for r in results),
+            )
+            for name in self.names
+        }
+
+    def cancel(self) -> None:
+        """Workers still fitting are stopped: their fits are not wanted (this process is
+        stopping, or it fits other windows)."""
+        for worker, _ in self._workers:
+            if worker is not None and worker.poll() is None:
+                worker.kill()
+                worker.wait()
+
+
 def classical_forecasts(
     names: Sequence[str],
     histories: Sequence[np.ndarray],
@@ -255,49 +336,17 @@ def classical_forecasts(
     season: int | None,
     processes: int = 1,
 ) -> Fits:
-    """`classical_forecast` of each model in `names`, the windows split into contiguous parts
-    fitted at once: the first in this process, the others in worker processes on the cores
-    that the job's `processes` on this host leave idle (`_worker_count`). Each series is fitted
-    alone, so the forecasts are those of one process; a worker that fails leaves its part to
-    this process, with the reason logged."""
-    names = list(names)
-    count = _worker_count(len(histories) * len(names), processes)
-    parts = np.array_split(np.arange(len(histories)), 1 + count)
-    chunks = [[histories[i] for i in part] for part in parts]
-    if names and len(parts) > 1:
-        log.info(
-            "classical fits: %d windows x %s in %d processes (this one, %d workers on idle cores)",
-            len(histories),
-            "/".join(names),
-            len(parts),
-            len(parts) - 1,
-        )
-    workers = []
-    try:
-        for chunk in chunks[1:]:
-            workers.append(_start_worker(pickle.dumps((names, chunk, horizon, season))))
-        results = [_fit_part(names, chunks[0], horizon, season)]
-        for worker, chunk in zip(workers, chunks[1:], strict=True):
-            results.append(_result(worker) or _fit_part(names, chunk, horizon, season))
-    finally:
-        for worker in workers:
-            if worker is not None and worker.poll() is None:
-                worker.kill()  # this process is stopping: its workers' fits are not wanted
-                worker.wait()
-    return {
-        name: (
-            np.concatenate([r[name][0] for r in results]).reshape(len(histories), horizon),
-            sum(r[name][1] for r in results),
-        )
-        for name in names
-    }
+    """`ClassicalFits` of `names` for `histories`, fitted now."""
+    return ClassicalFits(names, histories, horizon, season, processes).result()
 
 
 def _worker() -> None:
     """A worker process (`python -m tft_sagemaker.baselines`): the fits of the part on stdin,
     pickled to stdout (anything printed goes to stderr)."""
     out, sys.stdout = sys.stdout.buffer, sys.stderr
-    names, histories, horizon, season = pickle.load(sys.stdin.buffer)
+    names, histories, horizon, season, nice = pickle.load(sys.stdin.buffer)
+    if nice:
+        os.nice(nice)
     out.write(pickle.dumps(_fit_part(names, histories, horizon, season)))
     out.flush()
 
@@ -387,21 +436,24 @@ def baseline_forecasts(
     fit: np.ndarray,
     classical: bool,
     processes: int = 1,
+    fits: Fits | None = None,
 ) -> BaselineForecasts:
     """The baselines' forecasts of these windows; the classical models (`classical`) on the
-    windows `fit` selects (positions), with `processes` of the job on this host."""
+    windows `fit` selects (positions), with `processes` of the job on this host (`fits`: those
+    fits, where they were fitted ahead)."""
     n = len(histories)
     fitted = np.zeros(n, dtype=bool)
     fitted[fit] = True
     forecasts: dict[str, np.ndarray] = {}
     fallbacks: dict[str, int] = {}
-    fits = classical_forecasts(
-        list(CLASSICAL_MODELS) if classical else [],
-        [histories[i] for i in fit],
-        horizon,
-        season,
-        processes,
-    )
+    if fits is None or not classical:
+        fits = classical_forecasts(
+            list(CLASSICAL_MODELS) if classical else [],
+            [histories[i] for i in fit],
+            horizon,
+            season,
+            processes,
+        )
     for name, (forecast, fallbacks[name]) in fits.items():
         forecasts[name] = np.full((n, horizon), np.nan)
         forecasts[name][fit] = forecast

@@ -44,6 +44,7 @@ import torch
 from .baselines import (
     CLASSICAL_MODELS,
     Comparison,
+    Fits,
     classical_forecasts,
     mase_scales,
     seasonal_naive,
@@ -132,15 +133,18 @@ def point_forecasts(
     horizon: int,
     season: int | None,
     processes: int = 1,
+    fits: Fits | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """(windows, horizon) point forecasts of each non-TFT member from each window's history,
     and how many fits of each classical model fell back to the last value (`processes`: the
-    job's on this host). Seasonal naive takes the last value where the history is shorter
+    job's on this host; `fits`: the classical members' fits of these histories, where they
+    were fitted ahead). Seasonal naive takes the last value where the history is shorter
     than a season."""
     last = np.array([h[-1] for h in histories], dtype=float)
     naive = np.repeat(last[:, None], horizon, axis=1)
     classical = [n for n in names if n in CLASSICAL_MEMBERS]
-    fits = classical_forecasts(classical, histories, horizon, season, processes)
+    if fits is None:
+        fits = classical_forecasts(classical, histories, horizon, season, processes)
     points: dict[str, np.ndarray] = {}
     for name in names:
         if name == "naive":
@@ -253,6 +257,16 @@ def earlier_windows(
     return before, np.array(actuals, dtype=float).reshape(len(actuals), horizon), reached
 
 
+def classical_histories(
+    histories: Sequence[np.ndarray], horizon: int, season: int | None
+) -> tuple[list[np.ndarray], np.ndarray, int]:
+    """What `choose` fits the classical members on for the TFT's backtest windows (their
+    `histories`): those histories, then those of the earlier origins (`earlier_windows`);
+    and the earlier origins' actuals and the origins reached."""
+    before, earlier, reached = earlier_windows(histories, horizon, origins(len(histories)), season)
+    return [*histories, *before], earlier, reached
+
+
 def _window_maes(point: np.ndarray, actuals: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask, np.abs(point - actuals), 0.0).sum(axis=1) / mask.sum(axis=1)
 
@@ -313,18 +327,19 @@ def choose(
     quantiles: Sequence[float],
     classical: bool,
     processes: int = 1,
+    fits: Fits | None = None,
 ) -> Combination:
     """The combination of the backtest windows' forecasts (`tft_quantiles`: the TFT's, trained
     without them) that forecasts their `actuals` best: the classical members' weights chosen
     on these windows and those of earlier origins, then the TFT's share on these
-    (`processes`: the job's on this host)."""
+    (`processes`: the job's on this host; `fits`: the classical members' fits of
+    `classical_histories`, where they were fitted ahead)."""
     names = [n for n in members(season, classical) if n != TFT]
     horizon = actuals.shape[1]
-    before, earlier, reached = earlier_windows(histories, horizon, origins(len(histories)), season)
-    every = [*histories, *before]
+    every, earlier, reached = classical_histories(histories, horizon, season)
     every_actuals = np.concatenate([actuals, earlier])
-    every_lengths = np.concatenate([lengths, np.full(len(before), horizon)])
-    points, _ = point_forecasts(names, every, horizon, season, processes)
+    every_lengths = np.concatenate([lengths, np.full(len(every) - len(histories), horizon)])
+    points, _ = point_forecasts(names, every, horizon, season, processes, fits)
     chosen = classical_weights(points, every_actuals, every_lengths)
     scales = window_scales(every, season)
     errors = {
@@ -364,6 +379,7 @@ def choose_on_backtest(
     quantiles: Sequence[float],
     max_series: int,
     processes: int = 1,
+    fits: Fits | None = None,
 ) -> Combination:
     """`choose` for the TFT's forecast of the backtest windows (`frame`: the training rows, so
     that every window's history is in it; the index in the data's names)."""
@@ -377,6 +393,7 @@ def choose_on_backtest(
         quantiles,
         classical=len(histories) <= max_series,
         processes=processes,
+        fits=fits,
     )
 
 

@@ -10,7 +10,7 @@ shares together in the order one process forecasts the whole dataset in (job.eva
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +21,8 @@ from pytorch_forecasting.metrics import MAE, RMSE, SMAPE, QuantileLoss
 from torch.nn.utils import rnn
 
 from .loaders import LoaderSettings, make_loader
+
+Keys = tuple[np.ndarray, np.ndarray]  # `Forecast.keys`: first forecast steps, series codes
 
 
 @dataclass
@@ -61,7 +63,7 @@ class Forecast:
         )
 
     @property
-    def keys(self) -> tuple[np.ndarray, np.ndarray]:
+    def keys(self) -> Keys:
         """What `window_order` sorts by: first forecast steps and series codes."""
         return self.index.iloc[:, 0].to_numpy(), self.codes.numpy()
 
@@ -77,6 +79,25 @@ def window_order(times: np.ndarray, codes: np.ndarray) -> np.ndarray:
 
 
 _PADDED = ("quantiles", "baseline", "actuals")
+
+
+def window_keys(dataset: TimeSeriesDataSet) -> tuple[Keys, int]:
+    """The `Forecast.keys` that `forecast` gives for every window of `dataset` (in its order),
+    and the longest horizon, from the dataset alone, as the library's `__getitem__` computes
+    them: each window's last time less its decoder length, and its first row's series codes.
+    What is computed from them ahead of a forecast is used only where the forecast's keys are
+    these (`same_keys`)."""
+    index, time = dataset.index, dataset.data["time"].numpy()
+    last = time[index["index_end"].to_numpy()].astype(np.int64)  # may be stored narrow
+    lengths = dataset.calculate_decoder_length(last, index["sequence_length"].to_numpy())
+    codes = dataset.data["groups"].numpy()[index["index_start"].to_numpy()].astype(np.int64)
+    return (last - lengths + 1, codes), int(np.max(lengths, initial=0))
+
+
+def same_keys(a: Sequence[Keys], b: Sequence[Keys]) -> bool:
+    return len(a) == len(b) and all(
+        np.array_equal(x, y) for p, q in zip(a, b, strict=True) for x, y in zip(p, q, strict=True)
+    )
 
 
 def _padded(parts: list[torch.Tensor], horizon: int) -> torch.Tensor:

@@ -33,10 +33,8 @@ from .baselines import (
     BaselineForecasts,
     Comparison,
     baseline_forecasts,
-    classical_sample,
     describe,
     score_baselines,
-    window_histories,
 )
 from .channels import channel_data_files, read_channel
 from .combination import (
@@ -57,7 +55,8 @@ from .dataset import (
     user_names,
 )
 from .errors import JobError, writing
-from .evaluate import Forecast, forecast, score, series_index, window_order
+from .evaluate import Forecast, forecast, score
+from .fits_ahead import FitsAhead, classical_windows, start_fits_ahead, validation_histories
 from .host_panel import HostPanel, Prepared, bytes_per_row, release_pages
 from .interpret import InterpretationSum, largest_of, largest_totals, series_names
 from .job_data import (
@@ -422,22 +421,6 @@ class RankShare:
     data_summary: dict[str, Any] | None
 
 
-def classical_windows(
-    keys: list[tuple[np.ndarray, np.ndarray]], ranks: range, hosts: int, max_series: int, seed: int
-) -> np.ndarray:
-    """Which windows of the host whose processes are `ranks` (`keys`: every rank's
-    `Forecast.keys`, in rank order) the classical baselines are fitted on: the sample one
-    process draws from every window, in its order (on one host, the hosts' order)."""
-    total = sum(len(times) for times, _ in keys)
-    if hosts == 1:
-        return classical_sample(total, max_series, seed)
-    order = window_order(*(np.concatenate(k) for k in zip(*keys, strict=True)))
-    chosen = np.zeros(total, dtype=bool)
-    chosen[order[classical_sample(total, max_series, seed)]] = True
-    start = sum(len(keys[r][0]) for r in range(ranks.start))
-    return np.flatnonzero(chosen[start : start + sum(len(keys[r][0]) for r in ranks)])
-
-
 def _rows_of(frame: pd.DataFrame, names: list[str] | None, config: DataConfig) -> pd.DataFrame:
     """The rows of the series `names` (as series_names writes them) in `frame`. Each series is
     named once, not each row: a name per row of a panel of millions is gigabytes of strings."""
@@ -450,13 +433,17 @@ def _rows_of(frame: pd.DataFrame, names: list[str] | None, config: DataConfig) -
 
 
 def evaluate_share(
-    job: Job, model: JobTemporalFusionTransformer, combination: Combination | None = None
+    job: Job,
+    model: JobTemporalFusionTransformer,
+    combination: Combination | None = None,
+    ahead: FitsAhead | None = None,
 ) -> tuple[RankShare, InterpretationSum | None]:
     """Every process: its share of the final evaluation (`RankShare`), and its interpretation
     sums (report=true). The interpreted series and the classical baselines' sample are agreed
     across hosts, so that the shares add up to one process's evaluation of every window.
     `combination` (global rank 0, one host): where ETS and Theta are among its members, they
-    forecast every window (the combination is shipped for every window)."""
+    forecast every window (the combination is shipped for every window). `ahead`: the fits
+    started before training, taken where they are those of these windows."""
     config, data = job.config, job.config.data
     focus = None
     if job.data is not None:  # the largest series of every host
@@ -484,26 +471,27 @@ def evaluate_share(
     # The host's first process: the baselines of every window of its host.
     started = time.monotonic()
     devices = job.plan.devices
-    ranks = range(job.plan.node_rank * devices, (job.plan.node_rank + 1) * devices)
-    index = series_index(
-        job.validation, *(np.concatenate(k) for k in zip(*(keys[r][0] for r in ranks), strict=True))
-    ).rename(columns=user_names(data))
-    histories = window_histories(
-        job.data.validation, index, data.group_ids, data.time_idx, data.target
-    )
+    hosts = [  # every host's windows: its processes' shares one after the other
+        tuple(np.concatenate(k) for k in zip(*(c for c, _ in keys[r : r + devices]), strict=True))
+        for r in range(0, len(keys), devices)
+    ]
+    node = job.plan.node_rank
+    horizon = max(h for _, h in keys)
     max_series = config.training.baseline_max_series
-    every = combination is not None and any(n in combination.candidates for n in CLASSICAL_MEMBERS)
+    everywhere = combination is not None and any(
+        n in combination.candidates for n in CLASSICAL_MEMBERS
+    )
+    fits = None if ahead is None else ahead.take_validation(hosts, horizon, everywhere)
     baselines = baseline_forecasts(
-        histories,
-        max(horizon for _, horizon in keys),
+        validation_histories(job, hosts[node]),
+        horizon,
         job_season(data),
-        np.arange(len(histories))
-        if every
-        else classical_windows(
-            [k for k, _ in keys], ranks, job.plan.num_nodes, max_series, config.training.seed
-        ),
-        classical=every or max_series > 0,
+        np.arange(len(hosts[node][0]))
+        if everywhere
+        else classical_windows(hosts, node, max_series, config.training.seed),
+        classical=everywhere or max_series > 0,
         processes=devices,  # the host's other processes wait for it
+        fits=fits,
     )
     summary = job.data.summary
     seconds = time.monotonic() - started
@@ -511,7 +499,7 @@ def evaluate_share(
 
 
 def choose_combination(
-    job: Job, model: JobTemporalFusionTransformer
+    job: Job, model: JobTemporalFusionTransformer, ahead: FitsAhead | None = None
 ) -> tuple[Combination, float] | None:
     """ensemble=true (one host): every process forecasts its share of the backtest windows;
     global rank 0 gathers them and chooses the combination's weights on them (its process holds
@@ -533,14 +521,16 @@ def choose_combination(
         return None
     assert job.data is not None  # global rank 0 is a host's first process
     whole = Forecast.concat(gathered)
+    whole = whole.take(whole.order())  # in one process's order, however many processes
     combination = choose_on_backtest(
-        whole.take(whole.order()),  # in one process's order, however many processes
+        whole,
         job.data.train,
         data,
         job_season(data),
         job.config.model.quantiles,
         job.config.training.ensemble_max_series,
         job.plan.devices,  # the host's other processes wait for it
+        None if ahead is None else ahead.take_backtest(whole.keys, whole.actuals.shape[1]),
     )
     log.info("%s", describe_combination(combination))
     return combination, time.monotonic() - started
@@ -557,14 +547,17 @@ def _tft_metrics(tft: dict[str, Any], comparison: Comparison) -> dict[str, Any]:
     }
 
 
-def evaluate(job: Job, timings: dict[str, float]) -> Evaluation | None:
+def evaluate(
+    job: Job, timings: dict[str, float], ahead: FitsAhead | None = None
+) -> Evaluation | None:
     """Every process forecasts its share of the validation windows with the best checkpoint,
     and each host's first process forecasts the host's windows with the baselines
     (`evaluate_share`); global rank 0 gathers the shares, scores them as one process would
     score every window, prints the final metric line and returns the evaluation (the other
     ranks None). With ensemble=true the combination's weights are chosen on the backtest windows
     first (`choose_combination`), and the combination is scored beside the TFT alone, its
-    classical members' forecasts those of the baselines."""
+    classical members' forecasts those of the baselines. `ahead`: the classical fits started
+    before training (`fits_ahead.py`)."""
     config = job.config
     quantiles = config.model.quantiles
     zero = job.trainer.is_global_zero
@@ -577,9 +570,9 @@ def evaluate(job: Job, timings: dict[str, float]) -> Evaluation | None:
     # The best checkpoint is on the first host's disk: the other processes get its bytes.
     content = from_zero(best.read_bytes() if zero else None) if job.plan.world_size > 1 else best
     checkpoint, model = load_model(content, config.speedups)
-    chosen = None if job.backtest is None else choose_combination(job, model)
+    chosen = None if job.backtest is None else choose_combination(job, model, ahead)
     combination = None if chosen is None else chosen[0]
-    share, interpretation = evaluate_share(job, model, combination)
+    share, interpretation = evaluate_share(job, model, combination, ahead)
     gathered = to_zero(share)
     if not zero:  # the rows of the series rank 0 plots
         plotted = from_zero(None)
@@ -741,23 +734,29 @@ def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, Any]:
     )
     if resume is not None:
         resume.check_fits(job.model.state_dict(), job.training.get_parameters())
-    fit_started = time.monotonic()
-    fit(job, None if resume is None else resume.path)
-    if (signum := stops.received()) is not None:
-        raise stops.Stopped(signum)  # after Lightning's last look: every epoch is checkpointed
     refused: JobError | None = None
     metrics: dict[str, Any] = {}
-    clock = next(c for c in job.trainer.callbacks if isinstance(c, TrainingClock))
-    timings = {
-        "fit_s": round(time.monotonic() - fit_started, 2),
-        "job_s": round(time.monotonic() - started, 2),
-        # Since the job's code started: its first training step, and the end of training.
-        "first_step_s": None if clock.first_step_s is None else round(clock.first_step_s, 2),
-        "trained_s": round(time.monotonic() - STARTED, 2),
-        "training_s": round(clock.training_s, 2),  # training batches, validation excluded
-    }
-    with cluster_failures(plan, job.config.distributed.collective_timeout_s):
-        evaluation = evaluate(job, timings)  # every host its share; global rank 0 the whole
+    ahead = start_fits_ahead(job)  # the evaluation's classical fits, while it trains
+    try:
+        fit_started = time.monotonic()
+        fit(job, None if resume is None else resume.path)
+        if (signum := stops.received()) is not None:
+            raise stops.Stopped(signum)  # after Lightning's last look: every epoch is saved
+        clock = next(c for c in job.trainer.callbacks if isinstance(c, TrainingClock))
+        timings = {
+            "fit_s": round(time.monotonic() - fit_started, 2),
+            "job_s": round(time.monotonic() - started, 2),
+            # Since the job's code started: its first training step, and the end of training.
+            "first_step_s": None if clock.first_step_s is None else round(clock.first_step_s, 2),
+            "trained_s": round(time.monotonic() - STARTED, 2),
+            "training_s": round(clock.training_s, 2),  # training batches, validation excluded
+        }
+        with cluster_failures(plan, job.config.distributed.collective_timeout_s):
+            # every host its share; global rank 0 the whole
+            evaluation = evaluate(job, timings, ahead)
+    finally:
+        if ahead is not None:
+            ahead.cancel()  # what the evaluation did not take (it stopped, or failed)
     if evaluation is not None:
         metrics = evaluation.metrics
         if job.config.training.require_beating_baseline and not evaluation.beats_baselines:
