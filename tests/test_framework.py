@@ -20,6 +20,8 @@ from conftest import CODE_DIR, VENV_BIN
 
 from tft_sagemaker.sagemaker.framework import INNER_ENV, SELF
 
+pytestmark = pytest.mark.slow  # each test runs the toolkit and a training process
+
 # The DLC's module, as far as the framework module sees it: `main` runs the steps in
 # FAKE_STEPS. `stop` sends the toolkit's process (this one) SIGTERM; `train` runs a training
 # process (train.py) that waits for a stop, writes its cause and exits 143, and fails as the
