@@ -43,6 +43,9 @@ cp -r "$root/code" "$run_dir/code"
 export SAGEMAKER_BASE_DIR="$run_dir"
 export SM_STUDIO_LOCAL_MODE=true   # else the toolkit waits for host algo-1 to resolve
 export SAGEMAKER_PROGRAM=train.py
+# The framework module the image names: the toolkit's own process passes stops on, waits for
+# training and fails with its cause (code/tft_sagemaker/sagemaker/framework.py).
+export SAGEMAKER_TRAINING_MODULE="${SAGEMAKER_TRAINING_MODULE:-tft_sagemaker.sagemaker.framework:main}"
 export PYTHONPATH="$run_dir/code${PYTHONPATH:+:$PYTHONPATH}"
 
 report() {
@@ -68,7 +71,7 @@ PY
 fi
 
 # In the background, so that the traps below run while it works: bash runs a trap only once
-# the foreground command has ended, and the toolkit alone exits 0 on SIGINT (README, Stops).
+# the foreground command has ended.
 python -m tft_sagemaker.sagemaker.supervise train &
 job=$!
 trap 'kill -s INT "$job" 2>/dev/null || true' INT

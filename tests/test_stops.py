@@ -28,6 +28,7 @@ from tft_sagemaker.config import build_config
 from tft_sagemaker.dataset import build_training_dataset
 from tft_sagemaker.job_data import carve_backtest, load_job_data
 from tft_sagemaker.presets import PRESET_VALUES
+from tft_sagemaker.sagemaker.framework import SELF as FRAMEWORK_MODULE
 from tft_sagemaker.sagemaker.paths import JobPaths
 from tft_sagemaker.sagemaker.stops import SUPERVISOR_MODULE
 from tft_sagemaker.synthetic import make_panel
@@ -92,6 +93,7 @@ def job_env(base: Path, stop: dict[str, str]) -> dict[str, str]:
         "PYTHONPATH": str(base / "code"),
         "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",  # python, train
         "OMP_NUM_THREADS": "1",
+        "SAGEMAKER_TRAINING_MODULE": FRAMEWORK_MODULE,  # as the image sets it
         **stop,
     }
 
@@ -273,9 +275,10 @@ def test_a_restore_that_leaves_last_ckpt_oldest_trains_no_batch_twice(
 
 
 # The doors a job is started by, as the user or SageMaker starts them: the image's command
-# (supervisor → toolkit → train.py; docker run and compose run it so) and local_test's script
-# (which runs the same). The toolkit's `train` alone is no door: on SIGINT it exits 0 (README).
-DOORS = ("supervisor", "train_local.sh")
+# (supervisor → toolkit → train.py; docker run and compose run it so), local_test's script
+# (which runs the same), and the toolkit's `train` alone (`docker run --entrypoint train`, or
+# `train` in a venv), with the framework module the image names (framework.py).
+DOORS = ("supervisor", "train_local.sh", "train")
 STOP_MATRIX = [
     (door, signame, target, "data preparation")
     for door in DOORS
@@ -285,26 +288,38 @@ STOP_MATRIX = [
     ("supervisor", "SIGINT", "group", "training@0.2"),
     ("supervisor", "SIGINT", "group", "artifacts"),
     ("train_local.sh", "SIGINT", "group", "training@0.2"),
+    ("train", "SIGINT", "group", "training@0.2"),
+    ("train", "SIGTERM", "leader", "training@0.2"),
 ]
+
+
+def door_command(door: str, base: Path, tmp_path: Path) -> tuple[list[str], Path]:
+    """The command that starts the job through `door`, and the directory the job runs in."""
+    if door == "train_local.sh":  # it copies the directory it is given
+        run_dir = tmp_path / "run"
+        script = ROOT / "local_test" / "train_local.sh"
+        return ["bash", str(script), "--template", str(base), "--run-dir", str(run_dir)], run_dir
+    if door == "train":
+        return [str(VENV_BIN / "train")], base
+    return [sys.executable, "-m", SUPERVISOR_MODULE, str(VENV_BIN / "train")], base
 
 
 @pytest.mark.parametrize(("door", "signame", "target", "at"), STOP_MATRIX)
 def test_every_stop_through_every_door_fails_with_its_cause(
     tmp_path: Path, panel: pd.DataFrame, door: str, signame: str, target: str, at: str
 ) -> None:
-    """The command that the user or SageMaker waits on exits with 128 + the signal, and only
-    once the cause is in output/failure and every process of the job has ended."""
+    """The command that the user or SageMaker waits on exits non-zero (128 + the signal; the
+    toolkit alone, 1), and only once the cause is in output/failure and every process of the
+    job has ended."""
     if not (VENV_BIN / "train").is_file():
         pytest.skip("sagemaker-training is not installed")
     base = make_base(tmp_path, panel)
-    run_dir = base  # where the job runs: train_local.sh copies the directory it is given
-    command = [sys.executable, "-m", SUPERVISOR_MODULE, str(VENV_BIN / "train")]
-    if door == "train_local.sh":
-        run_dir = tmp_path / "run"
-        script = ROOT / "local_test" / "train_local.sh"
-        command = ["bash", str(script), "--template", str(base), "--run-dir", str(run_dir)]
+    command, run_dir = door_command(door, base, tmp_path)
     stop = {"TFT_STOP_AT": at, "TFT_STOP_SIGNAL": signame, "TFT_STOP_TARGET": target}
-    process = run_in_session(command, job_env(base, stop), tmp_path, tmp_path / "job.log")
+    env = job_env(base, stop)
+    if door == "train_local.sh":
+        del env["SAGEMAKER_TRAINING_MODULE"]  # the script names it itself
+    process = run_in_session(command, env, tmp_path, tmp_path / "job.log")
     failure = run_dir / "output" / "failure"
     cause = failure.read_text() if failure.exists() else ""  # read at once: nothing is left
     try:
@@ -317,8 +332,39 @@ def test_every_stop_through_every_door_fails_with_its_cause(
             os.killpg(process.pid, signal.SIGKILL)
     log = (tmp_path / "job.log").read_text()[-3000:]
     assert not leftover, f"a process of the job outlived the command: {log}"
-    assert process.returncode == 128 + signal.Signals[signame], log
+    # The toolkit reports a failure with its cause (a ClientError) by exiting 1 (framework.py).
+    expected = 1 if door == "train" else 128 + signal.Signals[signame]
+    assert process.returncode == expected, log
     phase = at.replace("@", " of epoch ").split(".")[0]
     assert cause.startswith(f"Stopped by {signame} during {phase}"), (cause, log)
     assert not (run_dir / "output" / "success").exists()
     assert files_under(run_dir / "model") == [], "a stopped job left a model behind"
+
+
+@pytest.mark.parametrize(
+    ("hyperparameters", "code", "cause"),
+    [
+        ({}, 0, None),
+        ({"max_epochs": "two"}, 1, "max_epochs"),  # the job's own cause stays first
+    ],
+    ids=["success", "failure"],
+)
+def test_the_toolkit_alone_reports_a_job_that_ends_by_itself(
+    tmp_path: Path, panel: pd.DataFrame, hyperparameters: dict[str, str], code: int, cause: str
+) -> None:
+    """Through the framework module, a job that is not stopped ends as the toolkit reports it."""
+    if not (VENV_BIN / "train").is_file():
+        pytest.skip("sagemaker-training is not installed")
+    base = make_base(tmp_path, panel)
+    config = base / "input" / "config" / "hyperparameters.json"
+    config.write_text(json.dumps(QUICK | {"max_epochs": "1"} | hyperparameters))
+    process = run_in_session(["train"], job_env(base, {}), base, base / "job.log")
+    log = (base / "job.log").read_text()[-3000:]
+    assert process.returncode == code, log
+    output = base / "output"
+    if cause is None:
+        assert (output / "success").exists() and not (output / "failure").exists(), log
+        assert (base / "model" / "metrics.json").exists()
+    else:
+        assert cause in (output / "failure").read_text().splitlines()[0], log
+        assert not (output / "success").exists()

@@ -2,23 +2,23 @@
 
 SageMaker stops a job (StopTrainingJob, MaxRuntime, spot) by sending SIGTERM to the container's
 first process and SIGKILL 120 s later. In the DLC that process is its entrypoint shell, which
-passes nothing on, and the toolkit below it would not either: the training script would die at
-SIGKILL without saving anything. The image therefore starts the DLC's own entrypoint under this
-supervisor, which forwards SIGTERM (and SIGINT) to the training processes (those running the
-entry script, SAGEMAKER_PROGRAM, whoever launched them: the toolkit, torchrun, Lightning,
-mpirun). They save a checkpoint at the end of the current step, write the cause to
-output/failure and exit (stops.py); the toolkit and any launcher in between then finish and
-report as usual.
+passes nothing on: the training script would die at SIGKILL without saving anything. The image
+therefore starts the DLC's own entrypoint under this supervisor, which forwards SIGTERM (and
+SIGINT) to the training processes (those running the entry script, SAGEMAKER_PROGRAM, whoever
+launched them: the toolkit, torchrun, Lightning, mpirun; forwarding.py). They save a checkpoint
+at the end of the current step, write the cause to output/failure and exit (stops.py); the
+toolkit and any launcher in between then finish and report as usual. (A stop that reaches the
+toolkit itself is handled there, by the image's framework module, framework.py.)
 
 When the signal reaches every process at once (`docker kill --signal`, a process-group kill, a
 terminal's Ctrl-C), the shell and the toolkit may die before training has saved anything. The
 supervisor is a child subreaper, so training processes orphaned that way stay its children: after
 a stop it waits for every process below it before it exits, since the container ends, and kills
 them, when it does. Its exit status is 128 + the signal after a stop, whatever the toolkit's
-(which exits 0 on SIGINT). A stop that comes while no training process runs yet reaches them
-once they do. One that comes after they have ended and the job has finished well changes
-nothing: SageMaker's local mode stops every container as soon as the first one exits, and a host
-whose toolkit has just reported success may still be exiting then.
+(which, without the framework module, exits 0 on SIGINT). A stop that comes while no training
+process runs yet reaches them once they do. One that comes after they have ended and the job
+has finished well changes nothing: SageMaker's local mode stops every container as soon as the
+first one exits, and a host whose toolkit has just reported success may still be exiting then.
 
 Before it starts the toolkit, it checks what the toolkit reads first (preflight.py).
 
@@ -28,92 +28,18 @@ Before it starts the toolkit, it checks what the toolkit reads first (preflight.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 from ..errors import JobError
 from . import preflight
 from .failure import write_failure
+from .forwarding import Forwarder, become_subreaper, reap, wait_for_descendants
 from .paths import JobPaths
-
-_PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
-# SageMaker's SIGKILL follows its SIGTERM after 120 s: waiting longer would be pointless.
-STOP_WAIT_S = 115.0
-STARTING_POLL_S = 0.1
-
-
-def children_of() -> dict[int, list[int]]:
-    """Parent pid → child pids, from /proc."""
-    tree: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            # The command name (2nd field) may hold spaces; the ppid follows its closing ')'.
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # the process ended meanwhile
-        tree.setdefault(ppid, []).append(int(stat.parent.name))
-    return tree
-
-
-def descendants(pid: int) -> list[int]:
-    tree, found, todo = children_of(), [], [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def runs_program(pid: int, program: str) -> bool:
-    """Whether the process runs the entry script (`python ... train.py ...`) and is alive."""
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return any(Path(os.fsdecode(arg)).name == program for arg in args if arg)
-
-
-def training_processes(program: str) -> list[int]:
-    return [pid for pid in descendants(os.getpid()) if runs_program(pid, program)]
-
-
-def signal_training(program: str, signum: int) -> bool:
-    """Send the signal to every training process; whether there was any."""
-    reached = training_processes(program)
-    for pid in reached:
-        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
-            os.kill(pid, signum)
-    return bool(reached)
-
-
-def signal_once_started(child: subprocess.Popen[bytes], program: str, signum: int) -> None:
-    """A stop that came while the toolkit was starting the training processes: they get it as
-    soon as they run (the toolkit forwards nothing). Ends with the toolkit, which may already be
-    past them: a job that has finished keeps its outcome (`outcome`)."""
-    while child.returncode is None:  # set by the main thread's wait
-        if signal_training(program, signum):
-            return
-        time.sleep(STARTING_POLL_S)
-
-
-def _become_subreaper() -> None:
-    """Orphaned descendants become our children rather than init's (Linux; else a no-op)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def _reap() -> None:
-    """Collect the exit status of every child that has ended (orphans included)."""
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
 
 
 def exit_status(returncode: int) -> int:
@@ -126,13 +52,15 @@ def runs_toolkit(command: list[str]) -> bool:
     return any(Path(arg).name == "train" for arg in command)
 
 
-def outcome(code: int, stopping: list[int], output_dir: Path, toolkit: bool) -> int:
+def outcome(
+    code: int, stopping: list[int], output_dir: Path, toolkit: bool, who: str = "supervise"
+) -> int:
     """The exit status SageMaker sees. A stop is a failure whatever the toolkit returned (it
     exits 0 on SIGINT), unless it came once the job had finished well (the toolkit's 0 beside
     output/success and no failure file: a training process that the stop reached writes one).
     A toolkit's 0 without output/success, or beside a failure file, is a failure too (it exits
     0 when writing its failure file fails, on a full or read-only disk). A cause is written
-    where none was, if anything can be written there."""
+    where none was, if anything can be written there (and logged, prefixed `who`)."""
     failure_file = output_dir / "failure"
     succeeded = toolkit and code == 0 and (output_dir / "success").exists()
     if stopping and succeeded and not failure_file.exists():
@@ -163,7 +91,7 @@ def outcome(code: int, stopping: list[int], output_dir: Path, toolkit: bool) -> 
         if failure_file.stat().st_size == 0:  # what a write that failed halfway leaves
             failure_file.unlink()
     if not failure_file.exists():
-        print(f"supervise: {cause}", file=sys.stderr, flush=True)
+        print(f"{who}: {cause}", file=sys.stderr, flush=True)
         write_failure(failure_file, JobError(cause))  # logs it if it cannot be written
     return code
 
@@ -175,30 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             "usage: python -m tft_sagemaker.sagemaker.supervise COMMAND [ARGS ...]", file=sys.stderr
         )
         return 2
-    program = os.environ.get("SAGEMAKER_PROGRAM", "train.py")
-    _become_subreaper()
-    stopping: list[int] = []
-
-    child: subprocess.Popen[bytes] | None = None
-    pursuing: list[threading.Thread] = []
-
-    def pursue() -> None:
-        """The first stop, to the training processes once they run (none did when it came)."""
-        if child is not None and stopping and not pursuing:
-            pursuing.append(
-                threading.Thread(
-                    target=signal_once_started, args=(child, program, stopping[0]), daemon=True
-                )
-            )
-            pursuing[0].start()
-
-    def forward(signum: int, _frame: object) -> None:
-        stopping.append(signum)
-        if not signal_training(program, signum):
-            pursue()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, forward)
+    forwarder = Forwarder(os.environ.get("SAGEMAKER_PROGRAM", "train.py"))
+    become_subreaper()
+    forwarder.install()
+    stopping = forwarder.stopping
     paths = JobPaths.from_env(os.environ)
     toolkit = runs_toolkit(command)
     if toolkit and (code := preflight.refused(paths, os.environ, "supervise")) is not None:
@@ -206,19 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     if stopping:  # stopped before anything started
         return outcome(0, stopping, paths.output_dir, toolkit=False)
     child = subprocess.Popen(command)
-    pursue()  # a stop that came while it was being started
+    forwarder.launched(lambda: child.returncode is not None)  # set by the wait below
     code = exit_status(child.wait())
     if stopping:
-        # The shell or the toolkit may have died of the signal before training finished saving;
-        # and the shell between the toolkit and the script (dash does not exec it) ends a moment
-        # after the script: this process, which the container or a terminal waits on, ends last.
-        deadline = time.monotonic() + STOP_WAIT_S
-        while time.monotonic() < deadline:
-            _reap()
-            if not descendants(os.getpid()):
-                break
-            time.sleep(0.1)
-    _reap()
+        # The shell or the toolkit may have died of the signal before training finished saving:
+        # this process, which the container or a terminal waits on, ends last.
+        wait_for_descendants()
+    reap()
     return outcome(code, stopping, paths.output_dir, toolkit)
 
 
