@@ -52,15 +52,15 @@ def test_fits_for_other_windows_are_not_taken(
     monkeypatch.setattr(baselines, "_worker_count", lambda fits, processes, ahead=False: 1)
     keys = (np.arange(3), np.arange(3)[:, None])
     fits = ClassicalFits(["theta"], _histories(3), 3, None, ahead=True)
-    ahead = FitsAhead(Validation([keys], 3, False, np.arange(3), fits), None)
+    ahead = FitsAhead(Validation([keys], 3, np.arange(3), fits), None)
     moved = (keys[0] + 1, keys[1])
     with caplog.at_level("WARNING", logger="tft_sagemaker.fits_ahead"):
-        assert ahead.take_validation([moved], 3, False) is None
+        assert ahead.take_validation([moved], 3, np.arange(3)) is None
     assert "assumed other validation windows than the evaluation's; fitting them now" in (
         caplog.text
     )
     assert all(w is None or w.poll() is not None for w, _ in fits._workers)  # stopped
-    assert ahead.take_validation([keys], 3, False) is None  # taken once, whatever the answer
+    assert ahead.take_validation([keys], 3, np.arange(3)) is None  # taken once, whatever came
 
 
 def test_the_baselines_sample_over_hosts_is_one_process_sample() -> None:

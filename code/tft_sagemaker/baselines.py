@@ -17,6 +17,7 @@ The fits are spread over worker processes on the host's idle cores (`classical_f
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import pickle
@@ -188,8 +189,15 @@ Fits = dict[str, tuple[np.ndarray, int]]  # model name → `classical_forecast`'
 _FITS_PER_WORKER = 200
 _MAX_WORKERS = 8
 _WORKER = [sys.executable, "-m", __name__]  # `_worker` reads its part on stdin
-# Workers started ahead (while the job trains) yield their cores to the training processes.
+# Workers started ahead (while the job trains) yield their cores to the training processes,
+# from their start on (importing statsmodels takes about 1.5 s of a core).
 AHEAD_NICENESS = 10
+_AHEAD_WORKER = [
+    sys.executable,
+    "-c",
+    f"import os, runpy; os.nice({AHEAD_NICENESS}); runpy.run_module({__name__!r}, "
+    "run_name='__main__', alter_sys=True)",
+]
 
 
 def _worker_count(fits: int, processes: int, ahead: bool = False) -> int:
@@ -210,19 +218,22 @@ def _fit_part(
     return {name: classical_forecast(name, histories, horizon, season) for name in names}
 
 
-def _start_worker(payload: bytes) -> subprocess.Popen[bytes] | None:
+def _start_worker(payload: bytes, ahead: bool = False) -> subprocess.Popen[bytes] | None:
     """A worker fed its part, or None (and the reason logged) where it could not start. In a
-    session of its own: a stop signalled to the job's process group is the job's to handle."""
+    process group of its own: a stop signalled to the job's group is the job's to handle. Not
+    in a session of its own: with the kernel's autogroups (sched_autogroup_enabled) a session
+    shares the CPU equally with the job's whatever its niceness, and an ahead worker halved
+    the training's speed on 2 cores."""
     code = str(Path(__file__).resolve().parents[1])  # the directory holding this package
     path = os.pathsep.join(p for p in (code, os.environ.get("PYTHONPATH")) if p)
     try:
         worker = subprocess.Popen(
-            _WORKER,
+            _AHEAD_WORKER if ahead else _WORKER,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": path},
-            start_new_session=True,
+            process_group=0,
         )
     except OSError as err:
         log.warning("classical fits: no worker process (%s); this process fits its part", err)
@@ -261,7 +272,7 @@ class ClassicalFits:
     `result` is asked for. Each series is fitted alone, so the forecasts are those of one
     process; a worker that fails leaves its part to this process, with the reason logged.
 
-    `ahead`: started before the fits are needed (the job starts its evaluation's while it
+    `ahead`: started before the fits are needed (the job starts its evaluation's before it
     trains), every part in a worker at a low priority (`AHEAD_NICENESS`), so that the training
     keeps its cores; `started` says whether any worker could take them (else `result` fits them
     all here)."""
@@ -292,11 +303,12 @@ class ClassicalFits:
                 len(remote),
                 ", started before training, at a low priority" if ahead else "",
             )
-        nice = AHEAD_NICENESS if ahead else 0
         self._workers = [
-            (_start_worker(pickle.dumps((self.names, chunk, horizon, season, nice))), chunk)
+            (_start_worker(pickle.dumps((self.names, chunk, horizon, season)), ahead), chunk)
             for chunk in remote
         ]
+        if ahead:  # whatever ends the job before it takes them (a stop, a failure)
+            atexit.register(self.cancel)
 
     @property
     def started(self) -> bool:
@@ -323,6 +335,7 @@ class ClassicalFits:
     def cancel(self) -> None:
         """Workers still fitting are stopped: their fits are not wanted (this process is
         stopping, or it fits other windows)."""
+        atexit.unregister(self.cancel)
         for worker, _ in self._workers:
             if worker is not None and worker.poll() is None:
                 worker.kill()
@@ -344,9 +357,7 @@ def _worker() -> None:
     """A worker process (`python -m tft_sagemaker.baselines`): the fits of the part on stdin,
     pickled to stdout (anything printed goes to stderr)."""
     out, sys.stdout = sys.stdout.buffer, sys.stderr
-    names, histories, horizon, season, nice = pickle.load(sys.stdin.buffer)
-    if nice:
-        os.nice(nice)
+    names, histories, horizon, season = pickle.load(sys.stdin.buffer)
     out.write(pickle.dumps(_fit_part(names, histories, horizon, season)))
     out.flush()
 

@@ -12,8 +12,12 @@ key (every host's, for the sample is drawn over all of them); elsewhere it fits 
 as it would without this, and logs why. The forecasts are the same either way: each series is
 fitted alone, on the same history.
 
-At 5 million rows, one process on 2 cores, the baselines' fits of the 500 sampled series took
-4.6 s after training (of 11 s), and ran during preparation and training instead.
+The workers run at nice 10 in the job's own session (the kernel's autogroups share the CPU
+per session, whatever the niceness): they take what the training leaves. On a GPU host, whose
+training processes leave most cores idle, the fits are done by the time training ends. On this
+project's 2-core CPU machine a training process keeps both cores busy (its threads), so at 5
+million rows with one process the fits move from after training into its idle moments and
+little is gained (`make bench-scale`, README's Large panels).
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -29,12 +32,12 @@ from pytorch_forecasting import TimeSeriesDataSet
 
 from .baselines import CLASSICAL_MODELS, ClassicalFits, Fits, classical_sample, window_histories
 from .combination import CLASSICAL_MEMBERS, classical_histories
-from .config import DataConfig, job_season
+from .config import DataConfig, JobConfig, job_season
 from .dataset import user_names
 from .evaluate import Keys, same_keys, series_index, window_keys, window_order
-
-if TYPE_CHECKING:
-    from .job import Job
+from .job_data import JobData
+from .sagemaker.launch_plan import LaunchPlan
+from .shares import Hosts
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +61,23 @@ def windows_index(dataset: TimeSeriesDataSet, keys: Keys, data: DataConfig) -> p
     return series_index(dataset, *keys).rename(columns=user_names(data))
 
 
-def validation_histories(job: Job, keys: Keys) -> list[np.ndarray]:
-    """The histories of this host's validation windows (`keys`, in its forecast's order)."""
-    assert job.data is not None  # the host's first process
-    data = job.config.data
-    index = windows_index(job.validation, keys, data)
-    return window_histories(job.data.validation, index, data.group_ids, data.time_idx, data.target)
+def validation_histories(
+    data: JobData, dataset: TimeSeriesDataSet, keys: Keys, config: DataConfig
+) -> list[np.ndarray]:
+    """The histories of the host's validation windows (`keys`, in its forecast's order)."""
+    index = windows_index(dataset, keys, config)
+    return window_histories(
+        data.validation, index, config.group_ids, config.time_idx, config.target
+    )
 
 
-def classical_everywhere(job: Job) -> bool:
+def classical_everywhere(config: JobConfig, backtest: TimeSeriesDataSet | None) -> bool:
     """Whether ETS and Theta forecast every validation window (members of the combination,
     which is then shipped for every window), not a sample of them: where the combination
     chooses among them (`choose_on_backtest`: at most ensemble_max_series backtest windows)."""
     return (
-        job.backtest is not None
-        and len(job.backtest) <= job.config.training.ensemble_max_series
+        backtest is not None
+        and len(backtest) <= config.training.ensemble_max_series
         and bool(CLASSICAL_MEMBERS)
     )
 
@@ -83,7 +88,6 @@ class Validation:
 
     hosts: list[Keys]  # every host's validation window keys, in node order
     horizon: int
-    everywhere: bool
     fit: np.ndarray  # the positions of this host's windows fitted
     fits: ClassicalFits
 
@@ -99,26 +103,23 @@ class Backtest:
 
 @dataclass
 class FitsAhead:
-    """What the host's first process started before training (None: nothing to start)."""
+    """What the host's first process started before training; each part is taken once."""
 
     validation: Validation | None
     backtest: Backtest | None
 
-    def take_validation(self, hosts: list[Keys], horizon: int, everywhere: bool) -> Fits | None:
-        """The validation baselines' fits, where the evaluation's windows are those assumed."""
+    def take_validation(self, hosts: list[Keys], horizon: int, fit: np.ndarray) -> Fits | None:
+        """The fits of the validation windows `fit` (positions in this host's), where the
+        evaluation's windows (every host's) are those assumed; else None (fit them now)."""
         ahead, self.validation = self.validation, None
         if ahead is None:
             return None
         if not (
             same_keys(ahead.hosts, hosts)
-            and (ahead.horizon, ahead.everywhere) == (horizon, everywhere)
+            and ahead.horizon == horizon
+            and np.array_equal(ahead.fit, fit)
         ):
-            log.warning(
-                "classical fits: those started before training assumed other validation "
-                "windows than the evaluation's; fitting them now"
-            )
-            ahead.fits.cancel()
-            return None
+            return _not_taken(ahead.fits, "validation")
         return ahead.fits.result()
 
     def take_backtest(self, keys: Keys, horizon: int) -> Fits | None:
@@ -127,64 +128,64 @@ class FitsAhead:
         if ahead is None:
             return None
         if not (same_keys([ahead.keys], [keys]) and ahead.horizon == horizon):
-            log.warning(
-                "classical fits: those started before training assumed other backtest windows "
-                "than the evaluation's; fitting them now"
-            )
-            ahead.fits.cancel()
-            return None
+            return _not_taken(ahead.fits, "backtest")
         return ahead.fits.result()
 
-    def cancel(self) -> None:
-        """Workers not taken are stopped (the job is stopping, or failed)."""
-        for part in (self.validation, self.backtest):
-            if part is not None:
-                part.fits.cancel()
+
+def _not_taken(fits: ClassicalFits, windows: str) -> None:
+    log.warning(
+        "classical fits: those started before training assumed other %s windows than the "
+        "evaluation's; fitting them now",
+        windows,
+    )
+    fits.cancel()
 
 
-def start_fits_ahead(job: Job) -> FitsAhead | None:
-    """The host's first process starts the evaluation's classical fits (the other processes,
-    and a job without idle cores, fit nothing ahead). Every host's first process takes part in
-    the exchange of the validation windows' keys (the baselines' sample is drawn over all)."""
-    if job.data is None:
+def start_fits_ahead(
+    config: JobConfig,
+    plan: LaunchPlan,
+    hosts: Hosts,
+    data: JobData | None,
+    validation: TimeSeriesDataSet,
+    backtest: TimeSeriesDataSet | None,
+) -> FitsAhead | None:
+    """The host's first process (the one with `data`) starts the evaluation's classical fits,
+    on the settled `config`; every host's first process takes part in the exchange of the
+    validation windows' keys (the baselines' sample is drawn over all of them). None for the
+    other processes, and where no core is idle."""
+    if data is None:
         return None
-    config = job.config
-    keys, horizon = window_keys(job.validation)
-    hosts = job.hosts.gather("validation windows", (keys, horizon))
-    horizon = max(h for _, h in hosts)
-    every = [k for k, _ in hosts]
+    keys, horizon = window_keys(validation)
+    gathered = hosts.gather("validation windows", (keys, horizon))
+    every = [k for k, _ in gathered]
+    horizon = max(h for _, h in gathered)
     season = job_season(config.data)
-    processes = job.plan.devices
-    everywhere = classical_everywhere(job)
-    node = job.plan.node_rank
+    everywhere = classical_everywhere(config, backtest)
     fit = (
         np.arange(len(keys[0]))
         if everywhere
         else classical_windows(
-            every, node, config.training.baseline_max_series, config.training.seed
+            every, plan.node_rank, config.training.baseline_max_series, config.training.seed
         )
     )
-    validation = None
+    ahead = FitsAhead(None, None)
     if len(fit):
-        histories = validation_histories(job, keys)
+        histories = validation_histories(data, validation, keys, config.data)
         fits = ClassicalFits(
-            list(CLASSICAL_MODELS), [histories[i] for i in fit], horizon, season, processes, True
+            list(CLASSICAL_MODELS), [histories[i] for i in fit], horizon, season, plan.devices, True
         )
-        validation = Validation(every, horizon, everywhere, fit, fits) if fits.started else None
-    backtest = None
+        ahead.validation = Validation(every, horizon, fit, fits) if fits.started else None
     if everywhere:
-        assert job.backtest is not None
-        (times, codes), longest = window_keys(job.backtest)
+        assert backtest is not None
+        (times, codes), longest = window_keys(backtest)
         order = window_order(times, codes)
         ordered = (times[order], codes[order])
-        data = config.data
-        index = windows_index(job.backtest, ordered, data)
-        histories = window_histories(
-            job.data.train, index, data.group_ids, data.time_idx, data.target
+        index = windows_index(backtest, ordered, config.data)
+        d = config.data
+        histories = window_histories(data.train, index, d.group_ids, d.time_idx, d.target)
+        every_origin, _, _ = classical_histories(histories, longest, season)
+        fits = ClassicalFits(
+            list(CLASSICAL_MEMBERS), every_origin, longest, season, plan.devices, True
         )
-        every, _, _ = classical_histories(histories, longest, season)
-        fits = ClassicalFits(list(CLASSICAL_MEMBERS), every, longest, season, processes, True)
-        backtest = Backtest(ordered, longest, fits) if fits.started else None
-    if validation is None and backtest is None:
-        return None
-    return FitsAhead(validation, backtest)
+        ahead.backtest = Backtest(ordered, longest, fits) if fits.started else None
+    return None if ahead.validation is None and ahead.backtest is None else ahead

@@ -141,6 +141,7 @@ class Job:
     speedups: Report  # what the speed-up layer engaged, batching of each dataset included
     fingerprint: dict[str, Any]  # what checkpoints are stamped with and resumed by
     forecast_input: PredictionInput | None  # the `forecast` channel, checked
+    ahead: FitsAhead | None = None  # the evaluation's classical fits, started with the datasets
 
     @property
     def config(self) -> JobConfig:
@@ -302,6 +303,8 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
     config = settings.config
     for choice in settings.choices:
         log.info("recipe: %s", choice)
+    # The evaluation's classical fits, in worker processes while the job gets ready and trains.
+    ahead = start_fits_ahead(config, plan, hosts, data, validation, backtest)
     # Checked before training, so that a bad channel costs no training time.
     # Only the host's first process has the data (global rank 0, which publishes, among them).
     raw_forecast = None if data is None else read_channel(paths, FORECAST_CHANNEL, required=False)
@@ -355,6 +358,7 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
         speedups,
         stamp,
         forecast_input,
+        ahead,
     )
 
 
@@ -433,17 +437,13 @@ def _rows_of(frame: pd.DataFrame, names: list[str] | None, config: DataConfig) -
 
 
 def evaluate_share(
-    job: Job,
-    model: JobTemporalFusionTransformer,
-    combination: Combination | None = None,
-    ahead: FitsAhead | None = None,
+    job: Job, model: JobTemporalFusionTransformer, combination: Combination | None = None
 ) -> tuple[RankShare, InterpretationSum | None]:
     """Every process: its share of the final evaluation (`RankShare`), and its interpretation
     sums (report=true). The interpreted series and the classical baselines' sample are agreed
     across hosts, so that the shares add up to one process's evaluation of every window.
     `combination` (global rank 0, one host): where ETS and Theta are among its members, they
-    forecast every window (the combination is shipped for every window). `ahead`: the fits
-    started before training, taken where they are those of these windows."""
+    forecast every window (the combination is shipped for every window)."""
     config, data = job.config, job.config.data
     focus = None
     if job.data is not None:  # the largest series of every host
@@ -481,17 +481,19 @@ def evaluate_share(
     everywhere = combination is not None and any(
         n in combination.candidates for n in CLASSICAL_MEMBERS
     )
-    fits = None if ahead is None else ahead.take_validation(hosts, horizon, everywhere)
-    baselines = baseline_forecasts(
-        validation_histories(job, hosts[node]),
-        horizon,
-        job_season(data),
+    fit = (
         np.arange(len(hosts[node][0]))
         if everywhere
-        else classical_windows(hosts, node, max_series, config.training.seed),
+        else classical_windows(hosts, node, max_series, config.training.seed)
+    )
+    baselines = baseline_forecasts(
+        validation_histories(job.data, job.validation, hosts[node], data),
+        horizon,
+        job_season(data),
+        fit,
         classical=everywhere or max_series > 0,
         processes=devices,  # the host's other processes wait for it
-        fits=fits,
+        fits=None if job.ahead is None else job.ahead.take_validation(hosts, horizon, fit),
     )
     summary = job.data.summary
     seconds = time.monotonic() - started
@@ -499,7 +501,7 @@ def evaluate_share(
 
 
 def choose_combination(
-    job: Job, model: JobTemporalFusionTransformer, ahead: FitsAhead | None = None
+    job: Job, model: JobTemporalFusionTransformer
 ) -> tuple[Combination, float] | None:
     """ensemble=true (one host): every process forecasts its share of the backtest windows;
     global rank 0 gathers them and chooses the combination's weights on them (its process holds
@@ -530,7 +532,7 @@ def choose_combination(
         job.config.model.quantiles,
         job.config.training.ensemble_max_series,
         job.plan.devices,  # the host's other processes wait for it
-        None if ahead is None else ahead.take_backtest(whole.keys, whole.actuals.shape[1]),
+        None if job.ahead is None else job.ahead.take_backtest(whole.keys, whole.actuals.shape[1]),
     )
     log.info("%s", describe_combination(combination))
     return combination, time.monotonic() - started
@@ -547,17 +549,15 @@ def _tft_metrics(tft: dict[str, Any], comparison: Comparison) -> dict[str, Any]:
     }
 
 
-def evaluate(
-    job: Job, timings: dict[str, float], ahead: FitsAhead | None = None
-) -> Evaluation | None:
+def evaluate(job: Job, timings: dict[str, float]) -> Evaluation | None:
     """Every process forecasts its share of the validation windows with the best checkpoint,
     and each host's first process forecasts the host's windows with the baselines
     (`evaluate_share`); global rank 0 gathers the shares, scores them as one process would
     score every window, prints the final metric line and returns the evaluation (the other
     ranks None). With ensemble=true the combination's weights are chosen on the backtest windows
     first (`choose_combination`), and the combination is scored beside the TFT alone, its
-    classical members' forecasts those of the baselines. `ahead`: the classical fits started
-    before training (`fits_ahead.py`)."""
+    classical members' forecasts those of the baselines; the classical fits started before
+    training (`job.ahead`, fits_ahead.py) are taken where they are those of these windows."""
     config = job.config
     quantiles = config.model.quantiles
     zero = job.trainer.is_global_zero
@@ -570,9 +570,9 @@ def evaluate(
     # The best checkpoint is on the first host's disk: the other processes get its bytes.
     content = from_zero(best.read_bytes() if zero else None) if job.plan.world_size > 1 else best
     checkpoint, model = load_model(content, config.speedups)
-    chosen = None if job.backtest is None else choose_combination(job, model, ahead)
+    chosen = None if job.backtest is None else choose_combination(job, model)
     combination = None if chosen is None else chosen[0]
-    share, interpretation = evaluate_share(job, model, combination, ahead)
+    share, interpretation = evaluate_share(job, model, combination)
     gathered = to_zero(share)
     if not zero:  # the rows of the series rank 0 plots
         plotted = from_zero(None)
@@ -734,29 +734,23 @@ def run(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> dict[str, Any]:
     )
     if resume is not None:
         resume.check_fits(job.model.state_dict(), job.training.get_parameters())
+    fit_started = time.monotonic()
+    fit(job, None if resume is None else resume.path)
+    if (signum := stops.received()) is not None:
+        raise stops.Stopped(signum)  # after Lightning's last look: every epoch is checkpointed
     refused: JobError | None = None
     metrics: dict[str, Any] = {}
-    ahead = start_fits_ahead(job)  # the evaluation's classical fits, while it trains
-    try:
-        fit_started = time.monotonic()
-        fit(job, None if resume is None else resume.path)
-        if (signum := stops.received()) is not None:
-            raise stops.Stopped(signum)  # after Lightning's last look: every epoch is saved
-        clock = next(c for c in job.trainer.callbacks if isinstance(c, TrainingClock))
-        timings = {
-            "fit_s": round(time.monotonic() - fit_started, 2),
-            "job_s": round(time.monotonic() - started, 2),
-            # Since the job's code started: its first training step, and the end of training.
-            "first_step_s": None if clock.first_step_s is None else round(clock.first_step_s, 2),
-            "trained_s": round(time.monotonic() - STARTED, 2),
-            "training_s": round(clock.training_s, 2),  # training batches, validation excluded
-        }
-        with cluster_failures(plan, job.config.distributed.collective_timeout_s):
-            # every host its share; global rank 0 the whole
-            evaluation = evaluate(job, timings, ahead)
-    finally:
-        if ahead is not None:
-            ahead.cancel()  # what the evaluation did not take (it stopped, or failed)
+    clock = next(c for c in job.trainer.callbacks if isinstance(c, TrainingClock))
+    timings = {
+        "fit_s": round(time.monotonic() - fit_started, 2),
+        "job_s": round(time.monotonic() - started, 2),
+        # Since the job's code started: its first training step, and the end of training.
+        "first_step_s": None if clock.first_step_s is None else round(clock.first_step_s, 2),
+        "trained_s": round(time.monotonic() - STARTED, 2),
+        "training_s": round(clock.training_s, 2),  # training batches, validation excluded
+    }
+    with cluster_failures(plan, job.config.distributed.collective_timeout_s):
+        evaluation = evaluate(job, timings)  # every host its share; global rank 0 the whole
     if evaluation is not None:
         metrics = evaluation.metrics
         if job.config.training.require_beating_baseline and not evaluation.beats_baselines:
