@@ -34,6 +34,12 @@ def _holiday_of_week(weeks: pd.DatetimeIndex) -> np.ndarray:
     return labels
 
 
+def _spread(labels: pd.Categorical, times: int, repeat: bool) -> pd.Categorical:
+    """`labels` with each value repeated `times` times (`repeat`) or the whole tiled."""
+    codes = (np.repeat if repeat else np.tile)(labels.codes, times)
+    return pd.Categorical.from_codes(codes, categories=labels.categories)
+
+
 def make_panel(
     n_stores: int = 30,
     n_products: int = 10,
@@ -78,21 +84,29 @@ def make_panel(
     )
     sales = np.round(np.clip(demand, 0.0, None), 1)
 
+    # The labels as categoricals made of codes per row, not of a string per row (gigabytes
+    # of them at tens of millions of rows), with astype("category")'s sorted categories.
+    def per_series(labels: list[str]) -> pd.Categorical:
+        return _spread(pd.Categorical(labels), n_weeks, repeat=True)
+
+    def per_week(labels: list[str]) -> pd.Categorical:
+        return _spread(pd.Categorical(labels), n_series, repeat=False)
+
     frame = pd.DataFrame(
         {
-            "store": np.repeat([f"store_{s:03d}" for s in store], n_weeks),
-            "product": np.repeat([f"product_{p:02d}" for p in product], n_weeks),
-            "category": np.repeat([CATEGORIES[p % len(CATEGORIES)] for p in product], n_weeks),
+            "store": per_series([f"store_{s:03d}" for s in store]),
+            "product": per_series([f"product_{p:02d}" for p in product]),
+            "category": per_series([CATEGORIES[p % len(CATEGORIES)] for p in product]),
             "week": np.tile(weeks, n_series),
             "sales": sales.ravel(),
             "price": np.round(price, 3).ravel(),
             "discount_pct": np.round(100 * discount, 2).ravel(),
-            "promo": np.where(promo, "promo", "-").ravel(),
-            "holiday": np.tile(holiday, n_series),
+            "promo": pd.Categorical.from_codes(
+                promo.ravel().astype(np.int8), categories=["-", "promo"]
+            ).remove_unused_categories(),
+            "holiday": per_week(list(holiday)),
             "store_size": np.repeat(np.round(store_size, 3), n_weeks),
+            "month": per_week([str(m) for m in weeks.month]),
         }
     )
-    frame["month"] = frame["week"].dt.month.astype(str)
-    for column in ("store", "product", "category", "promo", "holiday", "month"):
-        frame[column] = frame[column].astype("category")
     return frame
