@@ -77,7 +77,7 @@ bench: setup ## throughput, time to MAE, data scaling, ablation -> bench/results
 bench-ablation: setup ## what each speed-up lever buys -> bench/results/ablation.{json,md}
 	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/ablation.py
 
-bench-scale: setup ## the job on 1, 5 and 20 million rows vs pytorch-forecasting's dataset -> bench/results/scale.json
+bench-scale: setup ## the job on 1, 5, 20 and 50 million rows vs pytorch-forecasting's dataset -> bench/results/scale.json
 	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/python bench/scale.py $(SCALE_ARGS)
 
 bench-container: setup ## host vs containers throughput (after make e2e) -> bench/results/container.json
