@@ -13,11 +13,12 @@ as it would without this, and logs why. The forecasts are the same either way: e
 fitted alone, on the same history.
 
 The workers run at nice 10 in the job's own session (the kernel's autogroups share the CPU
-per session, whatever the niceness): they take what the training leaves. On a GPU host, whose
-training processes leave most cores idle, the fits are done by the time training ends. On this
-project's 2-core CPU machine a training process keeps both cores busy (its threads), so at 5
-million rows with one process the fits move from after training into its idle moments and
-little is gained (`make bench-scale`, README's Large panels).
+per session, whatever the niceness): they take what the training leaves. Where training
+leaves cores idle (a GPU host's training processes mostly wait on their GPUs), the fits can
+end during training (not measured: no GPU was lent). On this project's 2-core CPU machine a
+training process keeps both cores busy (its threads), so at 5 million rows with one process
+the fits move from after training into its idle moments and little is gained (`make
+bench-scale`, README's Large panels).
 """
 
 from __future__ import annotations
