@@ -153,7 +153,7 @@ def test_classical_models_fall_back_to_the_last_value_on_too_short_histories() -
         assert (np.diff(forecast[1]) > 0).all() and forecast[1][0] > 40.0, name
 
 
-def _histories(n: int) -> list[np.ndarray]:
+def random_walks(n: int) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     return [np.cumsum(rng.normal(size=int(rng.integers(12, 40)))) + 50 for _ in range(n)]
 
@@ -162,7 +162,7 @@ def test_classical_fits_in_worker_processes_equal_one_process(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Split over this process and two workers, each series is fitted as in one process."""
-    histories = _histories(13)
+    histories = random_walks(13)
     alone = {
         n: baselines.classical_forecast(n, histories, 4, 4) for n in baselines.CLASSICAL_MODELS
     }
@@ -179,7 +179,7 @@ def test_classical_fits_in_worker_processes_equal_one_process(
 def test_a_failed_worker_leaves_its_part_to_this_process(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    histories = _histories(6)
+    histories = random_walks(6)
     alone, fallbacks = baselines.classical_forecast("theta", histories, 3, None)
     monkeypatch.setattr(baselines, "_worker_count", lambda fits, processes, ahead=False: 1)
     failing = [sys.executable, "-c", "import sys; print('out of memory', file=sys.stderr); exit(3)"]

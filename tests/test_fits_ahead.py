@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_baselines import random_walks
 
 from tft_sagemaker import baselines
 from tft_sagemaker.baselines import ClassicalFits, classical_forecast, classical_sample
@@ -15,15 +16,10 @@ from tft_sagemaker.evaluate import window_order
 from tft_sagemaker.fits_ahead import FitsAhead, Validation, classical_windows
 
 
-def _histories(n: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(1)
-    return [np.cumsum(rng.normal(size=int(rng.integers(12, 40)))) + 50 for _ in range(n)]
-
-
 def test_fits_ahead_are_all_in_workers_and_those_of_one_process(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    histories = _histories(9)
+    histories = random_walks(9)
     monkeypatch.setattr(baselines, "_worker_count", lambda fits, processes, ahead=False: 2)
     with caplog.at_level("INFO", logger="tft_sagemaker.baselines"):
         fits = ClassicalFits(["ets", "theta"], histories, 4, 4, ahead=True)
@@ -40,7 +36,7 @@ def test_fits_ahead_are_all_in_workers_and_those_of_one_process(
 
 def test_without_an_idle_core_nothing_starts_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(baselines.os, "sched_getaffinity", lambda pid: {0, 1})
-    assert not ClassicalFits(["theta"], _histories(600), 3, None, processes=2, ahead=True).started
+    assert not ClassicalFits(["theta"], random_walks(600), 3, None, processes=2, ahead=True).started
     # An idle core: a worker, however few the fits (no process waits for it to start).
     assert baselines._worker_count(2, 1, ahead=True) == 1
     assert baselines._worker_count(2, 1) == 0
@@ -51,7 +47,7 @@ def test_fits_for_other_windows_are_not_taken(
 ) -> None:
     monkeypatch.setattr(baselines, "_worker_count", lambda fits, processes, ahead=False: 1)
     keys = (np.arange(3), np.arange(3)[:, None])
-    fits = ClassicalFits(["theta"], _histories(3), 3, None, ahead=True)
+    fits = ClassicalFits(["theta"], random_walks(3), 3, None, ahead=True)
     ahead = FitsAhead(Validation([keys], 3, np.arange(3), fits), None)
     moved = (keys[0] + 1, keys[1])
     with caplog.at_level("WARNING", logger="tft_sagemaker.fits_ahead"):
