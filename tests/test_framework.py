@@ -55,7 +55,12 @@ def main():
 """
 
 
-def run_toolkit(tmp_path: Path, steps: str) -> subprocess.CompletedProcess[str]:
+def run_toolkit(
+    tmp_path: Path, steps: str, pending: signal.Signals | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The toolkit's `train` through the framework module and the stand-in running `steps`.
+    `pending`: a stop sent as soon as `train` runs, held back by the signal mask it was started
+    with until the framework module takes the stops (whatever the machine's load)."""
     base = tmp_path / "opt_ml"
     config = base / "input" / "config"
     config.mkdir(parents=True)
@@ -70,7 +75,7 @@ def run_toolkit(tmp_path: Path, steps: str) -> subprocess.CompletedProcess[str]:
     modules.mkdir()
     (modules / "fake_dlc.py").write_text(FAKE_DLC)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_", "TFT_"))}
-    return subprocess.run(
+    process = subprocess.Popen(
         [str(VENV_BIN / "train")],
         env=env
         | {
@@ -83,11 +88,17 @@ def run_toolkit(tmp_path: Path, steps: str) -> subprocess.CompletedProcess[str]:
             "FAKE_STEPS": steps,
         },
         cwd=tmp_path,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
-        check=False,
+        preexec_fn=None
+        if pending is None
+        else lambda: signal.pthread_sigmask(signal.SIG_BLOCK, [pending]),
     )
+    if pending is not None:
+        process.send_signal(pending)  # Popen returns once `train` is exec'd: it is pending
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 @pytest.fixture(autouse=True)
@@ -127,3 +138,44 @@ def test_a_stop_that_training_wrote_no_cause_for_still_has_one(tmp_path: Path) -
     assert process.returncode == 1, process.stderr
     assert failure.startswith("Stopped by SIGTERM before the training processes wrote a cause")
     assert signal.Signals.SIGTERM.name in process.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_stop_while_the_toolkit_starts_is_a_failure_with_a_cause(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """A stop that came before the toolkit called the framework module (here: before it ran
+    at all, pending) is handled from the module's import on: nothing is launched, and the
+    toolkit fails with the cause. Left to the toolkit, a SIGINT inside its `train()` exits 0."""
+    process = run_toolkit(tmp_path, "done", pending=signum)
+    output = tmp_path / "opt_ml" / "output"
+    assert process.returncode == 1, process.stderr
+    assert (
+        (output / "failure")
+        .read_text()
+        .startswith(f"Stopped by {signum.name} before the training processes wrote a cause")
+    )
+    assert not (output / "success").exists()
+    assert not (tmp_path / "modules" / "train.py").exists()  # the stand-in launched nothing
+
+
+@pytest.mark.parametrize("module", [SELF, ""])
+def test_the_toolkits_import_of_the_module_takes_the_stops(module: str) -> None:
+    """Imported as the toolkit's framework module, it handles the stops from its import on,
+    not from `main`: the DLC's module, which `main` imports first, may take a while. Imported
+    elsewhere, it leaves the handlers alone."""
+    probe = (
+        "import signal\n"
+        "from tft_sagemaker.sagemaker import framework\n"
+        "handlers = {signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}\n"
+        "print(all(getattr(h, '__self__', None) is framework.FORWARDER for h in handlers))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGEMAKER_", "TFT_"))}
+    took = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", probe],
+        env=env | {"PYTHONPATH": str(CODE_DIR), "SAGEMAKER_TRAINING_MODULE": module},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert took == str(module == SELF)

@@ -128,6 +128,9 @@ class Forwarder:
     def install(self) -> None:
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._forward)
+        # A stop blocked by the mask this process was started with (and that its children would
+        # inherit): handled now, if it is pending, and from now on.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def launched(self, done: Callable[[], bool]) -> None:
         self._done = done

@@ -16,6 +16,11 @@ write the cause to output/failure and exit, stops.py), waits for every one of th
 included, and then fails with the first line of output/failure as the cause, so that `train`
 exits non-zero (1) only once the cause is written and nothing of the job runs any more, whether
 the signal reached the toolkit alone (`kill PID`) or its whole process group (Ctrl-C).
+The handlers are installed as soon as the toolkit imports this module: a stop from then on
+is handled as one before training starts. Before, the toolkit is still starting: a SIGINT
+during its imports ends it with the interrupt's status (non-zero, nothing started); one in the
+few milliseconds of `train()` before it imports this module, with exit 0 (nothing started
+either). The image's supervisor covers both moments.
 
     SAGEMAKER_TRAINING_MODULE=tft_sagemaker.sagemaker.framework:main train
 """
@@ -26,6 +31,7 @@ import importlib
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable
 
 from sagemaker_training import entry_point, environment, errors, params, runner
@@ -34,10 +40,20 @@ from .forwarding import Forwarder, become_subreaper, wait_for_descendants
 from .paths import JobPaths
 from .supervise import outcome
 
-log = logging.getLogger(__name__)
-
 SELF = "tft_sagemaker.sagemaker.framework:main"
 INNER_ENV = "TFT_FRAMEWORK_MODULE"  # the base image's SAGEMAKER_TRAINING_MODULE
+
+# The toolkit's stops, handled from its import of this module on (`main` sets the program from
+# the toolkit's environment, where a hyperparameter may name it). Only where the toolkit imports
+# it as its framework module: elsewhere (tests, other tools) importing it changes nothing.
+FORWARDER = Forwarder(os.environ.get("SAGEMAKER_PROGRAM") or "train.py")
+if (
+    os.environ.get("SAGEMAKER_TRAINING_MODULE") == SELF
+    and threading.current_thread() is threading.main_thread()
+):
+    FORWARDER.install()
+
+log = logging.getLogger(__name__)
 
 
 def inner_entry_point(env: environment.Environment) -> Callable[[], object]:
@@ -97,9 +113,10 @@ def stopped(forwarder: Forwarder) -> errors.ClientError:
 def main() -> None:
     env = environment.Environment()
     launch = inner_entry_point(env)
-    forwarder = Forwarder(env.user_entry_point or "train.py")  # SAGEMAKER_PROGRAM
+    forwarder = FORWARDER
+    forwarder.program = env.user_entry_point or forwarder.program  # SAGEMAKER_PROGRAM
     try:
-        forwarder.install()
+        forwarder.install()  # again: where the import did not (another toolkit's thread)
     except ValueError as err:  # not the main thread: a toolkit that calls this elsewhere
         log.warning("cannot handle stops in this toolkit (%s): launching without", err)
         launch()
