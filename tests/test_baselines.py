@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -176,6 +177,48 @@ def test_classical_fits_in_worker_processes_equal_one_process(
         assert spread[name][1] == fallbacks
 
 
+# A worker that writes the fits of its first `written` blocks of 2 windows, 1000 higher (so that
+# they can be told apart), and then fits nothing more until it is stopped.
+SLOW_WORKER = """\
+import pickle, sys, time
+from tft_sagemaker.baselines import _fit_part
+names, histories, horizon, season = pickle.load(sys.stdin.buffer)
+for start in range(0, 2 * {written}, 2):
+    fits = _fit_part(names, histories[start : start + 2], horizon, season)
+    pickle.dump({{n: (f + 1000, k) for n, (f, k) in fits.items()}}, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+time.sleep(3600)
+"""
+
+
+@pytest.mark.parametrize("written", [0, 2, 5])
+def test_this_process_fits_the_blocks_a_worker_has_not_reached(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, written: int
+) -> None:
+    """Waiting for a worker, this process fits its blocks from the last one back until they
+    meet the worker's: the worker's blocks are taken as it wrote them, the rest fitted here, in
+    the windows' order; the worker is stopped, and none of it is a failure."""
+    histories = random_walks(9)  # 5 blocks of 2 windows (the last one of 1)
+    alone, fallbacks = baselines.classical_forecast("theta", histories, 3, None)
+    monkeypatch.setattr(baselines, "_BLOCK", 2)
+    monkeypatch.setattr(baselines, "_worker_count", lambda fits, processes, ahead=False: 1)
+    slow = [sys.executable, "-c", SLOW_WORKER.format(written=written)]
+    monkeypatch.setattr(baselines, "_AHEAD_WORKER", slow)
+    fits = baselines.ClassicalFits(["theta"], histories, 3, None, ahead=True)
+    worker = fits._workers[0][0]
+    while len(worker.fitted) < written:  # what the worker writes, this process has read
+        assert worker.reading, worker.failure()
+        time.sleep(0.01)
+    with caplog.at_level("WARNING", logger="tft_sagemaker.baselines"):
+        result = fits.result()
+    assert "failed" not in caplog.text
+    assert worker.process is not None and worker.process.poll() is not None  # stopped
+    expected = alone.copy()
+    expected[: 2 * written] += 1000
+    np.testing.assert_array_equal(result["theta"][0], expected)
+    assert result["theta"][1] == fallbacks
+
+
 def test_a_failed_worker_leaves_its_part_to_this_process(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -184,8 +227,12 @@ def test_a_failed_worker_leaves_its_part_to_this_process(
     monkeypatch.setattr(baselines, "_worker_count", lambda fits, processes, ahead=False: 1)
     failing = [sys.executable, "-c", "import sys; print('out of memory', file=sys.stderr); exit(3)"]
     monkeypatch.setattr(baselines, "_WORKER", failing)
+    fits = baselines.ClassicalFits(["theta"], histories, 3, None)
+    worker = fits._workers[0][0]
+    assert worker.process is not None
+    worker.process.wait()  # failed before this process asks for the fits
     with caplog.at_level("WARNING", logger="tft_sagemaker.baselines"):
-        spread = baselines.classical_forecasts(["theta"], histories, 3, None)
+        spread = fits.result()
     assert "a worker process failed (exit 3: out of memory); this process fits its part" in (
         caplog.text
     )

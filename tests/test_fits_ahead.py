@@ -55,7 +55,7 @@ def test_fits_for_other_windows_are_not_taken(
     assert "assumed other validation windows than the evaluation's; fitting them now" in (
         caplog.text
     )
-    assert all(w is None or w.poll() is not None for w, _ in fits._workers)  # stopped
+    assert all(w.process is None or w.process.poll() is not None for w, _ in fits._workers)
     assert ahead.take_validation([keys], 3, np.arange(3)) is None  # taken once, whatever came
 
 

@@ -23,6 +23,8 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -188,6 +190,9 @@ Fits = dict[str, tuple[np.ndarray, int]]  # model name → `classical_forecast`'
 # holds about 150 MB).
 _FITS_PER_WORKER = 200
 _MAX_WORKERS = 8
+# A worker writes its fits a block of windows at a time, so that the process that waits for
+# them can fit the blocks it has not reached yet, from the last one back (its core is idle).
+_BLOCK = 25
 _WORKER = [sys.executable, "-m", __name__]  # `_worker` reads its part on stdin
 # Workers started ahead (while the job trains) yield their cores to the training processes,
 # from their start on (importing statsmodels takes about 1.5 s of a core).
@@ -218,59 +223,99 @@ def _fit_part(
     return {name: classical_forecast(name, histories, horizon, season) for name in names}
 
 
-def _start_worker(payload: bytes, ahead: bool = False) -> subprocess.Popen[bytes] | None:
-    """A worker fed its part, or None (and the reason logged) where it could not start. In a
-    process group of its own: a stop signalled to the job's group is the job's to handle. Not
-    in a session of its own: with the kernel's autogroups (sched_autogroup_enabled) a session
-    shares the CPU equally with the job's whatever its niceness, and an ahead worker halved
-    the training's speed on 2 cores."""
-    code = str(Path(__file__).resolve().parents[1])  # the directory holding this package
-    path = os.pathsep.join(p for p in (code, os.environ.get("PYTHONPATH")) if p)
-    try:
-        worker = subprocess.Popen(
-            _AHEAD_WORKER if ahead else _WORKER,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": path},
-            process_group=0,
-        )
-    except OSError as err:
-        log.warning("classical fits: no worker process (%s); this process fits its part", err)
-        return None
-    stdin, worker.stdin = worker.stdin, None  # written here, whole: `communicate` reads only
-    assert stdin is not None
-    try:
-        with stdin:
-            stdin.write(payload)
-    except OSError:
-        pass  # it exited at once: `_result` says why
-    return worker
+def _blocks(chunk: Sequence[np.ndarray]) -> list[Sequence[np.ndarray]]:
+    return [chunk[i : i + _BLOCK] for i in range(0, len(chunk), _BLOCK)]
 
 
-def _result(worker: subprocess.Popen[bytes] | None) -> Fits | None:
-    """A worker's fits, or None (and the reason logged) where it failed."""
-    if worker is None:
-        return None
-    out, err = worker.communicate()
-    if worker.returncode == 0:
+class _Worker:
+    """A worker process fitting a part, a block (`_BLOCK` windows) at a time, and the blocks'
+    fits it has written so far (read as they come, in a thread of this process). In a process
+    group of its own: a stop signalled to the job's group is the job's to handle. Not in a
+    session of its own: with the kernel's autogroups (sched_autogroup_enabled) a session shares
+    the CPU equally with the job's whatever its niceness, and an ahead worker halved the
+    training's speed on 2 cores."""
+
+    def __init__(self, payload: bytes, blocks: int, ahead: bool = False) -> None:
+        self.blocks = blocks
+        self.fitted: list[Fits] = []  # the blocks' fits, in order, as the worker writes them
+        # Not a pipe: nothing reads it until the worker ends. Closed by `stop`.
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115
+        self._reader: threading.Thread | None = None
+        self._stopped = False  # ended here, not on its own
+        self._last_error = ""  # the last line it wrote to stderr (once stopped)
+        code = str(Path(__file__).resolve().parents[1])  # the directory holding this package
+        path = os.pathsep.join(p for p in (code, os.environ.get("PYTHONPATH")) if p)
         try:
-            return pickle.loads(out)
-        except (pickle.UnpicklingError, EOFError, ValueError) as failed:
-            reason = f"unreadable result: {failed}"
-    else:
-        lines = err.decode(errors="replace").strip().splitlines()
-        reason = f"exit {worker.returncode}: {lines[-1] if lines else 'no message'}"
-    log.warning("classical fits: a worker process failed (%s); this process fits its part", reason)
-    return None
+            self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
+                _AHEAD_WORKER if ahead else _WORKER,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._errors,
+                env={**os.environ, "PYTHONPATH": path},
+                process_group=0,
+            )
+        except OSError as err:
+            log.warning("classical fits: no worker process (%s); this process fits its part", err)
+            self.process = None
+            return
+        assert self.process.stdin is not None
+        try:
+            with self.process.stdin:
+                self.process.stdin.write(payload)
+        except OSError:
+            pass  # it exited at once: `failure` says why
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        try:
+            while len(self.fitted) < self.blocks:
+                self.fitted.append(pickle.load(self.process.stdout))
+        except (EOFError, pickle.UnpicklingError, ValueError, OSError):
+            pass  # it ended (or was stopped) before writing them all: `failure` says why
+
+    @property
+    def reading(self) -> bool:
+        """Whether more of its blocks may still come."""
+        return self._reader is not None and self._reader.is_alive()
+
+    def stop(self) -> None:
+        """Ends it (its remaining blocks are not wanted) and the reading."""
+        if self.process is not None and not self._errors.closed:
+            if self.process.poll() is None:
+                self.process.kill()
+                self._stopped = True
+            self.process.wait()
+            if self._reader is not None:
+                self._reader.join()
+            assert self.process.stdout is not None
+            self.process.stdout.close()
+            self._errors.seek(0)
+            lines = self._errors.read().decode(errors="replace").strip().splitlines()
+            self._last_error = lines[-1] if lines else "no message"
+        self._errors.close()
+
+    @property
+    def failed(self) -> bool:
+        """Whether it could not start, or ended on its own with an error (once stopped)."""
+        return self.process is None or (not self._stopped and self.process.returncode != 0)
+
+    def failure(self) -> str:
+        """Why it failed, or wrote fewer blocks than it was given (once stopped)."""
+        if self.process is None:
+            return "it could not start"
+        return f"exit {self.process.returncode}: {self._last_error}"
 
 
 class ClassicalFits:
     """`classical_forecast` of each model in `names`, the windows split into contiguous parts
     fitted at once: in worker processes on the cores that the job's `processes` on this host
     leave idle (`_worker_count`) and, unless `ahead`, the first part in this process when the
-    `result` is asked for. Each series is fitted alone, so the forecasts are those of one
-    process; a worker that fails leaves its part to this process, with the reason logged.
+    `result` is asked for; then, rather than wait, this process fits the blocks of each worker's
+    part that the worker has not reached yet, from the last back. Each series is fitted alone,
+    so the forecasts are those of one process; a worker that fails leaves its part to this
+    process, with the reason logged.
 
     `ahead`: started before the fits are needed (the job starts its evaluation's before it
     trains), every part in a worker at a low priority (`AHEAD_NICENESS`), so that the training
@@ -304,7 +349,12 @@ class ClassicalFits:
                 ", started before training, at a low priority" if ahead else "",
             )
         self._workers = [
-            (_start_worker(pickle.dumps((self.names, chunk, horizon, season)), ahead), chunk)
+            (
+                _Worker(
+                    pickle.dumps((self.names, chunk, horizon, season)), len(_blocks(chunk)), ahead
+                ),
+                chunk,
+            )
             for chunk in remote
         ]
         if ahead:  # whatever ends the job before it takes them (a stop, a failure)
@@ -315,13 +365,12 @@ class ClassicalFits:
         return bool(self._workers)
 
     def result(self) -> Fits:
-        """The fits, in the windows' order (waiting for the workers)."""
+        """The fits, in the windows' order: this process's part, then each worker's, of which
+        this process fits the blocks the worker has not reached, from the last one back."""
         try:
             results = [_fit_part(self.names, c, self.horizon, self.season) for c in self._local]
             for worker, chunk in self._workers:
-                results.append(
-                    _result(worker) or _fit_part(self.names, chunk, self.horizon, self.season)
-                )
+                results.extend(self._taken_over(worker, _blocks(chunk)))
         finally:
             self.cancel()
         return {
@@ -332,14 +381,29 @@ class ClassicalFits:
             for name in self.names
         }
 
+    def _taken_over(self, worker: _Worker, blocks: list[Sequence[np.ndarray]]) -> list[Fits]:
+        """The fits of a worker's blocks, in order: those it wrote, and the rest fitted here,
+        from the last back until the worker's blocks meet them (or it failed)."""
+        here: list[Fits] = []  # the last blocks, last first
+        while len(worker.fitted) + len(here) < len(blocks) and worker.reading:
+            here.append(_fit_part(self.names, blocks[-1 - len(here)], self.horizon, self.season))
+        worker.stop()
+        fitted = worker.fitted[: len(blocks) - len(here)]
+        missing = blocks[len(fitted) : len(blocks) - len(here)]
+        if missing or worker.failed:
+            log.warning(
+                "classical fits: a worker process failed (%s); this process fits its part",
+                worker.failure(),
+            )
+        missing_fits = [_fit_part(self.names, b, self.horizon, self.season) for b in missing]
+        return fitted + missing_fits + here[::-1]
+
     def cancel(self) -> None:
         """Workers still fitting are stopped: their fits are not wanted (this process is
         stopping, or it fits other windows)."""
         atexit.unregister(self.cancel)
         for worker, _ in self._workers:
-            if worker is not None and worker.poll() is None:
-                worker.kill()
-                worker.wait()
+            worker.stop()
 
 
 def classical_forecasts(
@@ -355,11 +419,12 @@ def classical_forecasts(
 
 def _worker() -> None:
     """A worker process (`python -m tft_sagemaker.baselines`): the fits of the part on stdin,
-    pickled to stdout (anything printed goes to stderr)."""
+    pickled to stdout a block at a time (anything printed goes to stderr)."""
     out, sys.stdout = sys.stdout.buffer, sys.stderr
     names, histories, horizon, season = pickle.load(sys.stdin.buffer)
-    out.write(pickle.dumps(_fit_part(names, histories, horizon, season)))
-    out.flush()
+    for block in _blocks(histories):  # one pickle each: the job reads them as they come
+        pickle.dump(_fit_part(names, block, horizon, season), out)
+        out.flush()
 
 
 # --------------------------------------------------------------------------------------------
