@@ -17,12 +17,15 @@ from test_beating_baselines import SCHEMA, weekly_panel
 
 from tft_sagemaker import predict
 from tft_sagemaker.artifacts import load_trained_model
-from tft_sagemaker.baselines import Comparison
+from tft_sagemaker.baselines import Comparison, baseline_forecasts, window_histories
 from tft_sagemaker.combination import (
     EVIDENCE_T,
     TFT,
+    BacktestMembers,
     Combination,
     apply,
+    apply_to_baselines,
+    backtest_members,
     choose,
     classical_weights,
     combine,
@@ -33,13 +36,12 @@ from tft_sagemaker.combination import (
     spreads,
     tft_share,
 )
-from tft_sagemaker.config import DataConfig, build_config
+from tft_sagemaker.config import DataConfig
 from tft_sagemaker.evaluate import Forecast
-from tft_sagemaker.job import ensembles, kept_for_evaluation
+from tft_sagemaker.job import carve, kept_for_evaluation
 from tft_sagemaker.job_data import JobData, carve_backtest
-from tft_sagemaker.presets import PRESET_VALUES
 from tft_sagemaker.report import data_summary
-from tft_sagemaker.sagemaker.launch_plan import plan_launch
+from tft_sagemaker.shares import Hosts
 
 QUANTILES = [0.1, 0.5, 0.9]
 
@@ -149,7 +151,8 @@ def test_choose_weights_the_member_that_forecasts_the_backtest() -> None:
     tft = np.repeat((actuals + 3.0)[..., None], 3, axis=-1)
     tft[..., 0] -= 1.0
     tft[..., 2] += 1.0
-    chosen = choose(tft, histories, actuals, np.full(6, horizon), season, QUANTILES, True)
+    members = backtest_members(histories, horizon, season, classical=True)
+    chosen = choose(tft, members, actuals, np.full(6, horizon), season, QUANTILES)
     assert chosen.weights == {"seasonal_naive": 1.0}
     assert chosen.backtest["seasonal_naive"] == 0.0 == chosen.backtest["shipped"]
     assert set(chosen.candidates) == {TFT, "naive", "seasonal_naive", "ets", "theta"}
@@ -202,7 +205,33 @@ def test_the_tft_keeps_a_share_only_where_it_is_clearly_better() -> None:
     assert tft_share(actuals[:1], classical[:1], actuals[:1], lengths[:1]) == (0.0, 0.0)
 
 
-def test_apply_refits_the_classical_members_on_the_history_given() -> None:
+def test_hosts_choose_the_weights_one_process_would_choose_on_every_window() -> None:
+    """Each host's first process forecasts its series' backtest windows with the members; the
+    weights chosen on the hosts' parts together are those chosen on every series at once."""
+    rng = np.random.default_rng(1)
+    season, horizon = 4, 4
+    pattern = np.array([1.0, 5.0, 2.0, 8.0])
+    histories = [
+        np.tile(pattern, 5) * (i + 1) + rng.normal(scale=0.5, size=20) + 0.3 * np.arange(20)
+        for i in range(8)
+    ]
+    actuals = np.stack([pattern * (i + 1) + 6.0 + rng.normal(scale=0.5, size=4) for i in range(8)])
+    tft = np.repeat((actuals + rng.normal(scale=0.3, size=actuals.shape))[..., None], 3, -1)
+    tft[..., 0] -= 1.0
+    tft[..., 2] += 1.0
+    lengths = np.full(8, horizon)
+    whole = choose(
+        tft, backtest_members(histories, horizon, season, True), actuals, lengths, season, QUANTILES
+    )
+    parts = BacktestMembers.concat(
+        [backtest_members(h, horizon, season, True) for h in (histories[:3], histories[3:])]
+    )
+    assert parts.reached == whole.origins > 1  # earlier origins on both hosts
+    assert choose(tft, parts, actuals, lengths, season, QUANTILES) == whole
+    assert set(whole.weights) == {TFT, "ets"}  # a mix: the TFT's share and a classical one
+
+
+def _two_series() -> tuple[pd.DataFrame, DataConfig, Forecast]:
     data = DataConfig(target="y", group_ids=["g"], time_idx="t")
     frame = pd.DataFrame(
         {"g": ["a"] * 8 + ["b"] * 8, "t": list(range(8)) * 2, "y": [*range(8), *range(8, 0, -1)]}
@@ -217,28 +246,63 @@ def test_apply_refits_the_classical_members_on_the_history_given() -> None:
         torch.tensor([[0], [1]]),  # the series' codes
         unit=1000.0,
     )
+    return frame, data, tft
+
+
+def test_apply_refits_the_classical_members_on_the_history_given() -> None:
+    frame, data, tft = _two_series()
     naive = Combination({"naive": 1.0}, None, QUANTILES, {"naive": [[0.0] * 3] * 2}, {})
     combined = apply(naive, tft, frame, data)
-    assert combined.forecast.quantiles[..., 1].tolist() == [[5.0, 5.0], [3.0, 3.0]]
-    assert combined.forecast.unit == 1000.0  # SMAPE is scored in the model's unit
-    # Forecasts given (the job's baselines of its validation windows) are taken, not refitted.
-    ets = Combination({"ets": 1.0}, None, QUANTILES, {"ets": [[0.0] * 3] * 2}, {})
-    given = {"ets": np.array([[1.0, 2.0], [3.0, 4.0]])}
-    combined = apply(ets, tft, frame, data, given=given)
-    assert combined.forecast.quantiles[..., 1].tolist() == [[1.0, 2.0], [3.0, 4.0]]
-    assert combined.fallbacks == {}  # no fit ran
+    assert combined.quantiles[..., 1].tolist() == [[5.0, 5.0], [3.0, 3.0]]
+    assert combined.unit == 1000.0  # SMAPE is scored in the model's unit
 
 
-@pytest.mark.parametrize(("hosts", "combined"), [(1, True), (2, False)])
-def test_the_combination_is_made_on_one_host_only(hosts: int, combined: bool) -> None:
-    env = {
-        "SM_HOSTS": json.dumps([f"algo-{i + 1}" for i in range(hosts)]),
-        "SM_CURRENT_HOST": "algo-1",
-    }
-    plan = plan_launch(env, None, gpus_per_host=0, cpus_per_host=1)
-    config = build_config({"preset": "synthetic"}, None, PRESET_VALUES)
-    assert config.training.ensemble
-    assert ensembles(config, plan) is combined
+def test_the_job_combines_its_baselines_forecasts_as_predict_refits_them() -> None:
+    """The job's shipped forecast takes its members' forecasts from the baselines of the same
+    windows; `predict` refits them from the histories: the same quantiles, exactly."""
+    frame, data, tft = _two_series()
+    tft.quantiles = torch.arange(12, dtype=torch.float32).reshape(2, 2, 3)
+    spread = [[-0.5, 0.0, 0.7]] * 2
+    combination = Combination(
+        {TFT: 0.2, "naive": 0.3, "seasonal_naive": 0.1, "ets": 0.25, "theta": 0.15},
+        3,
+        QUANTILES,
+        {m: spread for m in ("naive", "seasonal_naive", "ets", "theta")},
+        {},
+    )
+    histories = window_histories(frame, tft.index, data.group_ids, data.time_idx, data.target)
+    baselines = baseline_forecasts(histories, 2, 3, np.arange(2), classical=True)
+    shipped = apply_to_baselines(combination, tft, baselines).quantiles
+    refitted = apply(combination, tft, frame, data).quantiles
+    assert torch.equal(shipped, refitted)
+    assert not torch.equal(shipped, tft.quantiles)
+
+
+class _TwoHosts(Hosts):
+    """This host among two; the other host's value is `other`."""
+
+    def __init__(self, other: object) -> None:
+        super().__init__(node=0, nodes=2)
+        self.other = other
+
+    def gather(self, name: str, value: object) -> list:
+        return [value, self.other]
+
+
+def test_every_host_carves_a_backtest_or_none_does(caplog: pytest.LogCaptureFixture) -> None:
+    config = DataConfig(target="y", group_ids=["s"], max_encoder_length=4, max_prediction_length=2)
+    frame = pd.DataFrame(
+        {"s": np.repeat(np.arange(3), 12), "time_idx": np.tile(np.arange(12), 3), "y": 1.0}
+    )
+    alone = carve(frame, config, True, Hosts())
+    assert alone is not None and alone.series == 3
+    assert carve(frame, config, False, Hosts()) is None
+    both = carve(frame, config, True, _TwoHosts(True))
+    assert both is not None
+    np.testing.assert_array_equal(both.windows, alone.windows)
+    # The other host has no series long enough: neither host early-stops on a backtest.
+    assert carve(frame, config, True, _TwoHosts(False)) is None
+    assert "ensemble: on node(s) 1, no series is long enough" in caplog.text
 
 
 def _weights(sm_job: SageMakerDir, frame: pd.DataFrame) -> dict:

@@ -26,7 +26,7 @@ from tft_sagemaker import predict
 from tft_sagemaker.artifacts import load_trained_model
 from tft_sagemaker.config import build_config
 from tft_sagemaker.dataset import build_training_dataset
-from tft_sagemaker.job_data import split_holdout
+from tft_sagemaker.job_data import carve_backtest, split_holdout
 from tft_sagemaker.preparation import prepare_training_frame
 from tft_sagemaker.presets import PRESET_VALUES
 from tft_sagemaker.recipe import resolve_data
@@ -125,11 +125,14 @@ def summaries(*bases: Path) -> list[dict]:
 
 
 def panel_windows(panel: pd.DataFrame, hps: dict[str, str]) -> int:
-    """Training windows of the whole panel, as one process builds them."""
-    config = build_config(hps, None, PRESET_VALUES).data
-    frame, _ = prepare_training_frame(panel, config)
-    frame = split_holdout(frame, config)
-    return len(build_training_dataset(frame, resolve_data(config, frame)[0]))
+    """Training windows of the whole panel, as one process builds them (with ensemble=true,
+    without each series' backtest steps)."""
+    config = build_config(hps, None, PRESET_VALUES)
+    frame, _ = prepare_training_frame(panel, config.data)
+    frame = split_holdout(frame, config.data)
+    data = resolve_data(config.data, frame)[0]
+    carved = carve_backtest(frame, data) if config.training.ensemble else None
+    return len(build_training_dataset(frame if carved is None else frame[carved.fit], data))
 
 
 def assert_epochs_cover_every_window_once(parts: list[dict]) -> None:
@@ -285,10 +288,16 @@ def test_two_hosts_on_a_sharded_channel_train_on_their_files(tmp_path):
     assert_epochs_cover_every_window_once(parts)
     assert_one_interpretation_of_every_series(bases, panel)
 
-    # The final evaluation gathered from both hosts is the saved model's on every series in one
-    # process (the predict command, which also needs every host's series scales).
+    # The shipped forecast is the combination, its weights chosen on every host's backtest
+    # windows (one per series).
     metrics = json.loads((bases[0] / "model" / "metrics.json").read_text())
     series = panel[["store", "product"]].drop_duplicates().shape[0]
+    assert metrics["shipped"] == "ensemble"
+    assert metrics["backtest_windows"] == series
+    assert sum(metrics["ensemble_weights"].values()) == pytest.approx(1.0)
+    # The final evaluation gathered from both hosts is the saved model's on every series in one
+    # process (the predict command, which also needs every host's series scales, and refits the
+    # combination's classical members on every series' history).
     assert metrics["validation_windows"] == series
     output = tmp_path / "forecasts.parquet"
     data = tmp_path / "panel.parquet"

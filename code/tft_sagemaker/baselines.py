@@ -473,6 +473,7 @@ class BaselineForecasts:
     rank's share of it): everything the comparison needs besides the TFT's forecast."""
 
     scales: np.ndarray  # (windows,) MASE's denominator
+    last: np.ndarray  # (windows,) each history's last value (the naive forecast, as fitted)
     seasonal: np.ndarray | None  # (windows, horizon), NaN where the history is short
     classical: dict[str, np.ndarray]  # name → (windows, horizon), NaN where not fitted
     fitted: np.ndarray  # (windows,) bool: the windows the classical models were fitted on
@@ -484,6 +485,7 @@ class BaselineForecasts:
         seasonal = [p.seasonal for p in parts]
         return BaselineForecasts(
             np.concatenate([p.scales for p in parts])[order],
+            np.concatenate([p.last for p in parts])[order],
             None if seasonal[0] is None else np.concatenate(seasonal)[order],
             {
                 name: np.concatenate([p.classical[name] for p in parts])[order]
@@ -535,6 +537,7 @@ def baseline_forecasts(
         forecasts[name][fit] = forecast
     return BaselineForecasts(
         mase_scales(histories, season),
+        np.array([h[-1] for h in histories], dtype=float),
         seasonal_naive(histories, horizon, season) if season else None,
         forecasts,
         fitted,

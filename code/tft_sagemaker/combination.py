@@ -43,6 +43,7 @@ import torch
 
 from .baselines import (
     CLASSICAL_MODELS,
+    BaselineForecasts,
     Comparison,
     Fits,
     classical_forecasts,
@@ -127,6 +128,29 @@ def members(season: int | None, classical: bool) -> list[str]:
     return names + (list(CLASSICAL_MEMBERS) if classical else [])
 
 
+def member_points(
+    names: Sequence[str],
+    last: np.ndarray,
+    seasonal: np.ndarray | None,
+    classical: Mapping[str, np.ndarray],
+    horizon: int,
+) -> dict[str, np.ndarray]:
+    """(windows, horizon) point forecasts of the non-TFT members `names`: naive from each
+    window's `last` value, seasonal naive from `seasonal` (the last value where it is NaN: a
+    history shorter than a season), the classical models' as `classical` forecast them."""
+    naive = np.repeat(np.asarray(last, dtype=float)[:, None], horizon, axis=1)
+    points: dict[str, np.ndarray] = {}
+    for name in names:
+        if name == "naive":
+            points[name] = naive
+        elif name == "seasonal_naive":
+            assert seasonal is not None  # a member only where a season is known
+            points[name] = np.where(np.isfinite(seasonal), seasonal, naive)
+        elif name in classical:
+            points[name] = classical[name]
+    return points
+
+
 def point_forecasts(
     names: Sequence[str],
     histories: Sequence[np.ndarray],
@@ -135,25 +159,17 @@ def point_forecasts(
     processes: int = 1,
     fits: Fits | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """(windows, horizon) point forecasts of each non-TFT member from each window's history,
-    and how many fits of each classical model fell back to the last value (`processes`: the
-    job's on this host; `fits`: the classical members' fits of these histories, where they
-    were fitted ahead). Seasonal naive takes the last value where the history is shorter
-    than a season."""
+    """`member_points` from each window's history, and how many fits of each classical model
+    fell back to the last value (`processes`: the job's on this host; `fits`: the classical
+    members' fits of these histories, where they were fitted ahead)."""
     last = np.array([h[-1] for h in histories], dtype=float)
-    naive = np.repeat(last[:, None], horizon, axis=1)
     classical = [n for n in names if n in CLASSICAL_MEMBERS]
     if fits is None:
         fits = classical_forecasts(classical, histories, horizon, season, processes)
-    points: dict[str, np.ndarray] = {}
-    for name in names:
-        if name == "naive":
-            points[name] = naive
-        elif name == "seasonal_naive":
-            seasonal = seasonal_naive(histories, horizon, season or 1)
-            points[name] = np.where(np.isfinite(seasonal), seasonal, naive)
-        elif name in fits:
-            points[name] = fits[name][0]
+    seasonal = (
+        seasonal_naive(histories, horizon, season or 1) if "seasonal_naive" in names else None
+    )
+    points = member_points(names, last, seasonal, {n: f for n, (f, _) in fits.items()}, horizon)
     return points, {name: fallbacks for name, (_, fallbacks) in fits.items()}
 
 
@@ -318,36 +334,77 @@ def tft_share(
     return (share if clear >= EVIDENCE_T else 0.0), clear
 
 
+@dataclass
+class BacktestMembers:
+    """The non-TFT members' point forecasts of backtest windows, what the weights are chosen
+    on besides the TFT's forecasts: rows of the TFT's windows (`windows` of them) first, then
+    rows of the earlier origins' windows; the earlier origins' actuals, and each row's scale.
+    Each host's first process makes its host's (`backtest_members`); `concat` joins hosts'."""
+
+    points: dict[str, np.ndarray]  # member → (rows, horizon)
+    windows: int  # the first rows: the TFT's backtest windows
+    earlier: np.ndarray  # (rows - windows, horizon): the earlier origins' actuals
+    scales: np.ndarray  # (rows,) `window_scales`
+    reached: int  # the backtest origins reached (the TFT's included)
+
+    @staticmethod
+    def concat(parts: Sequence[BacktestMembers]) -> BacktestMembers:
+        """The parts' TFT windows one after the other, then their earlier origins' windows."""
+
+        def rows(values: Sequence[np.ndarray]) -> np.ndarray:
+            own = [v[: p.windows] for v, p in zip(values, parts, strict=True)]
+            before = [v[p.windows :] for v, p in zip(values, parts, strict=True)]
+            return np.concatenate([*own, *before])
+
+        return BacktestMembers(
+            {n: rows([p.points[n] for p in parts]) for n in parts[0].points},
+            sum(p.windows for p in parts),
+            np.concatenate([p.earlier for p in parts]),
+            rows([p.scales for p in parts]),
+            max(p.reached for p in parts),
+        )
+
+
+def backtest_members(
+    histories: Sequence[np.ndarray],
+    horizon: int,
+    season: int | None,
+    classical: bool,
+    processes: int = 1,
+    fits: Fits | None = None,
+) -> BacktestMembers:
+    """The members' forecasts of the backtest windows whose `histories` these are, and of the
+    earlier origins cut from them (ETS and Theta where `classical`; `processes`: the job's on
+    this host; `fits`: the classical members' fits of `classical_histories`, where they were
+    fitted ahead)."""
+    names = [n for n in members(season, classical) if n != TFT]
+    every, earlier, reached = classical_histories(histories, horizon, season)
+    points, _ = point_forecasts(names, every, horizon, season, processes, fits)
+    return BacktestMembers(points, len(histories), earlier, window_scales(every, season), reached)
+
+
 def choose(
     tft_quantiles: np.ndarray,
-    histories: Sequence[np.ndarray],
+    backtest: BacktestMembers,
     actuals: np.ndarray,
     lengths: np.ndarray,
     season: int | None,
     quantiles: Sequence[float],
-    classical: bool,
-    processes: int = 1,
-    fits: Fits | None = None,
 ) -> Combination:
     """The combination of the backtest windows' forecasts (`tft_quantiles`: the TFT's, trained
-    without them) that forecasts their `actuals` best: the classical members' weights chosen
-    on these windows and those of earlier origins, then the TFT's share on these
-    (`processes`: the job's on this host; `fits`: the classical members' fits of
-    `classical_histories`, where they were fitted ahead)."""
-    names = [n for n in members(season, classical) if n != TFT]
+    without them; `backtest`: the other members', of the same windows in the same order) that
+    forecasts their `actuals` best: the classical members' weights chosen on these windows and
+    those of earlier origins, then the TFT's share on these."""
     horizon = actuals.shape[1]
-    every, earlier, reached = classical_histories(histories, horizon, season)
-    every_actuals = np.concatenate([actuals, earlier])
-    every_lengths = np.concatenate([lengths, np.full(len(every) - len(histories), horizon)])
-    points, _ = point_forecasts(names, every, horizon, season, processes, fits)
+    own, points = backtest.windows, backtest.points
+    every_actuals = np.concatenate([actuals, backtest.earlier])
+    every_lengths = np.concatenate([lengths, np.full(len(backtest.earlier), horizon)])
     chosen = classical_weights(points, every_actuals, every_lengths)
-    scales = window_scales(every, season)
     errors = {
-        n: spreads(points[n], every_actuals, every_lengths, scales, quantiles).tolist()
+        n: spreads(points[n], every_actuals, every_lengths, backtest.scales, quantiles).tolist()
         for n in chosen
     }
-    # The TFT's window only, from here on.
-    own = len(histories)
+    # The TFT's windows only, from here on.
     median = list(quantiles).index(0.5)
     candidates = {TFT: tft_quantiles[..., median].astype(float)} | {
         n: p[:own] for n, p in points.items()
@@ -364,74 +421,47 @@ def choose(
         backtest={},
     )
     mask = np.arange(horizon)[None, :] < lengths[:, None]
-    shipped = combine(combination, tft_quantiles, candidates, scales[:own])[..., median]
-    backtest = {n: _mae(p, actuals, mask) for n, p in candidates.items()}
-    backtest[SHIPPED] = _mae(shipped, actuals, mask)
+    shipped = combine(combination, tft_quantiles, candidates, backtest.scales[:own])[..., median]
+    results = {n: _mae(p, actuals, mask) for n, p in candidates.items()}
+    results[SHIPPED] = _mae(shipped, actuals, mask)
     used = {n: errors[n] for n in weights if n != TFT}
-    return Combination(weights, season, list(quantiles), used, backtest, reached, clear)
+    return Combination(weights, season, list(quantiles), used, results, backtest.reached, clear)
 
 
-def choose_on_backtest(
-    backtest: Forecast,
-    frame: pd.DataFrame,
-    data: DataConfig,
-    season: int | None,
-    quantiles: Sequence[float],
-    max_series: int,
-    processes: int = 1,
-    fits: Fits | None = None,
-) -> Combination:
-    """`choose` for the TFT's forecast of the backtest windows (`frame`: the training rows, so
-    that every window's history is in it; the index in the data's names)."""
-    histories = window_histories(frame, backtest.index, data.group_ids, data.time_idx, data.target)
-    return choose(
-        backtest.quantiles.numpy(),
-        histories,
-        backtest.actuals.numpy(),
-        backtest.lengths.numpy(),
-        season,
-        quantiles,
-        classical=len(histories) <= max_series,
-        processes=processes,
-        fits=fits,
-    )
-
-
-@dataclass
-class Combined:
-    """The combination applied to windows the TFT forecast."""
-
-    forecast: Forecast  # the TFT's, its quantiles replaced by the combination's
-    points: dict[str, np.ndarray]  # each non-TFT member's point forecast (windows, horizon)
-    fallbacks: dict[str, int]  # classical fits that fell back to the last value
+def _combined(
+    combination: Combination, tft: Forecast, points: Mapping[str, np.ndarray], scales: np.ndarray
+) -> Forecast:
+    """`tft` with the combination's quantiles: its windows, actuals and unit stay the TFT's."""
+    quantiles = combine(combination, tft.quantiles.numpy(), points, scales)
+    return dataclasses.replace(tft, quantiles=torch.from_numpy(quantiles).to(tft.quantiles.dtype))
 
 
 def apply(
-    combination: Combination,
-    tft: Forecast,
-    frame: pd.DataFrame,
-    data: DataConfig,
-    names: Sequence[str] | None = None,
-    given: Mapping[str, np.ndarray] | None = None,
-) -> Combined:
+    combination: Combination, tft: Forecast, frame: pd.DataFrame, data: DataConfig
+) -> Forecast:
     """The combination for the windows of `tft` (its index in the data's names), the classical
-    members refitted on each window's history in `frame`; `names`: the members to forecast
-    (default: those with a weight); `given`: members' point forecasts of these windows already
-    made (the job's baselines), taken as they are."""
+    members refitted on each window's history in `frame` (`predict`, the `forecast` channel)."""
     histories = window_histories(frame, tft.index, data.group_ids, data.time_idx, data.target)
-    wanted = combination.classical_members if names is None else [n for n in names if n != TFT]
-    given = {n: given[n] for n in wanted if n in given} if given else {}
-    points, fallbacks = point_forecasts(
-        [n for n in wanted if n not in given], histories, tft.quantiles.shape[1], combination.season
+    points, _ = point_forecasts(
+        combination.classical_members, histories, tft.quantiles.shape[1], combination.season
     )
-    points |= given
-    scales = window_scales(histories, combination.season)
-    quantiles = combine(combination, tft.quantiles.numpy(), points, scales)
-    # the TFT's windows, actuals and unit: only the quantiles are the combination's
-    shipped = dataclasses.replace(
-        tft, quantiles=torch.from_numpy(quantiles).to(tft.quantiles.dtype)
+    return _combined(combination, tft, points, window_scales(histories, combination.season))
+
+
+def apply_to_baselines(
+    combination: Combination, tft: Forecast, baselines: BaselineForecasts
+) -> Forecast:
+    """`apply` for windows the job's baselines forecast (`baselines`, of the windows of `tft`
+    in the same order, ETS and Theta on every window where they are members): their forecasts
+    are those `apply` would refit, from the same histories, and are taken as they are."""
+    points = member_points(
+        combination.classical_members,
+        baselines.last,
+        baselines.seasonal,
+        baselines.classical,
+        tft.quantiles.shape[1],
     )
-    return Combined(shipped, points, fallbacks)
+    return _combined(combination, tft, points, np.nan_to_num(baselines.scales, nan=0.0))
 
 
 def describe(combination: Combination) -> str:

@@ -37,6 +37,7 @@ from .config import DataConfig, JobConfig, job_season
 from .dataset import user_names
 from .evaluate import Keys, same_keys, series_index, window_keys, window_order
 from .job_data import JobData
+from .loaders import HostWindows
 from .sagemaker.launch_plan import LaunchPlan
 from .shares import Hosts
 
@@ -72,15 +73,30 @@ def validation_histories(
     )
 
 
-def classical_everywhere(config: JobConfig, backtest: TimeSeriesDataSet | None) -> bool:
+def classical_everywhere(config: JobConfig, backtest: HostWindows | None) -> bool:
     """Whether ETS and Theta forecast every validation window (members of the combination,
     which is then shipped for every window), not a sample of them: where the combination
-    chooses among them (`choose_on_backtest`: at most ensemble_max_series backtest windows)."""
+    chooses among them (at most ensemble_max_series backtest windows on all hosts)."""
     return (
         backtest is not None
-        and len(backtest) <= config.training.ensemble_max_series
+        and backtest.total <= config.training.ensemble_max_series
         and bool(CLASSICAL_MEMBERS)
     )
+
+
+def backtest_histories(
+    data: JobData, backtest: TimeSeriesDataSet, config: DataConfig
+) -> tuple[Keys, int, list[np.ndarray]]:
+    """The host's backtest windows' keys in one process's order, their longest horizon and
+    their histories (the training rows before each)."""
+    (times, codes), longest = window_keys(backtest)
+    order = window_order(times, codes)
+    keys = (times[order], codes[order])
+    index = windows_index(backtest, keys, config)
+    histories = window_histories(
+        data.train, index, config.group_ids, config.time_idx, config.target
+    )
+    return keys, longest, histories
 
 
 @dataclass
@@ -149,6 +165,7 @@ def start_fits_ahead(
     data: JobData | None,
     validation: TimeSeriesDataSet,
     backtest: TimeSeriesDataSet | None,
+    backtest_windows: HostWindows | None,
 ) -> FitsAhead | None:
     """The host's first process (the one with `data`) starts the evaluation's classical fits,
     on the settled `config`; every host's first process takes part in the exchange of the
@@ -161,7 +178,7 @@ def start_fits_ahead(
     every = [k for k, _ in gathered]
     horizon = max(h for _, h in gathered)
     season = job_season(config.data)
-    everywhere = classical_everywhere(config, backtest)
+    everywhere = classical_everywhere(config, backtest_windows)
     fit = (
         np.arange(len(keys[0]))
         if everywhere
@@ -178,15 +195,10 @@ def start_fits_ahead(
         ahead.validation = Validation(every, horizon, fit, fits) if fits.started else None
     if everywhere:
         assert backtest is not None
-        (times, codes), longest = window_keys(backtest)
-        order = window_order(times, codes)
-        ordered = (times[order], codes[order])
-        index = windows_index(backtest, ordered, config.data)
-        d = config.data
-        histories = window_histories(data.train, index, d.group_ids, d.time_idx, d.target)
+        keys, longest, histories = backtest_histories(data, backtest, config.data)
         every_origin, _, _ = classical_histories(histories, longest, season)
         fits = ClassicalFits(
             list(CLASSICAL_MEMBERS), every_origin, longest, season, plan.devices, True
         )
-        ahead.backtest = Backtest(ordered, longest, fits) if fits.started else None
+        ahead.backtest = Backtest(keys, longest, fits) if fits.started else None
     return None if ahead.validation is None and ahead.backtest is None else ahead

@@ -40,9 +40,11 @@ from .channels import channel_data_files, read_channel
 from .combination import (
     CLASSICAL_MEMBERS,
     TFT,
+    BacktestMembers,
     Combination,
-    apply,
-    choose_on_backtest,
+    apply_to_baselines,
+    backtest_members,
+    choose,
     describe_shipped,
 )
 from .combination import describe as describe_combination
@@ -55,8 +57,15 @@ from .dataset import (
     user_names,
 )
 from .errors import JobError, writing
-from .evaluate import Forecast, forecast, score
-from .fits_ahead import FitsAhead, classical_windows, start_fits_ahead, validation_histories
+from .evaluate import Forecast, forecast, same_keys, score
+from .fits_ahead import (
+    FitsAhead,
+    backtest_histories,
+    classical_everywhere,
+    classical_windows,
+    start_fits_ahead,
+    validation_histories,
+)
 from .host_panel import HostPanel, Prepared, bytes_per_row, release_pages
 from .interpret import InterpretationSum, largest_of, largest_totals, series_names
 from .job_data import (
@@ -148,12 +157,6 @@ class Job:
         return self.settings.config
 
 
-def ensembles(config: JobConfig, plan: LaunchPlan) -> bool:
-    """Whether the job combines the TFT with the classical models (ensemble=true): on one host
-    only, where the host's first process holds every series' history to choose the weights."""
-    return config.training.ensemble and plan.num_nodes == 1
-
-
 def prepare_data(
     config: JobConfig, plan: LaunchPlan, paths: JobPaths, hosts: Hosts
 ) -> tuple[JobData | None, Prepared]:
@@ -165,7 +168,7 @@ def prepare_data(
     every host takes its own (the same inputs everywhere): a host that prepares anew waits for
     the others' agreement until collective_timeout_s. A host that fails to prepare fails the
     others with its cause."""
-    panel = HostPanel.for_job(paths, config.data, ensembles(config, plan))
+    panel = HostPanel.for_job(paths, config.data, config.training.ensemble)
     if plan.local_rank != 0:
         return None, panel.wait(config.distributed.collective_timeout_s)
     with hosts.telling_the_others(), panel.preparing():
@@ -176,21 +179,7 @@ def prepare_data(
             check_report_series(
                 data.validation, dataclasses.replace(config, data=data_config), hosts.gather
             )
-        carved = carve_backtest(data.train, data_config) if ensembles(config, plan) else None
-        if ensembles(config, plan) and carved is None:
-            log.warning(
-                "ensemble: no series is long enough for a backtest window of %d steps before "
-                "its validation window: the TFT alone is shipped",
-                data_config.max_prediction_length,
-            )
-        elif carved is not None and carved.series > BACKTEST_MAX_SERIES:
-            log.info(
-                "ensemble: the backtest windows of %d of the %d series that have one (a fixed "
-                "sample: enough for the weights and early stopping); every series trains "
-                "without its backtest steps",
-                BACKTEST_MAX_SERIES,
-                carved.series,
-            )
+        carved = carve(data.train, data_config, config.training.ensemble, hosts)
         if panel.complete():
             log.info("data: the panel this host prepared before, in %s", panel.directory)
             return lean(kept_for_evaluation(data, data_config, carved), data_config), panel.load()
@@ -234,6 +223,36 @@ def prepare_data(
     return data, panel.load()
 
 
+def carve(train: pd.DataFrame, config: DataConfig, ensemble: bool, hosts: Hosts) -> Backtest | None:
+    """ensemble=true: the backtest windows of this host's series, of at most its share of
+    BACKTEST_MAX_SERIES series; None where any host has no series long enough for one (every
+    host then trains on every training row and ships the TFT alone)."""
+    if not ensemble:
+        return None
+    sample = -(-BACKTEST_MAX_SERIES // hosts.nodes)
+    carved = carve_backtest(train, config, sample)
+    short = [n for n, has in enumerate(hosts.gather("backtest", carved is not None)) if not has]
+    if short:
+        log.warning(
+            "ensemble: %sno series is long enough for a backtest window of %d steps before "
+            "its validation window: the TFT alone is shipped",
+            "" if hosts.nodes == 1 else f"on node(s) {', '.join(map(str, short))}, ",
+            config.max_prediction_length,
+        )
+        return None
+    assert carved is not None
+    if carved.series > sample:
+        log.info(
+            "ensemble: the backtest windows of %d of the %d series that have one%s (a fixed "
+            "sample: enough for the weights and early stopping); every series trains "
+            "without its backtest steps",
+            sample,
+            carved.series,
+            "" if hosts.nodes == 1 else " on this host",
+        )
+    return carved
+
+
 def kept_for_evaluation(data: JobData, config: DataConfig, carved: Backtest | None) -> JobData:
     """What a host's first process keeps of the training rows once the panel holds their
     datasets: the summary of what was read, and only the rows of the backtest's series, lean
@@ -266,27 +285,23 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
             if sharded
             else f"the series whose id hash falls to node {plan.node_rank} of {plan.num_nodes}",
         )
-        if config.training.ensemble:
-            log.warning(
-                "ensemble: the combination is chosen on one host only (%d hosts here): "
-                "the TFT alone is shipped",
-                plan.num_nodes,
-            )
     data, prepared = prepare_data(config, plan, paths, hosts)
     training, validation, backtest = prepared.training, prepared.validation, prepared.backtest
-    counts = hosts.gather("windows", (len(training), len(validation)))
+    own = {"training": training, "validation": validation, "backtest": backtest}
+    counts = hosts.gather("windows", [0 if d is None else len(d) for d in own.values()])
     windows = {
-        "training": HostWindows(tuple(c[0] for c in counts), plan.node_rank),
-        "validation": HostWindows(tuple(c[1] for c in counts), plan.node_rank),
+        name: HostWindows(tuple(c[i] for c in counts), plan.node_rank)
+        for i, (name, dataset) in enumerate(own.items())
+        if dataset is not None  # a backtest on every host or on none (`carve`)
     }
-    if backtest is not None:  # one host (ensembles)
-        windows["backtest"] = HostWindows((len(backtest),), plan.node_rank)
     log.info(
         "windows: %d training, %d validation%s%s",
         windows["training"].total,
         windows["validation"].total,
         f" ({len(training)} and {len(validation)} on this host)" if plan.num_nodes > 1 else "",
-        "" if backtest is None else f", {len(backtest)} backtest (the TFT early-stops there)",
+        ""
+        if backtest is None
+        else f", {windows['backtest'].total} backtest (the TFT early-stops there)",
     )
     parameters = training.get_parameters()
     parameters["target_normalizer"] = merged_normalizer(
@@ -304,7 +319,9 @@ def build_job(config: JobConfig, plan: LaunchPlan, paths: JobPaths) -> Job:
     for choice in settings.choices:
         log.info("recipe: %s", choice)
     # The evaluation's classical fits, in worker processes while the job gets ready and trains.
-    ahead = start_fits_ahead(config, plan, hosts, data, validation, backtest)
+    ahead = start_fits_ahead(
+        config, plan, hosts, data, validation, backtest, windows.get("backtest")
+    )
     # Checked before training, so that a bad channel costs no training time.
     # Only the host's first process has the data (global rank 0, which publishes, among them).
     raw_forecast = None if data is None else read_channel(paths, FORECAST_CHANNEL, required=False)
@@ -442,8 +459,8 @@ def evaluate_share(
     """Every process: its share of the final evaluation (`RankShare`), and its interpretation
     sums (report=true). The interpreted series and the classical baselines' sample are agreed
     across hosts, so that the shares add up to one process's evaluation of every window.
-    `combination` (global rank 0, one host): where ETS and Theta are among its members, they
-    forecast every window (the combination is shipped for every window)."""
+    `combination`: where ETS and Theta are among its members, they forecast every window (the
+    combination is shipped for every window)."""
     config, data = job.config, job.config.data
     focus = None
     if job.data is not None:  # the largest series of every host
@@ -500,15 +517,16 @@ def evaluate_share(
     return RankShare(share, state, focus, baselines, seconds, summary), interpretation
 
 
-def choose_combination(
-    job: Job, model: JobTemporalFusionTransformer
-) -> tuple[Combination, float] | None:
-    """ensemble=true (one host): every process forecasts its share of the backtest windows;
-    global rank 0 gathers them and chooses the combination's weights on them (its process holds
-    every series' training rows), and returns it with the seconds it took; None elsewhere."""
+def choose_combination(job: Job, model: JobTemporalFusionTransformer) -> tuple[Combination, float]:
+    """ensemble=true: every process forecasts its share of its host's backtest windows with the
+    TFT, each host's first process forecasts the host's windows with the other members (from
+    its training rows), and global rank 0 chooses the weights on every host's windows; every
+    process gets the combination (the host's first processes forecast their validation windows
+    with its members), rank 0 with the seconds it took."""
     assert job.backtest is not None
     started = time.monotonic()
-    data = job.config.data
+    config, data = job.config, job.config.data
+    season = job_season(data)
     share = forecast(
         model,
         job.backtest,
@@ -518,24 +536,40 @@ def choose_combination(
         share=(job.loaders.rank, job.loaders.world_size),
     )
     share.index = share.index.rename(columns=user_names(data))
-    gathered = to_zero(share)
-    if gathered is None:
-        return None
-    assert job.data is not None  # global rank 0 is a host's first process
-    whole = Forecast.concat(gathered)
-    whole = whole.take(whole.order())  # in one process's order, however many processes
-    combination = choose_on_backtest(
-        whole,
-        job.data.train,
-        data,
-        job_season(data),
-        job.config.model.quantiles,
-        job.config.training.ensemble_max_series,
-        job.plan.devices,  # the host's other processes wait for it
-        None if job.ahead is None else job.ahead.take_backtest(whole.keys, whole.actuals.shape[1]),
-    )
-    log.info("%s", describe_combination(combination))
-    return combination, time.monotonic() - started
+    members = None
+    if job.data is not None:  # the host's first process: it holds the host's training rows
+        keys, longest, histories = backtest_histories(job.data, job.backtest, data)
+        horizon = max(job.hosts.gather("backtest horizon", longest))
+        fits = None if job.ahead is None else job.ahead.take_backtest(keys, horizon)
+        classical = classical_everywhere(config, job.windows["backtest"])
+        # The host's other processes wait for it.
+        members = (
+            keys,
+            backtest_members(histories, horizon, season, classical, job.plan.devices, fits),
+        )
+    gathered = to_zero((share, members))
+    combination = None
+    if gathered is not None:
+        devices = job.plan.devices
+        hosts = [  # each host's windows in one process's order, in node order
+            Forecast.concat([s for s, _ in gathered[r : r + devices]])
+            for r in range(0, len(gathered), devices)
+        ]
+        whole = Forecast.concat([h.take(h.order()) for h in hosts])
+        parts = [m for _, m in gathered if m is not None]
+        keys = tuple(np.concatenate(k) for k in zip(*(k for k, _ in parts), strict=True))
+        if not same_keys([whole.keys], [keys]):
+            raise RuntimeError("the backtest's forecasts and its members' are of other windows")
+        combination = choose(
+            whole.quantiles.numpy(),
+            BacktestMembers.concat([m for _, m in parts]),
+            whole.actuals.numpy(),
+            whole.lengths.numpy(),
+            season,
+            config.model.quantiles,
+        )
+        log.info("%s", describe_combination(combination))
+    return from_zero(combination), time.monotonic() - started
 
 
 def _tft_metrics(tft: dict[str, Any], comparison: Comparison) -> dict[str, Any]:
@@ -586,9 +620,7 @@ def evaluate(job: Job, timings: dict[str, float]) -> Evaluation | None:
     forecasts = BaselineForecasts.concat([p.baselines for p in hosts], order)
     predicted = tft  # the shipped forecast
     if combination is not None:
-        predicted = apply(
-            combination, tft, job.data.validation, config.data, given=forecasts.classical
-        ).forecast
+        predicted = apply_to_baselines(combination, tft, forecasts)
 
     def against(result: Forecast) -> Comparison:
         return score_baselines(
@@ -619,7 +651,7 @@ def evaluate(job: Job, timings: dict[str, float]) -> Evaluation | None:
             **{f"weight_{n}": combination.weights.get(n, 0.0) for n in combination.candidates},
             "backtest_MAE": combination.backtest,
             "tft_backtest_MAE": combination.backtest[TFT],
-            "backtest_windows": len(job.backtest),
+            "backtest_windows": job.windows["backtest"].total,
             "backtest_origins": combination.origins,
             "tft_evidence": combination.evidence,
             "backtest_s": round(chosen[1], 2),

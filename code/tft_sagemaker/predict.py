@@ -343,7 +343,7 @@ def forecast_table(
     )
     result.index = result.index.rename(columns=user_names(config))
     if combination is not None:
-        result = apply(combination, result, data.actuals, config).forecast
+        result = apply(combination, result, data.actuals, config)
     out = to_frame(result, quantiles, config.time_idx)
     keys = [*config.group_ids, config.time_idx]
     actuals = data.actuals.astype({g: str for g in config.group_ids})
