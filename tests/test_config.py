@@ -486,6 +486,8 @@ def test_checked_fields_are_the_expected_ones() -> None:
             "reduce_on_plateau_patience",
             "ema_decay",
             "max_epochs",
+            "extend_epochs",
+            "extend_time_limit_s",
             "batch_size",
             "val_batch_size",
             "gradient_clip_val",

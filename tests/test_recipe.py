@@ -6,14 +6,18 @@ from __future__ import annotations
 import dataclasses
 import types
 
+import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.demos.boring_classes import BoringModel
 
 from tft_sagemaker import recipe
 from tft_sagemaker.config import build_config
 from tft_sagemaker.presets import PRESET_VALUES
+from tft_sagemaker.trainer import ExtensionTimeLimit
 
 BASE = {"target": "y", "group_ids": "series"}
 
@@ -105,6 +109,58 @@ def test_max_epochs_spend_the_step_budget(
     windows: int, batch: int, epoch: int, epochs: int
 ) -> None:
     assert recipe.choose_max_epochs(windows, batch, epoch).value == epochs
+
+
+def test_training_may_go_on_past_the_recipes_budget_only() -> None:
+    assert recipe.choose_extend_epochs(8, chosen=True).value == 16
+    assert recipe.choose_extend_epochs(8, chosen=False).value == 0
+    given = build_config({**BASE, "max_epochs": "3"})
+    resolved, _ = recipe.resolve_training(given, windows=50_000)
+    assert (resolved.training.max_epochs, resolved.training.extend_epochs) == (3, 0)
+    auto, _ = recipe.resolve_training(build_config(BASE), windows=50_000)
+    assert auto.training.extend_epochs == 2 * auto.training.max_epochs
+
+
+class _Improving(BoringModel):
+    """val_loss falls every epoch until `plateau` (then stays)."""
+
+    def __init__(self, plateau: int) -> None:
+        super().__init__()
+        self.plateau = plateau
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.log("val_loss", 1.0 / (1 + min(self.current_epoch, self.plateau)))
+
+
+@pytest.mark.parametrize(
+    ("plateau", "limit_s", "epochs"),
+    [
+        (100, 1e9, 6),  # still improving: the budget's 2 and all 4 more
+        (100, 0.0, 2),  # the time limit is spent: none past the budget
+        (2, 1e9, 4),  # improving to epoch 2, then early stopping (patience 1) at epoch 4
+        (0, 1e9, 2),  # no improvement: early stopping ends it within the budget
+    ],
+)
+def test_training_goes_on_past_the_budget_while_the_validation_improves(
+    tmp_path, plateau: int, limit_s: float, epochs: int
+) -> None:
+    trainer = pl.Trainer(
+        max_epochs=2 + 4,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        callbacks=[
+            EarlyStopping("val_loss", patience=1, min_delta=1e-4),
+            ExtensionTimeLimit(budget=2, limit_s=limit_s),
+        ],
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(_Improving(plateau))
+    assert trainer.current_epoch == epochs
 
 
 @pytest.mark.parametrize(

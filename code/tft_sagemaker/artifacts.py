@@ -93,7 +93,7 @@ def planned_writes(
     # best, the kept epochs and one more before the oldest goes, last, and one being written.
     checkpoints = checkpoint * (config.training.keep_checkpoints + 4)
     checkpoints -= sum(p.stat().st_size for p in paths.checkpoint_dir.glob("*.ckpt") if p.is_file())
-    epochs = config.training.max_epochs or 1
+    epochs = (config.training.max_epochs or 1) + (config.training.extend_epochs or 0)
     model_files = weights + 2 * parameters + hyperparameters + MODEL_EXTRAS_BYTES
     return {
         "the model": (paths.model_dir, model_files),

@@ -262,6 +262,16 @@ class TrainingConfig:
     """The Lightning Trainer and the input pipeline."""
 
     max_epochs: int | None = _opt(None, "Maximum number of epochs." + _AUTO, min=1)
+    extend_epochs: int | None = _opt(
+        None,
+        "Epochs that may follow max_epochs while the validation still improves (early stopping "
+        "ends them; 0: none), each begun only while training has taken at most "
+        "extend_time_limit_s." + _AUTO,
+        min=0,
+    )
+    extend_time_limit_s: float = _opt(
+        120.0, "Training time after which no epoch past max_epochs begins.", min=0.0
+    )
     limit_train_batches: CountOrFraction | None = _opt(
         None,
         "Batches per epoch and device: an integer count, or a fraction in (0, 1] (1.0: all)."

@@ -319,6 +319,45 @@ class TrainingClock(Callback):
         return max(0.0, self._last - self._first - self._validating)
 
 
+class ExtensionTimeLimit(Callback):
+    """An epoch past the first `budget` (of the `extend_epochs` that may follow while the
+    validation improves: early stopping ends them) begins only while training has taken at
+    most `limit_s` (since it started here, a resumed job since its resume), on every rank alike."""
+
+    def __init__(self, budget: int, limit_s: float) -> None:
+        self.budget, self.limit_s = budget, limit_s
+        self._started = time.monotonic()
+        self._extended = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epochs = trainer.current_epoch + 1  # done, this one included
+        if epochs < self.budget or epochs >= (trainer.max_epochs or 0) or trainer.should_stop:
+            return
+        taken = time.monotonic() - self._started
+        if trainer.strategy.reduce_boolean_decision(taken > self.limit_s, all=False):
+            log.info(
+                "training: stops after %d epochs (the budget's %d and %d more): %.0f s of "
+                "training > extend_time_limit_s=%g",
+                epochs,
+                self.budget,
+                epochs - self.budget,
+                taken,
+                self.limit_s,
+            )
+            trainer.should_stop = True
+        elif not self._extended:
+            self._extended = True
+            log.info(
+                "training: goes on past the budget's %d epochs: the validation still improves "
+                "(up to %d epochs, early stopping ends them)",
+                self.budget,
+                trainer.max_epochs,
+            )
+
+
 class RankReport(Callback):
     """Logs what each rank trains on, so a wrong world size shows at once."""
 
@@ -442,13 +481,15 @@ def build_trainer(
                 min_delta=training.early_stopping_min_delta,
             )
         )
+    if training.extend_epochs:  # after early stopping: it sees that epoch's decision
+        callbacks.append(ExtensionTimeLimit(training.max_epochs, training.extend_time_limit_s))
     return pl.Trainer(
         accelerator=plan.accelerator,
         devices=plan.devices,
         num_nodes=plan.num_nodes,
         strategy=_strategy(plan, config.distributed.collective_timeout_s),
         precision=resolve_precision(training.precision, plan.accelerator),
-        max_epochs=training.max_epochs,
+        max_epochs=training.max_epochs + training.extend_epochs,
         limit_train_batches=training.limit_train_batches,
         gradient_clip_val=training.gradient_clip_val or None,
         callbacks=callbacks,
