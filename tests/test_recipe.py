@@ -17,7 +17,9 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from tft_sagemaker import recipe
 from tft_sagemaker.config import build_config
 from tft_sagemaker.presets import PRESET_VALUES
-from tft_sagemaker.trainer import ExtensionTimeLimit
+from tft_sagemaker.sagemaker.launch_plan import plan_launch
+from tft_sagemaker.sagemaker.paths import JobPaths
+from tft_sagemaker.trainer import ExtensionTimeLimit, build_trainer
 
 BASE = {"target": "y", "group_ids": "series"}
 
@@ -119,6 +121,25 @@ def test_training_may_go_on_past_the_recipes_budget_only() -> None:
     assert (resolved.training.max_epochs, resolved.training.extend_epochs) == (3, 0)
     auto, _ = recipe.resolve_training(build_config(BASE), windows=50_000)
     assert auto.training.extend_epochs == 2 * auto.training.max_epochs
+
+
+def test_the_job_s_trainer_runs_the_extension_within_its_limit(tmp_path) -> None:
+    config = build_config({**BASE, "accelerator": "cpu"})
+    plan = plan_launch({}, None, gpus_per_host=0, cpus_per_host=1)
+    paths = JobPaths.from_env({"SAGEMAKER_BASE_DIR": str(tmp_path)})
+    settings = recipe.settle(config, 1_000, plan.world_size)
+    training = settings.config.training
+    trainer = build_trainer(settings, plan, paths, {})
+    assert trainer.max_epochs == training.max_epochs + training.extend_epochs
+    (limit,) = [c for c in trainer.callbacks if isinstance(c, ExtensionTimeLimit)]
+    assert (limit.budget, limit.limit_s) == (training.max_epochs, 120.0)
+    # After early stopping, so that it sees that epoch's decision.
+    early = next(i for i, c in enumerate(trainer.callbacks) if isinstance(c, EarlyStopping))
+    assert trainer.callbacks.index(limit) > early
+    given = recipe.settle(build_config({**BASE, "max_epochs": "4"}), 1_000)
+    trainer = build_trainer(given, plan, paths, {})
+    assert trainer.max_epochs == 4
+    assert not [c for c in trainer.callbacks if isinstance(c, ExtensionTimeLimit)]
 
 
 class _Improving(BoringModel):
