@@ -65,7 +65,7 @@ e2e: setup ## the container end to end: engine, images, compose, registry (root,
 bench-accuracy: setup ## Stallion validation MAE over 5 seeds -> bench/results/stallion_accuracy.json
 	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/accuracy.py
 
-bench-quality: setup ## default recipe vs baselines on 3 public panels and Stallion, 3 seeds -> bench/results/quality.json
+bench-quality: setup ## the shipped forecast, the TFT alone and the baselines on 7 public panels and Stallion, 3 seeds -> bench/results/quality.json
 	$(BIN)/pip install --quiet -e ".[bench]" -c $(DLC_CONSTRAINTS)
 	# Two jobs at a time, one thread each: on 2 cores, each job's time is that of one core.
 	STALLION_PARQUET=$(STALLION_PARQUET) $(BIN)/python bench/quality.py --parallel 2
